@@ -1,0 +1,159 @@
+"""The router: run the selector, then only the chosen student for each image.
+
+For a batch: selector scores (sigmoid: P(student right)) -> one route per image -> the images of
+each route gathered and sent as ONE sub-batch to that student only -> results scattered back in
+input order. Every model is in eval mode (batch norm uses running statistics), and each route is
+decided from the image's own scores, so an image's prediction never depends on the rest of its
+batch.
+
+Route rule (selector.model.route_from_scores): the best score wins; scores within the selector's
+tie margin of the best count as a tie, and a tie goes to the cheaper student (students are kept
+in ascending-MAC order), since the selector sees no accuracy difference and the cheaper one saves
+compute.
+
+Cascade (escalate=TAU): images whose best student score is below TAU go to the teacher instead.
+Scores lie in [0, 1], so TAU = 0 never escalates and TAU > 1 sends every image to the teacher.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple, Sequence
+
+import torch
+from torch import nn
+
+import selector.model  # noqa: F401  (registers selector_cnn for build_model_from_checkpoint)
+from moskd.checkpoint import build_model_from_checkpoint, load_checkpoint
+from moskd.errors import MoskdError
+from selector.labels import Student, check_same_input, load_student
+from selector.model import route_from_scores
+
+TEACHER = "teacher"
+
+
+class Routed(NamedTuple):
+    logits: torch.Tensor  # (B, C) logits of the model each image was routed to
+    routes: torch.Tensor  # (B,) index into Router.route_names: students first, then the teacher
+    scores: torch.Tensor  # (B, S) selector scores in [0, 1], students in route order
+
+
+class Router(nn.Module):
+    def __init__(self, selector: nn.Module, students: Sequence[nn.Module], teacher: nn.Module | None = None,
+                 escalate: float | None = None, tie_margin: float = 0.0, names: Sequence[str] | None = None):
+        super().__init__()
+        if escalate is not None and teacher is None:
+            raise MoskdError("--escalate needs the teacher: RUN/teacher/best.pt (run teacherTrain first)")
+        self.selector = selector.eval()
+        self.students = nn.ModuleList(students).eval()
+        self.teacher = teacher.eval() if teacher is not None else None
+        self.escalate, self.tie_margin = escalate, tie_margin
+        self.names = list(names) if names is not None else [f"student{i}" for i in range(len(students))]
+        self.route_names = self.names + [TEACHER]  # route len(students) = the teacher
+
+    def _route_models(self) -> list[nn.Module]:
+        return [*self.students, *([self.teacher] if self.teacher is not None else [])]
+
+    def scores(self, x: torch.Tensor) -> torch.Tensor:
+        return self.selector(x).float().sigmoid()
+
+    def routes(self, scores: torch.Tensor) -> torch.Tensor:
+        route = route_from_scores(scores, self.tie_margin)
+        if self.escalate is not None:
+            unsure = scores.max(1).values < self.escalate  # no student looks safe enough
+            route = torch.where(unsure, torch.full_like(route, len(self.students)), route)
+        return route
+
+    def dispatch(self, x: torch.Tensor, routes: torch.Tensor) -> torch.Tensor:
+        """Each route's images as one sub-batch to its model only; outputs back in input order."""
+        models = self._route_models()
+        if len(x) == 0:
+            return models[0](x)
+        if routes.min() < 0 or routes.max() >= len(models):
+            raise ValueError(f"routes must lie in 0..{len(models) - 1}")
+        out = None
+        for r, model in enumerate(models):
+            idx = (routes == r).nonzero().squeeze(1)
+            if idx.numel() == 0:
+                continue  # this model does no work for this batch
+            y = model(x.index_select(0, idx))
+            if out is None:
+                out = y.new_empty((len(x), y.shape[1]))
+            out.index_copy_(0, idx, y)
+        return out
+
+    @torch.inference_mode()
+    def forward(self, x: torch.Tensor) -> Routed:
+        scores = self.scores(x)
+        routes = self.routes(scores)
+        return Routed(self.dispatch(x, routes), routes, scores)
+
+
+# ---------------------------------------------------------------- loading a run
+
+
+@dataclass
+class RunModels:
+    """A run's router with what evaluation and prediction need about its models."""
+    router: Router
+    selector_card: dict
+    selector_config: dict  # trainSelector's resolved config: the run's data and split settings
+    students: list[Student]
+    teacher: nn.Module | None  # loaded when escalating or when asked for (evaluation scores it alone)
+    teacher_card: dict | None
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.students[0].card["class_names"])
+
+    @property
+    def card(self) -> dict:
+        """Preprocessing card shared by every routed model (input size, mean, std, dataset)."""
+        return self.students[0].card
+
+
+def load_teacher(run_dir: Path, *, dataset: str | None = None, num_classes: int | None = None,
+                 device="cpu") -> tuple[nn.Module, dict]:
+    path = run_dir / "teacher" / "best.pt"
+    if not path.is_file():
+        raise MoskdError(f"{path} not found; run teacherTrain --run-dir {run_dir} first")
+    ckpt = load_checkpoint(path, role="teacher", dataset=dataset, num_classes=num_classes,
+                           hint="use the teacher of this run")
+    return build_model_from_checkpoint(ckpt).to(device), ckpt["card"]
+
+
+def load_selector(run_dir: Path) -> dict:
+    path = run_dir / "selector" / "best.pt"
+    if not path.is_file():
+        raise MoskdError(f"{path} not found; run trainSelector --run-dir {run_dir} first")
+    ckpt = load_checkpoint(path, role="selector", arch="selector_cnn", hint="rerun trainSelector")
+    if not ckpt["card"].get("students"):
+        raise MoskdError(f"{path}: selector card names no students; rerun trainSelector --run-dir {run_dir} --force")
+    return ckpt
+
+
+def load_router(run_dir: str | Path, escalate: float | None = None, device="cpu", with_teacher: bool = False
+                ) -> RunModels:
+    """The run's selector and its students (route order from the selector card); the teacher when
+    escalating or when asked for (evaluation)."""
+    run_dir = Path(run_dir)
+    sel = load_selector(run_dir)
+    card = sel["card"]
+    students = [load_student(run_dir, n, dataset=card["dataset"], device=device) for n in card["students"]]
+    classes = students[0].card["num_classes"]
+    for s in students[1:]:
+        if s.card["num_classes"] != classes:
+            raise MoskdError(f"{s.path}: {s.card['num_classes']} classes, {students[0].path} has {classes}; "
+                             f"retrain the students on one dataset")
+    teacher, teacher_card = None, None
+    if escalate is not None or with_teacher:
+        teacher, teacher_card = load_teacher(run_dir, dataset=card["dataset"], num_classes=classes, device=device)
+    cards = [s.card for s in students] + [card] + ([teacher_card] if teacher_card else [])
+    where = [str(s.path) for s in students] + [f"{run_dir}/selector/best.pt"] + (
+        [f"{run_dir}/teacher/best.pt"] if teacher_card else [])
+    check_same_input(cards, where)
+    selector_model = build_model_from_checkpoint(sel).to(device)
+    router = Router(selector_model, [s.model for s in students], teacher if escalate is not None else None,
+                    escalate, float(card.get("tie_margin", 0.0)), [s.name for s in students])
+    teacher = teacher.eval() if teacher is not None else None
+    return RunModels(router, card, sel.get("config") or {}, students, teacher, teacher_card)

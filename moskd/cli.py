@@ -1,0 +1,53 @@
+"""`moskd`: one umbrella command with a subcommand per stage. It only dispatches.
+
+    moskd teacher   ...   = teacherTrain ...
+    moskd student   ...   = StudentTrain ...
+    moskd selector  ...   = trainSelector ...
+    moskd inference ...   = inference ...
+    moskd report RUN      evaluation report of a finished run
+    moskd sweep     ...   temperature/alpha/seed grid for one student
+    moskd pipeline  ...   every stage in order on one run directory
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {  # subcommand -> (module, what it does); modules are imported only when chosen
+    "teacher": ("teacher.train", "stage 1: train the teacher (teacherTrain)"),
+    "student": ("students.train", "stage 2: distil the teacher into a student (StudentTrain)"),
+    "selector": ("selector.train", "stage 3: label select images and train the selector (trainSelector)"),
+    "inference": ("inference.predict", "stage 4: routed predictions for files, folders or a split (inference)"),
+    "report": ("inference.report", "evaluation report of a run: report.json, report.md, plots"),
+    "sweep": ("students.sweep", "grid of temperatures, alphas and seeds for one student"),
+    "pipeline": ("moskd.pipeline", "teacher -> cache -> students -> selector -> report, skipping finished stages"),
+}
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: moskd COMMAND [ARGS...]   (moskd COMMAND --help for its flags)", "", "commands:"]
+    lines += [f"  {name:<{width}}  {what}" for name, (_, what) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return
+    if argv[0] in ("-V", "--version"):
+        from moskd import __version__
+
+        print(f"moskd {__version__}")
+        return
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"moskd: error: unknown command '{name}'; choose one of {', '.join(COMMANDS)}", file=sys.stderr)
+        raise SystemExit(2)
+    module = importlib.import_module(COMMANDS[name][0])
+    module.main(rest)
+
+
+if __name__ == "__main__":
+    main()

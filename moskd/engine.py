@@ -1,0 +1,252 @@
+"""The one training loop. A stage supplies model, data and objective; this does the rest.
+
+Optimizer and LR schedule come from timm's factories, EMA from timm.utils.ModelEmaV3. Each epoch:
+train on `train`, evaluate on `select`, write last.pt (and best.pt when the select metric
+improves), append one line to metrics.jsonl. The checkpoint carries everything needed to continue
+bit-identically: model, EMA, optimizer, scheduler, epoch, update count, metric history.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from timm.utils import ModelEmaV3
+from torch import nn
+from tqdm import tqdm
+
+from moskd.checkpoint import load_checkpoint, save_checkpoint
+from moskd.config import field, to_dict, write_config
+from moskd.data import TensorLoader
+from moskd.errors import MoskdError
+from moskd.plots import plot_curves
+from moskd.runtime import Runtime, log, show_progress
+
+Batch = tuple  # (images, targets, *extras), already on the device
+Objective = Callable[[torch.Tensor, Batch], torch.Tensor]  # (logits fp32, batch) -> scalar loss
+Metric = Callable[[torch.Tensor, Batch], tuple[float, int]]  # (logits, batch) -> (sum of scores, count)
+
+
+@dataclass
+class DataConfig:
+    run_dir: str = field("runs/digits", "run directory shared by all stages of one experiment")
+    dataset: str = field("digits", "digits (bundled, offline) | cifar10 | cifar100 | folder:PATH")
+    data_dir: str = field("data", "where CIFAR files live (or are downloaded to)")
+    download: bool = field(False, "download CIFAR through torchvision (needs network)")
+    split_seed: int = field(0, "seed of the train/select/test split (independent of --seed)")
+    select_fraction: float = field(0.2, "share of the training set held out as `select` (0..1)")
+    test_fraction: float = field(0.2, "share held out as `test` when the dataset has no test split (0..1)")
+    limit: Optional[int] = field(None, "use at most N images per split (smoke runs and tests)")
+    image_size: int = field(32, "side in pixels that folder: images are resized to")
+    device: str = field("auto", "auto | cpu | cuda | cuda:N")
+    seed: int = field(0, "seed for initialisation, shuffling and augmentation")
+
+
+@dataclass
+class TrainConfig(DataConfig):
+    epochs: int = field(15, "training epochs")
+    batch_size: int = field(64, "images per step (per process under torchrun)")
+    eval_batch_size: int = field(256, "images per evaluation step")
+    lr: float = field(2e-3, "peak learning rate (after warm-up)")
+    optimizer: str = field("adamw", "adamw | adam | sgd (Nesterov momentum) | momentum, or any timm optimizer")
+    scheduler: str = field("cosine", "cosine | step | multistep | linear | constant (per-step updates)")
+    lr_milestones: list[int] = field([], "epochs at which `multistep` multiplies the lr by --lr-decay")
+    lr_decay: float = field(0.1, "factor for step/multistep decay")
+    warmup_epochs: int = field(1, "epochs of linear warm-up from lr/100")
+    min_lr: float = field(0.0, "floor of the cosine/linear schedule")
+    weight_decay: float = field(0.05, "weight decay (decoupled for adamw; not on biases and norms)")
+    momentum: float = field(0.9, "SGD momentum")
+    label_smoothing: float = field(0.0, "label smoothing of the cross-entropy term (0..1)")
+    ema_decay: float = field(0.0, "EMA of weights, per step (0 = off; e.g. 0.999)")
+    compile: bool = field(False, "torch.compile the model (CUDA: faster after warm-up)")
+    amp: bool = field(True, "bf16 autocast on CUDA (ignored on the CPU)")
+    resume: bool = field(False, "continue the run in this stage's folder from last.pt")
+    force: bool = field(False, "start over even if this stage's folder already holds a run")
+
+
+@dataclass
+class Stage:
+    """What a stage hands the engine."""
+    role: str  # teacher | student | selector
+    out_dir: Path
+    model: nn.Module
+    train_loader: TensorLoader
+    select_loader: TensorLoader
+    objective: Objective
+    card: dict  # role, arch, dataset card and model kwargs: written into every checkpoint
+    metric: Metric = None  # type: ignore[assignment]  # default: top-1 accuracy
+    metric_name: str = "acc"
+
+    def __post_init__(self):
+        if self.metric is None:
+            self.metric = top1
+
+
+def top1(logits: torch.Tensor, batch: Batch) -> tuple[float, int]:
+    return (logits.argmax(1) == batch[1]).sum().item(), len(batch[1])
+
+
+def cross_entropy(label_smoothing: float = 0.0) -> Objective:
+    return lambda logits, batch: F.cross_entropy(logits, batch[1], label_smoothing=label_smoothing)
+
+
+def _scheduler(cfg: TrainConfig, optimizer, steps_per_epoch: int):
+    name = {"linear": "poly"}.get(cfg.scheduler, cfg.scheduler)  # poly with power 1 is linear decay
+    kwargs = dict(decay_rate=1.0) if cfg.scheduler == "linear" else dict(decay_rate=cfg.lr_decay)
+    sched, _ = create_scheduler_v2(
+        optimizer, sched=name, num_epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs, warmup_lr=cfg.lr / 100,
+        min_lr=cfg.min_lr, decay_milestones=cfg.lr_milestones or [cfg.epochs + 1],
+        decay_epochs=max(1, cfg.epochs // 3), step_on_epochs=False, updates_per_epoch=steps_per_epoch, **kwargs,
+    )
+    return sched
+
+
+def prepare_out_dir(out_dir: Path, cfg: TrainConfig, command: str, card: dict) -> Optional[dict]:
+    """Guard what is already written; returns the checkpoint to resume from, if any."""
+    last = out_dir / "last.pt"
+    if cfg.resume:
+        if not last.exists():
+            raise MoskdError(f"nothing to resume: {last} does not exist; run {command} without --resume")
+        return load_checkpoint(last, role=card["role"], arch=card["arch"], num_classes=card["num_classes"],
+                               dataset=card["dataset"], hint=f"pass --force to start {out_dir} over")
+    if last.exists() and not cfg.force:
+        raise MoskdError(f"{out_dir} already holds a run; pass --resume to continue it or --force to start over")
+    return None
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, loader: TensorLoader, metric: Metric, rt: Runtime, amp: bool = True) -> float:
+    model.eval()
+    total, count = 0.0, 0
+    for batch in loader:
+        x = batch[0].contiguous(memory_format=torch.channels_last) if rt.cuda else batch[0]
+        with torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=amp and rt.cuda):
+            logits = model(x)
+        s, n = metric(logits.float(), batch)
+        total, count = total + s, count + n
+    if rt.distributed:
+        t = torch.tensor([total, count], dtype=torch.float64, device=rt.device)
+        dist.all_reduce(t)
+        total, count = t.tolist()
+    return total / max(count, 1)
+
+
+def fit(stage: Stage, cfg: TrainConfig, rt: Runtime, command: str) -> dict:
+    """Train `stage.model` on its objective; returns a summary of the best (select) epoch."""
+    out = stage.out_dir
+    resume = prepare_out_dir(out, cfg, command, stage.card)
+    rt.barrier()  # every rank has passed the guard before rank 0 writes anything
+    raw = stage.model.to(rt.device)
+    if rt.cuda:
+        raw = raw.to(memory_format=torch.channels_last)
+    optimizer = create_optimizer_v2(raw, opt=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                    momentum=cfg.momentum)
+    steps = len(stage.train_loader)
+    scheduler = _scheduler(cfg, optimizer, steps)
+    ema = ModelEmaV3(raw, decay=cfg.ema_decay) if cfg.ema_decay > 0 else None
+    start_epoch, num_updates, best, best_epoch, history = 0, 0, float("-inf"), -1, []
+    if resume is not None:
+        raw.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        if ema is not None and resume.get("ema") is not None:
+            ema.module.load_state_dict(resume["ema"])
+        start_epoch, num_updates = resume["epoch"] + 1, resume["num_updates"]
+        best, best_epoch, history = resume["best_metric"], resume["best_epoch"], list(resume["history"])
+        log(rt, f"resuming {out} after epoch {resume['epoch'] + 1}/{cfg.epochs}")
+    model: nn.Module = torch.compile(raw) if cfg.compile else raw
+    if rt.distributed:
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[rt.device.index] if rt.cuda else None)
+    if rt.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_config(cfg, out / "config.yaml")
+        with open(out / "metrics.jsonl", "w") as f:  # rewritten from the checkpoint's history on resume
+            f.writelines(json.dumps(h) + "\n" for h in history)
+    eval_model = ema.module if ema is not None else raw
+
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        torch.manual_seed(cfg.seed * 1_000_003 + epoch * 1009 + rt.rank)  # dropout etc.: per-epoch, resumable
+        stage.train_loader.set_epoch(epoch)
+        model.train()
+        loss_sum = torch.zeros((), device=rt.device)
+        score_sum, seen = 0.0, 0
+        bar = tqdm(stage.train_loader, desc=f"{stage.role} {epoch + 1}/{cfg.epochs}", leave=False,
+                   disable=not show_progress(rt), unit="batch")
+        for batch in bar:
+            x = batch[0].contiguous(memory_format=torch.channels_last) if rt.cuda else batch[0]
+            with torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=cfg.amp and rt.cuda):
+                logits = model(x)
+            loss = stage.objective(logits.float(), batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            num_updates += 1
+            scheduler.step_update(num_updates)
+            if ema is not None:
+                ema.update(raw, step=num_updates)
+            n = len(batch[1])
+            loss_sum += loss.detach() * n
+            s, _ = stage.metric(logits.detach().float(), batch)
+            score_sum, seen = score_sum + s, seen + n
+        scheduler.step(epoch + 1)
+        train_stats = torch.tensor([loss_sum.item(), score_sum, seen], dtype=torch.float64, device=rt.device)
+        if rt.distributed:
+            dist.all_reduce(train_stats)
+        select_metric = evaluate(eval_model, stage.select_loader, stage.metric, rt, cfg.amp)
+        seconds = time.perf_counter() - t0
+        improved = select_metric > best
+        if improved:
+            best, best_epoch = select_metric, epoch
+        record = {
+            "epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
+            "train_loss": train_stats[0].item() / train_stats[2].item(),
+            f"train_{stage.metric_name}": train_stats[1].item() / train_stats[2].item(),
+            f"select_{stage.metric_name}": select_metric, "best_epoch": best_epoch + 1,
+            "seconds": round(seconds, 3), "images_per_s": round(train_stats[2].item() / seconds, 1),
+            "world_size": rt.world,
+        }
+        history.append(record)
+        if rt.is_main:
+            ckpt = {
+                "model": raw.state_dict(), "ema": ema.module.state_dict() if ema is not None else None,
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "epoch": epoch, "num_updates": num_updates, "best_metric": best, "best_epoch": best_epoch,
+                "history": history, "config": to_dict(cfg), "card": stage.card,
+            }
+            save_checkpoint(ckpt, out / "last.pt")
+            if improved:
+                shutil.copyfile(out / "last.pt", out / ".best.pt.tmp")
+                (out / ".best.pt.tmp").replace(out / "best.pt")
+            with open(out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+        log(rt, f"{stage.role} epoch {epoch + 1}/{cfg.epochs}  loss {record['train_loss']:.4f}  "
+                f"train {stage.metric_name} {record[f'train_{stage.metric_name}']:.4f}  "
+                f"select {stage.metric_name} {select_metric:.4f}  {seconds:.1f}s")
+        rt.barrier()
+    return {"best_select": best, "best_epoch": best_epoch + 1, "epochs": cfg.epochs}
+
+
+def finish(stage: Stage, cfg: TrainConfig, rt: Runtime, summary: dict, test_loader: TensorLoader) -> dict:
+    """Score best.pt once on `test` (reporting only: nothing is chosen on it); write summary.json."""
+    if rt.is_main:
+        best = load_checkpoint(stage.out_dir / "best.pt", role=stage.role)
+        model = stage.model
+        model.load_state_dict(best.get("ema") or best["model"])
+        summary[f"test_{stage.metric_name}"] = evaluate(model, test_loader, stage.metric,
+                                                       Runtime(rt.device), cfg.amp)
+        (stage.out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        plot_curves(stage.out_dir)  # curves.png from metrics.jsonl
+        log(rt, f"{stage.role}: best select {stage.metric_name} {summary['best_select']:.4f} "
+                f"(epoch {summary['best_epoch']}), test {stage.metric_name} "
+                f"{summary[f'test_{stage.metric_name}']:.4f} -> {stage.out_dir / 'best.pt'}")
+    rt.barrier()
+    return summary

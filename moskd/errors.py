@@ -1,0 +1,30 @@
+"""One exception type for bad input, and the wrapper that turns it into one line on stderr."""
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Callable
+
+
+class MoskdError(Exception):
+    """Bad input or a missing prerequisite: its message names the thing and the fix."""
+
+
+def cli_entry(prog: str) -> Callable:
+    """Decorate a console-script main: MoskdError -> one line on stderr and exit 2, no traceback."""
+
+    def wrap(main: Callable) -> Callable:
+        @functools.wraps(main)
+        def run(argv=None):
+            try:
+                return main(argv)
+            except MoskdError as e:
+                print(f"{prog}: error: {e}", file=sys.stderr)
+                raise SystemExit(2) from None
+            except KeyboardInterrupt:
+                print(f"{prog}: interrupted; rerun the same command with --resume to continue", file=sys.stderr)
+                raise SystemExit(130) from None
+
+        return run
+
+    return wrap

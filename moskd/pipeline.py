@@ -1,0 +1,112 @@
+"""`moskd pipeline`: teacher -> teacher-logit cache -> students -> selector -> report, on one run dir.
+
+It only dispatches: every stage runs through its own command's main() with the same flags a user
+would type, so the pipeline can do nothing the four commands cannot. A stage whose folder holds a
+summary.json is finished and skipped; one with only last.pt was interrupted and resumes; --force
+redoes everything.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from moskd.config import field, parse_config
+from moskd.errors import cli_entry
+
+STUDENTS = {"1": "densenet121", "2": "googlenet"}
+
+
+@dataclass
+class PipelineConfig:
+    run_dir: str = field("runs/digits", "run directory shared by all stages")
+    dataset: str = field("digits", "digits (bundled, offline) | cifar10 | cifar100 | folder:PATH")
+    data_dir: str = field("data", "where CIFAR files live (or are downloaded to)")
+    download: bool = field(False, "download CIFAR through torchvision (needs network)")
+    device: str = field("auto", "auto | cpu | cuda | cuda:N")
+    seed: int = field(0, "seed for every stage")
+    limit: Optional[int] = field(None, "use at most N images per split (smoke runs and tests)")
+    epochs: Optional[int] = field(None, "override every stage's epochs (smoke runs)")
+    baselines: bool = field(False, "also train each student without the teacher (--no-teacher), for comparison")
+    force: bool = field(False, "redo every stage even if finished")
+
+
+def _recipe(config: Optional[str], dataset: str) -> Optional[str]:
+    """--config if given, else the repository's configs/<dataset>.yaml when it exists."""
+    if config:
+        return config
+    default = Path(__file__).resolve().parent.parent / "configs" / f"{dataset}.yaml"
+    return str(default) if default.is_file() else None
+
+
+def _header(i: int, n: int, title: str) -> None:
+    print(f"\n=== [{i}/{n}] {title} " + "=" * max(3, 60 - len(title)), flush=True)
+
+
+def _run_stage(module: str, argv: list[str], out_dir: Path, cfg: PipelineConfig) -> str:
+    """Run one stage unless finished; resume it if interrupted. Returns what happened."""
+    if (out_dir / "summary.json").exists() and not cfg.force:
+        return "skipped (finished)"
+    if cfg.force:
+        argv = [*argv, "--force"]
+    elif (out_dir / "last.pt").exists():
+        argv = [*argv, "--resume"]
+    importlib.import_module(module).main(argv)
+    return "resumed" if "--resume" in argv else "done"
+
+
+def run(cfg: PipelineConfig, config: Optional[str] = None) -> dict:
+    run_dir = Path(cfg.run_dir)
+    common = ["--run-dir", cfg.run_dir, "--dataset", cfg.dataset, "--data-dir", cfg.data_dir,
+              "--device", cfg.device, "--seed", str(cfg.seed)]
+    recipe = _recipe(config, cfg.dataset)
+    if recipe:
+        common += ["--config", recipe]
+    if cfg.download:
+        common.append("--download")
+    if cfg.limit:
+        common += ["--limit", str(cfg.limit)]
+    train = common + (["--epochs", str(cfg.epochs)] if cfg.epochs else [])
+
+    stages = [("teacher", "teacher.train", train, run_dir / "teacher")]
+    for key, arch in STUDENTS.items():
+        stages.append((f"student {arch} (distilled)", "students.train", train + ["--model", key],
+                       run_dir / "students" / arch))
+        if cfg.baselines:
+            stages.append((f"student {arch} (baseline, no teacher)", "students.train",
+                           train + ["--model", key, "--no-teacher"], run_dir / "students" / f"{arch}-baseline"))
+    stages.append(("selector", "selector.train", train, run_dir / "selector"))
+
+    timings: dict[str, float] = {}
+    n = len(stages) + 1
+    for i, (title, module, argv, out_dir) in enumerate(stages, 1):
+        _header(i, n, title)
+        t0 = time.perf_counter()
+        what = _run_stage(module, argv, out_dir, cfg)
+        timings[title] = round(time.perf_counter() - t0, 1)
+        print(f"{title}: {what} in {timings[title]:.1f}s", flush=True)
+
+    _header(n, n, "evaluation report on test")
+    t0 = time.perf_counter()
+    importlib.import_module("inference.report").main(common)
+    timings["report"] = round(time.perf_counter() - t0, 1)
+    (run_dir / "pipeline_timings.json").write_text(json.dumps(timings, indent=2) + "\n")
+    print("\nstage times (s): " + ", ".join(f"{k} {v}" for k, v in timings.items()))
+    print(f"total {sum(timings.values()):.1f}s; report: {run_dir / 'report.md'}, plots: {run_dir / 'plots'}")
+    return timings
+
+
+@cli_entry("moskd pipeline")
+def main(argv=None):
+    cfg = parse_config(PipelineConfig, argv, "moskd pipeline", __doc__, section="pipeline")
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre.add_argument("--config")
+    run(cfg, pre.parse_known_args(argv)[0].config)
+
+
+if __name__ == "__main__":
+    main()

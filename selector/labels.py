@@ -1,0 +1,197 @@
+"""Selector labels: which student gets each `select` image right.
+
+Every student runs over `select` (held out of training; never `test`). Per image we keep each
+student's logits and correctness. A student that is right is a good route; when several are right
+the cheaper one (fewer MACs) is preferred; images no student gets right carry no routing signal
+(preferred route -1). Only images where exactly one student is right can be won or lost by
+routing, so their count is reported.
+
+Also here: finding a run's students (shared with the inference stage, which imports it).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from moskd.checkpoint import build_model_from_checkpoint, load_checkpoint, save_checkpoint
+from moskd.data import DataBundle, TensorLoader
+from moskd.errors import MoskdError
+from moskd.profile import count_macs
+
+BASELINE_SUFFIX = "-baseline"
+SPLIT_KEYS = ("split_seed", "select_fraction", "test_fraction", "image_size")
+
+
+@dataclass
+class Student:
+    name: str  # its folder under RUN/students
+    path: Path
+    card: dict
+    model: nn.Module
+    macs: int  # per image at the card's input size
+
+
+def is_baseline(name: str, card: dict) -> bool:
+    """A student trained without a teacher: '-baseline' folder or a card with kd_loss None."""
+    dist = card.get("distillation")
+    return name.endswith(BASELINE_SUFFIX) or (isinstance(dist, dict) and dist.get("kd_loss") is None)
+
+
+def _student_dirs(run_dir: Path) -> list[Path]:
+    root = run_dir / "students"
+    return sorted(p for p in root.iterdir() if (p / "best.pt").is_file()) if root.is_dir() else []
+
+
+def check_same_split(ckpt: dict, data_settings: dict, path: Path) -> None:
+    """Refuse a student trained on another split: its `train` images could sit in our `select`/`test`."""
+    trained = ckpt.get("config") or {}
+    for key in SPLIT_KEYS:
+        if key in trained and key in data_settings and trained[key] != data_settings[key]:
+            flag = "--" + key.replace("_", "-")
+            raise MoskdError(f"{path}: trained with {flag} {trained[key]}, this run uses {data_settings[key]}; "
+                             f"pass {flag} {trained[key]}")
+
+
+def load_student(run_dir: Path, name: str, *, dataset: str | None = None, num_classes: int | None = None,
+                 data_settings: dict | None = None, device="cpu") -> Student:
+    path = run_dir / "students" / name / "best.pt"
+    if not path.is_file():
+        arch = name[: -len(BASELINE_SUFFIX)] if name.endswith(BASELINE_SUFFIX) else name
+        extra = " --no-teacher" if name.endswith(BASELINE_SUFFIX) else ""
+        raise MoskdError(f"{path} not found; run StudentTrain --model {arch}{extra} --run-dir {run_dir} first")
+    ckpt = load_checkpoint(path, role="student", dataset=dataset, num_classes=num_classes,
+                           hint="retrain the student on this run's dataset")
+    check_same_split(ckpt, data_settings or {}, path)
+    model = build_model_from_checkpoint(ckpt).to(device)
+    card = ckpt["card"]
+    return Student(name, path, card, model, count_macs(model, card["input_size"]))
+
+
+def discover(run_dir: Path) -> tuple[list[str], list[str]]:
+    """(distilled, baseline) student folder names of a run, each sorted by name."""
+    distilled, baselines = [], []
+    for d in _student_dirs(run_dir):
+        card = load_checkpoint(d / "best.pt", role="student")["card"]
+        (baselines if is_baseline(d.name, card) else distilled).append(d.name)
+    return distilled, baselines
+
+
+def load_students(run_dir: str | Path, names: list[str] | None = None, **kw) -> list[Student]:
+    """The students to route between, cheapest (fewest MACs) first.
+
+    names: folders under RUN/students; default every distilled (not baseline) student.
+    """
+    run_dir = Path(run_dir)
+    if not names:
+        names, _ = discover(run_dir)
+        if len(names) < 2:
+            have = f" (found: {', '.join(names)})" if names else ""
+            raise MoskdError(f"{run_dir}/students holds fewer than two distilled students{have}; run "
+                             f"StudentTrain --model 1 --run-dir {run_dir} and StudentTrain --model 2 "
+                             f"--run-dir {run_dir} first")
+    if len(set(names)) < 2:
+        raise MoskdError(f"--students names {' '.join(names)}: routing needs at least two different students")
+    students = [load_student(run_dir, n, **kw) for n in dict.fromkeys(names)]
+    check_same_input([s.card for s in students], [str(s.path) for s in students])
+    return sorted(students, key=lambda s: (s.macs, s.name))
+
+
+def check_same_input(cards: list[dict], where: list[str]) -> None:
+    """Models that share one preprocessed batch must agree on input size and normalisation."""
+    ref = cards[0]
+    for card, path in zip(cards[1:], where[1:]):
+        if list(card["input_size"]) != list(ref["input_size"]):
+            raise MoskdError(f"{path}: input size {card['input_size']} differs from {where[0]}'s "
+                             f"{ref['input_size']}; retrain it on this run's data")
+        same = all(abs(a - b) <= 1e-4 * max(1.0, abs(b)) for k in ("mean", "std") for a, b in zip(card[k], ref[k]))
+        if not same:
+            raise MoskdError(f"{path}: normalisation (mean/std) differs from {where[0]}'s; it was trained on "
+                             f"another slice of the data (--limit?); retrain it with this run's settings")
+
+
+# ---------------------------------------------------------------- labels
+
+
+@torch.inference_mode()
+def collect_logits(models: list[nn.Module], loader: TensorLoader, desc: str = "", progress: bool = False
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """((N, S, C) float logits of every model, (N,) targets) over a non-shuffled loader, on the CPU."""
+    for m in models:
+        m.eval()
+    logits, targets = [], []
+    for batch in tqdm(loader, desc=desc, leave=False, disable=not progress, unit="batch"):
+        logits.append(torch.stack([m(batch[0]).float() for m in models], 1).cpu())
+        targets.append(batch[1].cpu())
+    return torch.cat(logits), torch.cat(targets)
+
+
+def preferred_routes(correct: torch.Tensor) -> torch.Tensor:
+    """(N,) index of the cheapest correct student (columns are cheapest first), -1 where none is right."""
+    first = correct.to(torch.uint8).argmax(1)  # argmax returns the first maximum
+    return torch.where(correct.any(1), first, torch.full_like(first, -1))
+
+
+def label_stats(correct: torch.Tensor, names: list[str]) -> dict:
+    """How many images each routing outcome covers; exactly-one-right images are the ones routing decides."""
+    right = correct.sum(1)
+    one = right == 1
+    return {
+        "num_images": len(correct),
+        "all_right": int((right == len(names)).sum()),
+        "none_right": int((right == 0).sum()),
+        "exactly_one_right": int(one.sum()),
+        "only_right": {n: int((one & correct[:, i]).sum()) for i, n in enumerate(names)},
+        "accuracy": {n: float(correct[:, i].float().mean()) if len(correct) else 0.0 for i, n in enumerate(names)},
+        "oracle": float(correct.any(1).float().mean()) if len(correct) else 0.0,
+    }
+
+
+def make_labels(logits: torch.Tensor, targets: torch.Tensor, names: list[str], macs: list[int]) -> dict:
+    """The labels file's content from (N, S, C) logits; students in route order (cheapest first)."""
+    correct = logits.argmax(2) == targets[:, None]
+    return {
+        "students": list(names),
+        "macs": torch.tensor(macs, dtype=torch.long),
+        "targets": targets.long(),
+        "logits": logits.float(),
+        "correct": correct,
+        "route": preferred_routes(correct),
+        "stats": label_stats(correct, names),
+    }
+
+
+def label_split(students: list[Student], data: DataBundle, split: str = "select", batch_size: int = 256,
+                device="cpu", progress: bool = False) -> dict:
+    if split == "test":  # guard the contract: nothing is ever chosen or trained on `test`
+        raise MoskdError("selector labels come from `select`, never `test`")
+    s = data.splits[split]
+    card = students[0].card  # normalise as the students were trained (their cards agree; see load_students)
+    loader = TensorLoader(s.images, s.targets, mean=card["mean"], std=card["std"], batch_size=batch_size,
+                          device=device)
+    logits, targets = collect_logits([st.model for st in students], loader, f"labels ({split})", progress)
+    return make_labels(logits, targets, [st.name for st in students], [st.macs for st in students])
+
+
+def save_labels(labels: dict, path: str | Path) -> None:
+    save_checkpoint(labels, path)  # atomic; plain tensors, strings and numbers: loads with weights_only
+
+
+def load_labels(path: str | Path) -> dict:
+    from moskd.checkpoint import read_checkpoint_file
+
+    obj = read_checkpoint_file(path)
+    if not isinstance(obj, dict) or not {"students", "correct", "route"} <= set(obj):
+        raise MoskdError(f"{path}: not a selector labels file; rerun trainSelector")
+    return obj
+
+
+def describe(stats: dict) -> str:
+    only = ", ".join(f"{n} {c}" for n, c in stats["only_right"].items())
+    acc = ", ".join(f"{n} {a:.4f}" for n, a in stats["accuracy"].items())
+    return (f"select labels: {stats['num_images']} images; all right {stats['all_right']}, none right "
+            f"{stats['none_right']}, exactly one right {stats['exactly_one_right']} ({only}); "
+            f"accuracy {acc}; oracle {stats['oracle']:.4f}")

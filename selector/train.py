@@ -1,0 +1,172 @@
+"""trainSelector: label `select` with the students' correctness, then train the selector on it.
+
+Reads RUN/students/<name>/best.pt (default: every distilled student), writes
+RUN/selector/{labels.pt,best.pt,last.pt,metrics.jsonl,config.yaml,summary.json}.
+
+The selector learns, per image, P(student is right) for each student (binary cross-entropy on
+correctness) through the shared engine. `select` is split again, deterministically by
+--split-seed, into a part the selector trains on and a held-out part that chooses its checkpoint
+by routed accuracy (the accuracy of the student each image is routed to). `test` is never read.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from moskd.checkpoint import load_checkpoint
+from moskd.config import field, parse_config
+from moskd.data import DataBundle, TensorLoader, data_from_config
+from moskd.engine import Stage, TrainConfig, fit, prepare_out_dir
+from moskd.errors import MoskdError, cli_entry
+from moskd.models import create_model
+from moskd.profile import count_macs
+from moskd.runtime import Runtime, log, setup_runtime, show_progress, teardown
+from selector.labels import SPLIT_KEYS, describe, label_split, load_students, save_labels
+from selector.model import MAC_BUDGET, route_from_scores
+
+
+@dataclass
+class SelectorConfig(TrainConfig):
+    # the selector is tiny and `select` is small: short steps, Adam, a few dozen epochs
+    epochs: int = field(30, "training epochs")
+    batch_size: int = field(32, "images per step (per process under torchrun)")
+    lr: float = field(3e-3, "peak learning rate (after warm-up)")
+    optimizer: str = field("adamw", "sgd (Nesterov momentum) | momentum | adam | adamw, or any timm optimizer")
+    weight_decay: float = field(1e-4, "L2 weight decay (not on biases and norms)")
+    students: list[str] = field([], "folders under RUN/students to route between (default: every distilled "
+                                    "student); they are ordered cheapest (fewest MACs) first")
+    width: int = field(32, "channels of the first conv block (the next two have 2x and 4x)")
+    dropout: float = field(0.0, "dropout before the selector's head (0..1)")
+    holdout_fraction: float = field(0.3, "share of `select` held out to choose the selector checkpoint (0..1)")
+    tie_margin: float = field(0.05, "scores within this of the best count as a tie, won by the cheaper student")
+    augment: bool = field(False, "shift/flip images while training (labels were computed on unshifted ones)")
+
+
+def holdout_split(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Deterministic (train, held-out) indices of `select`; both parts non-empty."""
+    if not 0 < fraction < 1:
+        raise MoskdError("--holdout-fraction must lie strictly between 0 and 1")
+    if n < 2:
+        raise MoskdError(f"`select` holds {n} image(s); the selector needs at least 2 (raise --limit)")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    held = min(n - 1, max(1, round(fraction * n)))
+    return order[held:].sort().values, order[:held].sort().values
+
+
+def bce_on_correctness(logits: torch.Tensor, batch) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(logits, batch[2])
+
+
+def routed_accuracy(tie_margin: float):
+    """Engine metric: how often the student an image is routed to is right (batch[2] = correctness)."""
+    def metric(logits: torch.Tensor, batch) -> tuple[float, int]:
+        route = route_from_scores(logits.sigmoid(), tie_margin)
+        return batch[2].gather(1, route[:, None]).sum().item(), len(route)
+
+    return metric
+
+
+def _loader(data: DataBundle, card: dict, idx: torch.Tensor, correct: torch.Tensor, cfg: SelectorConfig,
+            rt: Runtime, train: bool) -> TensorLoader:
+    s = data.splits["select"]
+    return TensorLoader(
+        s.images[idx], s.targets[idx], mean=card["mean"], std=card["std"],
+        batch_size=cfg.batch_size if train else cfg.eval_batch_size, device=rt.device, train=train,
+        aug=data.aug if (train and cfg.augment) else None, extras=(correct[idx].float(),), seed=cfg.seed,
+        rank=rt.rank, world=rt.world,
+    )
+
+
+def check_budget(selector_macs: int, student_macs: list[int], names: list[str], width: int) -> None:
+    limit = MAC_BUDGET * min(student_macs)
+    if selector_macs > limit:
+        raise MoskdError(f"selector costs {selector_macs:,} MACs per image, over {MAC_BUDGET:.0%} of the cheapest "
+                         f"student {names[0]} ({min(student_macs):,}); lower --width (now {width})")
+
+
+@torch.inference_mode()
+def heldout_summary(model, loader: TensorLoader, tie_margin: float, names: list[str]) -> dict:
+    """Routed accuracy of the chosen checkpoint on the held-out part, beside always-one-student and oracle."""
+    model.eval()
+    scores, correct = [], []
+    for batch in loader:
+        scores.append(model(batch[0]).float().sigmoid().cpu())
+        correct.append(batch[2].cpu())
+    scores, correct = torch.cat(scores), torch.cat(correct)
+    route = route_from_scores(scores, tie_margin)
+    out = {"heldout_images": len(route), "heldout_routed_acc": correct.gather(1, route[:, None]).mean().item(),
+           "heldout_oracle": correct.max(1).values.mean().item()}
+    out.update({f"heldout_always_{n}": correct[:, i].mean().item() for i, n in enumerate(names)})
+    out["heldout_route_share"] = {n: (route == i).float().mean().item() for i, n in enumerate(names)}
+    return out
+
+
+def run(cfg: SelectorConfig, rt: Runtime) -> dict:
+    out = Path(cfg.run_dir) / "selector"
+    data = data_from_config(cfg)
+    students = load_students(cfg.run_dir, cfg.students, dataset=data.name, num_classes=data.num_classes,
+                             data_settings={k: getattr(cfg, k) for k in SPLIT_KEYS}, device=rt.device)
+    names, macs = [s.name for s in students], [s.macs for s in students]
+
+    torch.manual_seed(cfg.seed)
+    kwargs = {"width": cfg.width, "dropout": cfg.dropout}
+    model = create_model("selector_cnn", len(names), data.in_chans, **kwargs)
+    selector_macs = count_macs(model, data.input_size)
+    check_budget(selector_macs, macs, names, cfg.width)
+    card = {
+        "role": "selector", "arch": "selector_cnn", **data.card(),
+        "num_classes": len(names), "class_names": names,  # the selector's "classes" are the students
+        "dataset_class_names": data.class_names, "students": names, "student_macs": macs,
+        "selector_macs": selector_macs, "tie_margin": cfg.tie_margin, "model_kwargs": kwargs,
+        # the selector sees the very batch its students see: same normalisation as theirs
+        "mean": students[0].card["mean"], "std": students[0].card["std"],
+    }
+    prepare_out_dir(out, cfg, "trainSelector", card)  # refuse before labels.pt is (over)written
+    log(rt, f"selector: {selector_macs:,} MACs per image = {selector_macs / min(macs):.2%} of {names[0]}; "
+            f"route order {', '.join(names)}")
+
+    labels = label_split(students, data, "select", cfg.eval_batch_size, rt.device, show_progress(rt))
+    log(rt, describe(labels["stats"]))
+    if rt.is_main:
+        save_labels(labels, out / "labels.pt")
+    del students  # only their labels are needed from here on
+
+    tr, held = holdout_split(len(labels["correct"]), cfg.holdout_fraction, cfg.split_seed)
+    stage = Stage(
+        role="selector", out_dir=out, model=model,
+        train_loader=_loader(data, card, tr, labels["correct"], cfg, rt, train=True),
+        select_loader=_loader(data, card, held, labels["correct"], cfg, rt, train=False),
+        objective=bce_on_correctness, card=card,
+        metric=routed_accuracy(cfg.tie_margin), metric_name="routed_acc",
+    )
+    summary = fit(stage, cfg, rt, "trainSelector")
+    if rt.is_main:
+        best = load_checkpoint(out / "best.pt", role="selector")
+        model.load_state_dict(best.get("ema") or best["model"])
+        held_loader = _loader(data, card, held, labels["correct"], cfg, Runtime(rt.device), train=False)
+        summary.update(heldout_summary(model, held_loader, cfg.tie_margin, names))
+        summary["labels"] = labels["stats"]
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        always = ", ".join(f"{n} {summary[f'heldout_always_{n}']:.4f}" for n in names)
+        log(rt, f"selector: held-out routed acc {summary['heldout_routed_acc']:.4f} (always: {always}; oracle "
+                f"{summary['heldout_oracle']:.4f}) -> {out / 'best.pt'}")
+    rt.barrier()
+    return summary
+
+
+@cli_entry("trainSelector")
+def main(argv=None):
+    cfg = parse_config(SelectorConfig, argv, "trainSelector", __doc__, section="selector")
+    rt = setup_runtime(cfg.device)
+    try:
+        run(cfg, rt)
+    finally:
+        teardown(rt)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,180 @@
+"""moskd sweep: a temperature x alpha x seed grid for one student, plus its baseline.
+
+    moskd sweep --run-dir RUN --model 1 --temperatures 1 10 30 50 100 --alphas 0 0.5 1 --seeds 0 1 2
+
+Each run trains in-process with StudentTrain's recipe (every StudentTrain flag applies) into
+RUN/sweep/<name>/; all of them read the one teacher-logit cache in RUN/teacher/cache/, so the
+teacher's forward pass is paid once for the whole sweep. Writes RUN/sweep/results.{md,csv}
+(mean ± std over seeds) and RUN/sweep/runs.csv (one row per run) with select accuracy of the
+chosen epoch, test accuracy of that checkpoint (best on `select`) and of the last epoch.
+
+alpha = 1 gives the teacher no weight, so it is the baseline student: it is trained once per seed
+(as <arch>-baseline) however many temperatures are swept. Likewise MSE logit matching has no
+temperature, so --kd-loss mse collapses the temperature axis. A finished run is reused when the
+sweep is run again (--force retrains), an interrupted one is resumed.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+from moskd.checkpoint import build_model_from_checkpoint, load_checkpoint
+from moskd.config import field, parse_config
+from moskd.data import data_from_config, make_loader
+from moskd.engine import evaluate, top1
+from moskd.errors import cli_entry
+from moskd.runtime import Runtime, log, setup_runtime, teardown
+from students.train import StudentConfig, check_config, resolve_arch
+from students.train import run as train_student
+
+
+@dataclass
+class SweepConfig(StudentConfig):
+    temperatures: list[float] = field([1.0, 4.0, 10.0], "softmax temperatures T to try (> 0)")
+    alphas: list[float] = field([0.0, 0.5], "hard-label weights alpha to try (0..1; 1 = the baseline)")
+    seeds: list[int] = field([0, 1], "seeds per grid point: mean ± std over these")
+    baseline: bool = field(True, "also train the baseline student (alpha = 1, no teacher) for each seed")
+
+
+@dataclass(frozen=True)
+class Point:
+    name: str  # folder under RUN/sweep/ without the seed
+    temperature: float | None
+    alpha: float
+
+    def config(self, cfg: SweepConfig, seed: int) -> StudentConfig:
+        base = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(StudentConfig)}
+        # resume is decided per run (an interrupted run resumes, a finished one is reused)
+        base.update(seed=seed, alpha=self.alpha, no_teacher=self.alpha >= 1.0, resume=False)
+        if self.temperature is not None:
+            base["temperature"] = self.temperature
+        return StudentConfig(**base)
+
+
+def grid(cfg: SweepConfig, arch: str) -> list[Point]:
+    """Distinct grid points in order; alpha = 1 is the baseline, MSE has no temperature."""
+    points: list[Point] = []
+    temps = cfg.temperatures if cfg.kd_loss == "kl" else [None]
+    for alpha in cfg.alphas:
+        for t in temps:
+            if alpha >= 1.0:
+                p = Point(f"{arch}-baseline", None, 1.0)
+            elif t is None:
+                p = Point(f"{arch}-mse-a{alpha:g}", None, alpha)
+            else:
+                p = Point(f"{arch}-T{t:g}-a{alpha:g}", t, alpha)
+            if p not in points:
+                points.append(p)
+    if cfg.baseline and Point(f"{arch}-baseline", None, 1.0) not in points:
+        points.append(Point(f"{arch}-baseline", None, 1.0))
+    return points
+
+
+def last_epoch_accuracy(run_dir: Path, data, cfg: StudentConfig, rt: Runtime) -> float:
+    """Test accuracy of last.pt (the weights after the final epoch), beside best-on-select."""
+    model = build_model_from_checkpoint(load_checkpoint(run_dir / "last.pt", role="student")).to(rt.device)
+    return evaluate(model, make_loader(data, "test", cfg.eval_batch_size, device=rt.device), top1,
+                    Runtime(rt.device), cfg.amp)
+
+
+def train_point(point: Point, seed: int, cfg: SweepConfig, data, rt: Runtime) -> dict:
+    """Train (or reuse, or resume) one run; returns its row of runs.csv."""
+    out = Path(cfg.run_dir) / "sweep" / f"{point.name}-s{seed}"
+    summary_file = out / "summary.json"
+    if summary_file.is_file() and not cfg.force:
+        summary = json.loads(summary_file.read_text())
+        log(rt, f"sweep: {out.name} already finished; reusing it (--force retrains)")
+    else:
+        scfg = point.config(cfg, seed)
+        if not cfg.force and (out / "last.pt").is_file():
+            scfg = dataclasses.replace(scfg, resume=True)
+        summary = train_student(scfg, rt, out_dir=out, data=data)
+    if "test_acc_last" not in summary:
+        summary["test_acc_last"] = last_epoch_accuracy(out, data, cfg, rt)
+        if rt.is_main:
+            summary_file.write_text(json.dumps(summary, indent=2) + "\n")
+    return {"name": point.name, "kd_loss": cfg.kd_loss if point.alpha < 1 else "none",
+            "temperature": point.temperature, "alpha": point.alpha, "seed": seed,
+            "best_epoch": summary["best_epoch"], "select_acc": summary["best_select"],
+            "test_acc_best": summary["test_acc"], "test_acc_last": summary["test_acc_last"]}
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def aggregate(rows: list[dict]) -> list[dict]:
+    """One row per grid point: mean and standard deviation (n - 1) over its seeds."""
+    out = []
+    for name in dict.fromkeys(r["name"] for r in rows):
+        group = [r for r in rows if r["name"] == name]
+        agg = {k: group[0][k] for k in ("name", "kd_loss", "temperature", "alpha")}
+        agg["seeds"] = len(group)
+        for metric in ("select_acc", "test_acc_best", "test_acc_last"):
+            agg[f"{metric}_mean"], agg[f"{metric}_std"] = _mean_std([r[metric] for r in group])
+        out.append(agg)
+    return out
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def markdown(table: list[dict], arch: str) -> str:
+    pct = lambda r, m: f"{100 * r[m + '_mean']:.2f} ± {100 * r[m + '_std']:.2f}"  # noqa: E731
+    lines = [
+        f"# Distillation sweep: {arch}", "",
+        "Accuracy in % (mean ± std over seeds). `select`: the chosen epoch's accuracy on the select split; "
+        "test @best: that checkpoint on `test`; test @last: the last epoch's weights on `test`.", "",
+        "| run | loss | T | alpha | seeds | select | test @best | test @last |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in table:
+        t = "–" if r["temperature"] is None else f"{r['temperature']:g}"
+        lines.append(f"| {r['name']} | {r['kd_loss']} | {t} | {r['alpha']:g} | {r['seeds']} | "
+                     f"{pct(r, 'select_acc')} | {pct(r, 'test_acc_best')} | {pct(r, 'test_acc_last')} |")
+    return "\n".join(lines) + "\n"
+
+
+def sweep(cfg: SweepConfig, rt: Runtime) -> list[dict]:
+    check_config(cfg)
+    arch = resolve_arch(cfg.model)
+    data = data_from_config(cfg)  # loaded once, shared by every run
+    points = grid(cfg, arch)
+    for p in points:  # every grid value is checked before the first run starts
+        check_config(p.config(cfg, cfg.seeds[0]))
+    jobs = [(p, s) for p in points for s in cfg.seeds]
+    rows = []
+    for i, (point, seed) in enumerate(jobs, 1):
+        log(rt, f"sweep {i}/{len(jobs)}: {point.name} seed {seed}")
+        rows.append(train_point(point, seed, cfg, data, rt))
+    table = aggregate(rows)
+    if rt.is_main:
+        folder = Path(cfg.run_dir) / "sweep"
+        write_csv(rows, folder / "runs.csv")
+        write_csv(table, folder / "results.csv")
+        (folder / "results.md").write_text(markdown(table, arch))
+        log(rt, markdown(table, arch))
+        log(rt, f"sweep: {len(jobs)} runs -> {folder / 'results.md'}, {folder / 'results.csv'}")
+    return table
+
+
+@cli_entry("moskd sweep")
+def main(argv=None):
+    cfg = parse_config(SweepConfig, argv, "moskd sweep", __doc__, section="students")
+    rt = setup_runtime(cfg.device)
+    try:
+        sweep(cfg, rt)
+    finally:
+        teardown(rt)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,209 @@
+"""StudentTrain: distil the teacher into a student on `train`, choose its checkpoint on `select`.
+
+    StudentTrain --run-dir RUN --model 1            # DenseNet121 from RUN/teacher/best.pt
+    StudentTrain --run-dir RUN --model 2            # GoogLeNet, same shared teacher-logit cache
+    StudentTrain --run-dir RUN --model 1 --no-teacher   # the plain baseline, for comparison
+
+Writes RUN/students/<arch>/ (or RUN/students/<arch>-baseline/ with --no-teacher):
+best.pt, last.pt, metrics.jsonl, config.yaml, summary.json, curves.png.
+Loss: alpha * CE(student, y) + (1 - alpha) * T^2 * KL(teacher/T || student/T), or MSE logit
+matching with --kd-loss mse. With --teacher-cache K (default) the teacher's logits for K augmented
+views of every train image are computed once into RUN/teacher/cache/ and shared by all students.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+
+from moskd.checkpoint import build_model_from_checkpoint, load_checkpoint
+from moskd.config import field, parse_config
+from moskd.data import DataBundle, data_from_config, make_loader
+from moskd.engine import Stage, TrainConfig, cross_entropy, finish, fit, prepare_out_dir
+from moskd.errors import MoskdError, cli_entry
+from moskd.models import available_models, create_model
+from moskd.profile import model_cost
+from moskd.runtime import Runtime, log, setup_runtime, teardown
+from students.cache import cache_file, cache_key, load_or_build
+from students.losses import KD_LOSSES, cached_objective, online_objective
+
+STUDENTS = {"1": "densenet121", "2": "googlenet"}  # --model numbers, as in the original project
+
+
+@dataclass
+class StudentConfig(TrainConfig):
+    # Digits recipe (tuned on `select`): short, since a student trains in about two minutes on a CPU.
+    epochs: int = field(12, "training epochs")
+    lr: float = field(0.05, "peak learning rate (after warm-up)")
+    model: str = field("1", "student: 1 = densenet121, 2 = googlenet, or any registry/torchvision/timm name")
+    teacher: Optional[str] = field(None, "teacher checkpoint (default: RUN/teacher/best.pt)")
+    alpha: float = field(0.5, "weight of the hard-label cross-entropy; 1 - alpha weighs the teacher term (0..1)")
+    temperature: float = field(4.0, "softmax temperature T of the KL term (> 0; the term is scaled by T^2)")
+    kd_loss: str = field("kl", "kl (Hinton soft targets) | mse (logit matching, no temperature)")
+    no_teacher: bool = field(False, "train the plain baseline student (alpha = 1, no teacher) "
+                                    "into RUN/students/<arch>-baseline/")
+    teacher_cache: int = field(10, "K augmented views per train image whose teacher logits are cached in "
+                                   "RUN/teacher/cache/ (0 = run the teacher online every step)")
+    cache_seed: int = field(0, "seed of the cached views (shared by every student reading the cache)")
+
+
+def resolve_arch(model: str) -> str:
+    """--model 1|2|name -> architecture name; any other number is a mistake, not a name."""
+    if model in STUDENTS:
+        return STUDENTS[model]
+    if model.strip().lstrip("-").isdigit():
+        raise MoskdError(f"--model {model}: no such student; choose {choices()}")
+    return model
+
+
+def choices() -> str:
+    numbered = ", ".join(f"{k} ({v})" for k, v in STUDENTS.items())
+    return f"{numbered}, or an architecture name ({', '.join(available_models())}, any torchvision or timm name)"
+
+
+def create_student(arch: str, data: DataBundle) -> nn.Module:
+    try:
+        return create_model(arch, data.num_classes, data.in_chans)
+    except MoskdError as e:
+        raise MoskdError(f"--model {arch}: {e}; --model takes {choices()}") from None
+
+
+def check_config(cfg: StudentConfig) -> None:
+    if not 0.0 <= cfg.alpha <= 1.0:
+        raise MoskdError(f"--alpha {cfg.alpha}: must lie in 0..1 (1 = labels only, 0 = teacher only)")
+    if cfg.temperature <= 0:
+        raise MoskdError(f"--temperature {cfg.temperature}: must be > 0")
+    if cfg.kd_loss not in KD_LOSSES:
+        raise MoskdError(f"--kd-loss {cfg.kd_loss}: choose one of {', '.join(KD_LOSSES)}")
+    if cfg.teacher_cache < 0:
+        raise MoskdError(f"--teacher-cache {cfg.teacher_cache}: must be >= 0 (0 = online teacher)")
+
+
+class Renormalize(nn.Module):
+    """Maps images normalised with the student's data statistics to the teacher's.
+
+    Both come from the same training split in a normal run, but a teacher trained on another
+    slice (--limit) has other statistics; its logits must come from the inputs it was trained on.
+    """
+
+    def __init__(self, src_mean, src_std, dst_mean, dst_std):
+        super().__init__()
+        src_mean, src_std, dst_mean, dst_std = (torch.tensor(v).view(1, -1, 1, 1)
+                                                for v in (src_mean, src_std, dst_mean, dst_std))
+        self.register_buffer("scale", src_std / dst_std)
+        self.register_buffer("shift", (src_mean - dst_mean) / dst_std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale + self.shift
+
+
+def teacher_path(cfg: StudentConfig) -> Path:
+    return Path(cfg.teacher) if cfg.teacher else Path(cfg.run_dir) / "teacher" / "best.pt"
+
+
+def load_teacher(path: Path, data: DataBundle, run_dir: str) -> nn.Module:
+    """The teacher of `path` in eval mode, its card checked against the data; one line on any mismatch."""
+    if not path.is_file():
+        raise MoskdError(f"no teacher checkpoint at {path}; run `teacherTrain --run-dir {run_dir}` first "
+                         f"(or pass --teacher PATH, or --no-teacher for the baseline student)")
+    hint = "distil from a teacher trained on this dataset (--teacher PATH), or pass --no-teacher"
+    ckpt = load_checkpoint(path, role="teacher", dataset=data.name, num_classes=data.num_classes, hint=hint)
+    card = ckpt["card"]
+    if list(card["input_size"]) != data.input_size:
+        raise MoskdError(f"{path}: teacher takes {card['input_size']} inputs, this data is {data.input_size}; {hint}")
+    teacher = build_model_from_checkpoint(ckpt)
+    if not (torch.allclose(torch.tensor(card["mean"]), torch.tensor(data.mean))
+            and torch.allclose(torch.tensor(card["std"]), torch.tensor(data.std))):
+        teacher = nn.Sequential(Renormalize(data.mean, data.std, card["mean"], card["std"]), teacher)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher.eval()
+
+
+def out_dir_for(cfg: StudentConfig, arch: str) -> Path:
+    return Path(cfg.run_dir) / "students" / (f"{arch}-baseline" if cfg.no_teacher else arch)
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+def describe_cost(cost: dict) -> str:
+    return f"{cost['params'] / 1e6:.2f}M params, {_mib(cost['bytes'])}, {cost['macs'] / 1e6:.1f}M MACs/image"
+
+
+def run(cfg: StudentConfig, rt: Runtime, out_dir: Path | None = None, data: DataBundle | None = None) -> dict:
+    """Train one student; returns the summary (also written to summary.json)."""
+    check_config(cfg)
+    arch = resolve_arch(cfg.model)
+    if cfg.no_teacher:
+        cfg = dataclasses.replace(cfg, alpha=1.0)  # recorded as such in config.yaml
+    out = out_dir or out_dir_for(cfg, arch)
+    data = data or data_from_config(cfg)
+    torch.manual_seed(cfg.seed)
+    model = create_student(arch, data)
+    # alpha = 1 gives the teacher term no weight: train on labels alone and never load a teacher.
+    uses_teacher = not cfg.no_teacher and cfg.alpha < 1.0
+    tpath = teacher_path(cfg) if uses_teacher else None
+    distillation = {
+        "kd_loss": cfg.kd_loss if uses_teacher else None, "alpha": cfg.alpha,
+        "temperature": cfg.temperature if uses_teacher and cfg.kd_loss == "kl" else None,
+        "teacher": str(tpath) if uses_teacher else None,
+        "teacher_cache": cfg.teacher_cache if uses_teacher else 0,
+    }
+    card = {"role": "student", "arch": arch, **data.card(), "distillation": distillation}
+    if not cfg.resume:
+        prepare_out_dir(out, cfg, "StudentTrain", card)  # refuse to clobber before paying for a teacher
+
+    views, teacher_cost = None, None
+    if uses_teacher:
+        teacher = load_teacher(tpath, data, cfg.run_dir).to(rt.device)
+        if rt.cuda:
+            teacher = teacher.to(memory_format=torch.channels_last)
+        teacher_cost = model_cost(teacher, data.input_size)
+        if cfg.teacher_cache > 0:
+            key = cache_key(tpath, data, cfg.teacher_cache, cfg.cache_seed)
+            views = load_or_build(cache_file(cfg.run_dir, cfg.teacher_cache), key, teacher, data,
+                                  batch_size=cfg.eval_batch_size, rt=rt, amp=cfg.amp)
+            del teacher  # the cache stands in for it from here on
+            objective = cached_objective(cfg.alpha, cfg.temperature, cfg.kd_loss, cfg.label_smoothing)
+        else:
+            objective = online_objective(teacher, cfg.alpha, cfg.temperature, cfg.kd_loss,
+                                         cfg.label_smoothing, cfg.amp)
+    else:
+        if not cfg.no_teacher:
+            log(rt, "alpha = 1: the teacher term has no weight; training on labels only, no teacher loaded")
+        objective = cross_entropy(cfg.label_smoothing)
+
+    cost = model_cost(model, data.input_size)
+    log(rt, f"student {arch}: {describe_cost(cost)}"
+        + (f"  (teacher: {describe_cost(teacher_cost)})" if teacher_cost else ""))
+    loader = lambda split, **kw: make_loader(data, split, device=rt.device, seed=cfg.seed, rank=rt.rank,  # noqa: E731
+                                             world=rt.world, **kw)
+    stage = Stage(
+        role="student", out_dir=out, model=model,
+        train_loader=loader("train", batch_size=cfg.batch_size, train=True, views=views),
+        select_loader=loader("select", batch_size=cfg.eval_batch_size),
+        objective=objective, card=card,
+    )
+    summary = fit(stage, cfg, rt, "StudentTrain")
+    summary.update(arch=arch, cost=cost, teacher_cost=teacher_cost, distillation=distillation)
+    return finish(stage, cfg, rt, summary, make_loader(data, "test", cfg.eval_batch_size, device=rt.device))
+
+
+@cli_entry("StudentTrain")
+def main(argv=None):
+    cfg = parse_config(StudentConfig, argv, "StudentTrain", __doc__, section="students")
+    rt = setup_runtime(cfg.device)
+    try:
+        run(cfg, rt)
+    finally:
+        teardown(rt)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""teacherTrain: train the teacher on `train`, choose its checkpoint on `select`.
+
+Writes RUN/teacher/{best.pt,last.pt,metrics.jsonl,config.yaml,summary.json}.
+Multi-GPU: torchrun --nproc-per-node 2 -m teacher.train --run-dir RUN ...
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from moskd.config import field, parse_config
+from moskd.data import data_from_config, make_loader
+from moskd.engine import Stage, TrainConfig, cross_entropy, finish, fit
+from moskd.errors import cli_entry
+from moskd.models import create_model
+from moskd.runtime import Runtime, setup_runtime, teardown
+
+
+@dataclass
+class TeacherConfig(TrainConfig):
+    arch: str = field("resnet50", "teacher architecture: a registry, torchvision or timm name")
+    pretrained: Optional[str] = field(None, "local weights to start from (a moskd checkpoint or a state_dict)")
+
+
+def run(cfg: TeacherConfig, rt: Runtime) -> dict:
+    data = data_from_config(cfg)
+    torch.manual_seed(cfg.seed)
+    model = create_model(cfg.arch, data.num_classes, data.in_chans, pretrained=cfg.pretrained)
+    loader = lambda split, **kw: make_loader(data, split, device=rt.device, seed=cfg.seed, rank=rt.rank,  # noqa: E731
+                                             world=rt.world, **kw)
+    stage = Stage(
+        role="teacher", out_dir=Path(cfg.run_dir) / "teacher", model=model,
+        train_loader=loader("train", batch_size=cfg.batch_size, train=True),
+        select_loader=loader("select", batch_size=cfg.eval_batch_size),
+        objective=cross_entropy(cfg.label_smoothing),
+        card={"role": "teacher", "arch": cfg.arch, **data.card()},
+    )
+    summary = fit(stage, cfg, rt, "teacherTrain")
+    return finish(stage, cfg, rt, summary, make_loader(data, "test", cfg.eval_batch_size, device=rt.device))
+
+
+@cli_entry("teacherTrain")
+def main(argv=None):
+    cfg = parse_config(TeacherConfig, argv, "teacherTrain", __doc__, section="teacher")
+    rt = setup_runtime(cfg.device)
+    try:
+        run(cfg, rt)
+    finally:
+        teardown(rt)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""Checkpoint safety: atomic writes; every bad file is one clear line, no traceback, no code run."""
+import pickle
+
+import pytest
+import torch
+
+from moskd.checkpoint import build_model_from_checkpoint, load_checkpoint, save_checkpoint
+from moskd.errors import MoskdError
+from moskd.models import create_model
+from teacher.train import main as teacher_main
+
+CARD = {"role": "teacher", "arch": "googlenet", "num_classes": 10, "class_names": list("0123456789"),
+        "in_chans": 1, "input_size": [1, 8, 8], "mean": [0.3], "std": [0.37], "dataset": "digits"}
+
+
+@pytest.fixture
+def good(tmp_path):
+    model = create_model("googlenet", 10, 1)
+    path = tmp_path / "good.pt"
+    save_checkpoint({"model": model.state_dict(), "ema": None, "card": dict(CARD)}, path)
+    return path, model
+
+
+def test_round_trip_rebuilds_the_model(good):
+    path, model = good
+    ckpt = load_checkpoint(path, role="teacher", arch="googlenet", num_classes=10)
+    rebuilt = build_model_from_checkpoint(ckpt)
+    x = torch.randn(3, 1, 8, 8)
+    assert torch.equal(rebuilt(x), model.eval()(x))
+    assert not list(path.parent.glob("*.tmp"))  # the temporary file was renamed away
+
+
+class _Exploit:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch EXPLOITED",))
+
+
+def _bad_files(tmp_path, good_path):
+    data = good_path.read_bytes()
+    cases = {
+        "truncated": data[: len(data) // 2],
+        "text": b"this is not a checkpoint\n",
+        "empty": b"",
+        "pickle with code": pickle.dumps({"model": _Exploit()}),
+    }
+    for name, blob in cases.items():
+        path = tmp_path / f"{name.replace(' ', '_')}.pt"
+        path.write_bytes(blob)
+        yield name, path
+
+
+def test_bad_files_are_one_clear_error_and_run_no_code(tmp_path, good, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name, path in _bad_files(tmp_path, good[0]):
+        with pytest.raises(MoskdError) as e:
+            load_checkpoint(path)
+        msg = str(e.value)
+        assert str(path) in msg and "\n" not in msg, name
+    assert not (tmp_path / "EXPLOITED").exists()
+
+
+def test_code_carrying_pickle_is_named_as_such(tmp_path, good):
+    path = dict(_bad_files(tmp_path, good[0]))["pickle with code"]
+    with pytest.raises(MoskdError, match="beyond tensors"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize("want,match", [
+    ({"role": "student"}, "role 'teacher'.*expected role 'student'"),
+    ({"arch": "resnet50"}, "arch 'googlenet'.*expected arch 'resnet50'"),
+    ({"num_classes": 100}, "num_classes '10'.*expected num_classes '100'"),
+])
+def test_wrong_card_is_rejected(good, want, match):
+    with pytest.raises(MoskdError, match=match):
+        load_checkpoint(good[0], **want)
+
+
+def test_state_dict_without_card_is_not_a_checkpoint(tmp_path):
+    path = tmp_path / "sd.pt"
+    torch.save(create_model("googlenet", 10, 1).state_dict(), path)
+    with pytest.raises(MoskdError, match="no model card"):
+        load_checkpoint(path)
+
+
+def test_cli_resume_from_bad_checkpoint_is_one_line_and_keeps_files(tmp_path, good, cli):
+    run = tmp_path / "run"
+    (run / "teacher").mkdir(parents=True)
+    for name, bad in _bad_files(tmp_path, good[0]):
+        last = run / "teacher" / "last.pt"
+        last.write_bytes(bad.read_bytes())
+        code, out, err = cli(teacher_main, ["--run-dir", str(run), "--resume", "--arch", "googlenet"])
+        assert code == 2, name
+        assert err.count("\n") == 1 and err.startswith("teacherTrain: error:") and "Traceback" not in err, name
+        assert last.read_bytes() == bad.read_bytes(), name  # nothing already written is lost
+
+
+def test_cli_resume_of_wrong_arch_is_rejected(tmp_path, good, cli):
+    (tmp_path / "run" / "teacher").mkdir(parents=True)
+    (tmp_path / "run" / "teacher" / "last.pt").write_bytes(good[0].read_bytes())
+    code, _, err = cli(teacher_main, ["--run-dir", str(tmp_path / "run"), "--resume"])  # default arch resnet50
+    assert code == 2 and "expected arch 'resnet50'" in err

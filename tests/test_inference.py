@@ -1,0 +1,373 @@
+"""Inference stage: cost counting, the evaluation report, routed predictions for files and folders,
+bad files, and image modes."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+
+from inference.predict import main as inference_main
+from inference.predict import preprocess, predict_files
+from inference.report import TAUS, Outputs, evaluate_run, summarize
+from inference.router import load_router
+from moskd.data import load_data, normalize
+from moskd.profile import count_macs, count_params
+from tests.test_selector import LIMIT, trained_run  # noqa: F401  (session fixture: a tiny trained run)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: per-op thread hand-offs cost more than they save, so run single-threaded."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# ---------------------------------------------------------------- MACs and parameters
+
+
+@pytest.mark.parametrize("name, kwargs, params, macs", [
+    ("resnet50", {}, 25_557_032, 4.09e9),
+    ("densenet121", {}, 7_978_856, 2.83e9),
+    ("googlenet", {"aux_logits": False, "init_weights": False}, 6_624_904, 1.50e9),
+])
+def test_costs_match_torchvision_figures(name, kwargs, params, macs):
+    model = torchvision.models.get_model(name, weights=None, **kwargs)
+    assert count_params(model) == params
+    assert count_macs(model, [3, 224, 224]) == pytest.approx(macs, rel=0.01)
+
+
+# ---------------------------------------------------------------- report
+
+
+DESIGN_KEYS = {"dataset", "split", "num_images", "input_size", "models", "routed", "oracle", "baselines",
+               "gap_closed", "compression"}
+
+
+def check_schema(r: dict) -> None:
+    """Every key DESIGN.md fixes for report.json, with its type."""
+    assert DESIGN_KEYS <= set(r)
+    assert isinstance(r["dataset"], str) and r["split"] == "test"
+    assert isinstance(r["num_images"], int) and r["num_images"] > 0
+    assert isinstance(r["input_size"], list) and len(r["input_size"]) == 3
+    assert all(isinstance(v, int) for v in r["input_size"])
+    assert {m["role"] for m in r["models"].values()} == {"teacher", "student", "selector"}
+    for name, m in r["models"].items():
+        assert m["role"] in ("teacher", "student", "selector") and isinstance(m["arch"], str), name
+        assert all(isinstance(m[k], int) and m[k] > 0 for k in ("params", "bytes", "macs")), name
+        assert m["accuracy"] is None or (isinstance(m["accuracy"], float) and 0 <= m["accuracy"] <= 1), name
+    ro = r["routed"]
+    assert isinstance(ro["accuracy"], float) and 0 <= ro["accuracy"] <= 1
+    assert isinstance(ro["macs_per_image"], float)
+    assert isinstance(ro["route_share"], dict) and all(isinstance(v, float) for v in ro["route_share"].values())
+    assert sum(ro["route_share"].values()) == pytest.approx(1.0)
+    assert ro["escalate_threshold"] is None or isinstance(ro["escalate_threshold"], float)
+    assert isinstance(r["oracle"]["accuracy"], float)
+    students = [k for k in ro["route_share"] if k != "teacher"]
+    want = {f"always_{k}" for k in students} | {"random_same_share", "most_confident"}
+    assert want <= set(r["baselines"]) and all(isinstance(r["baselines"][k], float) for k in want)
+    assert r["gap_closed"] is None or isinstance(r["gap_closed"], float)
+    for name in r["models"]:
+        c = r["compression"][name]
+        assert all(isinstance(c[k], float) for k in ("params_reduction", "bytes_reduction", "macs_reduction"))
+
+
+@pytest.fixture(scope="module")
+def report(trained_run, cli_module):  # noqa: F811
+    code, out, err = cli_module(inference_main, ["--run-dir", str(trained_run), "--split", "test", "--device", "cpu"])
+    assert code == 0, err
+    return json.loads((trained_run / "report.json").read_text()), out
+
+
+@pytest.fixture(scope="module")
+def cli_module():
+    """Like conftest's `cli`, for module-scoped fixtures (captures with redirect, not capsys)."""
+    import contextlib
+    import io
+
+    def run(main, argv):
+        out, err, code = io.StringIO(), io.StringIO(), 0
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main(argv)
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else 1
+        return code, out.getvalue(), err.getvalue()
+
+    return run
+
+
+def test_report_json_has_every_design_key_with_types(report, trained_run):  # noqa: F811
+    r, _ = report
+    check_schema(r)
+    assert (trained_run / "report.md").is_file() and (trained_run / "plots" / "accuracy_vs_macs.png").is_file()
+    assert r["num_images"] == len(load_data("digits").splits["test"].targets)  # the whole test split
+
+
+def test_report_numbers_hang_together(report):
+    r, stdout = report
+    names = r["routed"]["students"]
+    assert names == ["b_cheap", "a_dear"]
+    assert "b_cheap-baseline" in r["models"] and r["models"]["b_cheap-baseline"]["routed"] is False
+    assert r["routed"]["max_abs_diff_vs_single_models"] < 1e-4  # dispatch == each model on its own
+    accs = [r["models"][k]["accuracy"] for k in names]
+    assert r["oracle"]["accuracy"] >= max(accs)
+    assert [r["baselines"][f"always_{k}"] for k in names] == accs
+    assert r["cascade"][0]["tau"] == 0 and r["cascade"][0]["accuracy"] == r["routed"]["accuracy"]
+    assert r["cascade"][-1]["accuracy"] == r["models"]["teacher"]["accuracy"]  # tau 1: all to the teacher
+    assert r["compression"]["teacher"] == {"params_reduction": 0.0, "bytes_reduction": 0.0, "macs_reduction": 0.0}
+    sel = r["models"]["selector"]["macs"]
+    share = r["routed"]["route_share"]
+    expect = sel + sum(share[k] * r["models"][k]["macs"] for k in names)
+    assert r["routed"]["macs_per_image"] == pytest.approx(expect)
+    assert r["systems"]["bundle"]["bytes"] == sum(r["models"][k]["bytes"] for k in ["teacher", *names, "selector"])
+    assert "## Compression" in stdout and "gap closed" in stdout
+
+
+def test_moskd_report_dispatches_to_the_same_evaluation(trained_run, report, cli):  # noqa: F811
+    from moskd.cli import main as moskd_main
+
+    code, out, err = cli(moskd_main, ["report", str(trained_run), "--device", "cpu", "--limit", "40"])
+    assert code == 0, err
+    r = json.loads((trained_run / "report.json").read_text())
+    check_schema(r)
+    assert r["num_images"] == 40
+
+
+def test_cascade_curve_equals_the_router_with_escalation(trained_run):  # noqa: F811
+    tau = 0.5
+    assert tau in TAUS
+    r = evaluate_run(trained_run, escalate=tau, device="cpu", limit=80)
+    point = next(p for p in r["cascade"] if p["tau"] == tau)
+    assert r["routed"]["accuracy"] == pytest.approx(point["accuracy"])
+    assert r["routed"]["macs_per_image"] == pytest.approx(point["macs_per_image"])
+    assert r["routed"]["route_share"]["teacher"] == pytest.approx(point["teacher_share"])
+    assert r["routed"]["escalate_threshold"] == tau
+    check_schema(r)
+
+
+def _outputs(preds: dict, targets, scores, routes, conf: dict | None = None) -> Outputs:
+    """One-hot logits scaled by a per-image confidence (default 5) for each model's predictions."""
+    conf = conf or {}
+    logits = {k: torch.nn.functional.one_hot(torch.tensor(v), 4).float()
+              * torch.tensor(conf.get(k, [5.0] * len(v)))[:, None] for k, v in preds.items()}
+    routed = torch.stack([logits[k] for k in ("a", "b", "teacher")], 1)[torch.arange(len(targets)), routes]
+    return Outputs(torch.tensor(targets), torch.tensor(scores), logits, routed, torch.tensor(routes))
+
+
+COSTS = {"teacher": {"role": "teacher", "arch": "t", "params": 100, "bytes": 400, "macs": 1000},
+         "a": {"role": "student", "arch": "a", "params": 10, "bytes": 40, "macs": 100},
+         "b": {"role": "student", "arch": "b", "params": 20, "bytes": 80, "macs": 300},
+         "selector": {"role": "selector", "arch": "s", "params": 1, "bytes": 4, "macs": 5}}
+
+
+def test_summarize_by_hand():
+    targets = [0, 1, 2, 3]
+    preds = {"a": [0, 1, 0, 3], "b": [0, 0, 2, 0], "teacher": [0, 1, 2, 3]}  # a 3/4, b 2/4, oracle 4/4
+    conf = {"b": [5.0, 9.0, 9.0, 9.0]}  # b is the more confident one on images 1..3 (right only on 2)
+    scores = [[0.9, 0.2], [0.8, 0.3], [0.1, 0.7], [0.4, 0.45]]
+    routes = [0, 0, 1, 0]  # what these scores give with tie margin 0.05 (image 3 is a near tie -> a)
+    out = _outputs(preds, targets, scores, routes, conf)
+    r = summarize(out, ["a", "b"], COSTS, escalate=None, tie_margin=0.05, meta={"dataset": "x", "split": "test"})
+    assert r["routed"]["accuracy"] == 1.0 and r["oracle"]["accuracy"] == 1.0
+    assert r["baselines"] == pytest.approx({"always_a": 0.75, "always_b": 0.5,
+                                            "random_same_share": 0.75 * 0.75 + 0.25 * 0.5, "most_confident": 0.5})
+    assert r["best_single_student"] == "a" and r["gap_closed"] == pytest.approx(1.0)
+    assert r["routed"]["route_share"] == {"a": 0.75, "b": 0.25}
+    assert r["routed"]["macs_per_image"] == pytest.approx(5 + 0.75 * 100 + 0.25 * 300)
+    # exactly one right: images 1 (a), 2 (b), 3 (a); the selector's routes pick all three right
+    assert r["selector"]["exactly_one_right"] == 3 and r["selector"]["accuracy_on_exactly_one_right"] == 1.0
+    assert r["compression"]["a"]["macs_reduction"] == pytest.approx(0.9)
+    assert r["compression"]["routed"]["bytes_reduction"] == pytest.approx(1 - 124 / 400)
+    assert r["compression"]["bundle"]["params_reduction"] == pytest.approx(1 - 131 / 100)
+    # cascade: tau 0.5 sends image 3 (best score 0.45) to the teacher, which is right there too
+    point = next(p for p in r["cascade"] if p["tau"] == 0.5)
+    assert point["teacher_share"] == 0.25 and point["accuracy"] == 1.0
+    assert point["macs_per_image"] == pytest.approx(5 + (100 + 100 + 300 + 1000) / 4)
+
+
+def test_gap_closed_is_null_when_oracle_equals_best_student():
+    preds = {"a": [0, 1], "b": [0, 0], "teacher": [0, 1]}  # a is right whenever anyone is
+    out = _outputs(preds, [0, 1], [[0.9, 0.1], [0.9, 0.1]], [0, 0])
+    r = summarize(out, ["a", "b"], COSTS, escalate=None, tie_margin=0.0, meta={})
+    assert r["gap_closed"] is None and r["routed"]["accuracy"] == 1.0
+
+
+def test_evaluation_refuses_another_dataset(trained_run, cli):  # noqa: F811
+    code, _, err = cli(inference_main, ["--run-dir", str(trained_run), "--dataset", "cifar10", "--device", "cpu"])
+    assert code == 2 and "--dataset digits" in err and len(err.strip().splitlines()) == 1
+
+
+def test_missing_selector_names_the_command(tmp_path, cli):
+    code, _, err = cli(inference_main, ["--run-dir", str(tmp_path), str(tmp_path), "--device", "cpu"])
+    assert code == 2 and "trainSelector" in err and len(err.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------- files and folders
+
+
+def digit(i: int = 0) -> np.ndarray:
+    """An 8x8 uint8 digits test image (bright ink on dark), as the models were trained on."""
+    return load_data("digits").splits["test"].images[i, 0].numpy()
+
+
+def save_png(path: Path, a: np.ndarray, mode: str = "L") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(a, mode).save(path)
+    return path
+
+
+def test_every_bad_file_gets_one_stderr_line_and_the_rest_are_written(trained_run, tmp_path, cli):  # noqa: F811
+    good = [save_png(tmp_path / "in" / "good.png", digit(0)), save_png(tmp_path / "in" / "sub" / "good2.png", digit(1))]
+    data = (tmp_path / "in" / "good.png").read_bytes()
+    bad = {
+        "truncated.png": data[: len(data) // 2],
+        "notes.png": b"this is a text file, not an image\n",
+        "empty.png": b"",
+    }
+    for name, content in bad.items():
+        (tmp_path / "in" / name).write_bytes(content)
+    os.symlink(tmp_path / "gone.png", tmp_path / "in" / "sub" / "dangling.png")  # unreadable directory entry
+    (tmp_path / "in" / "readme.txt").write_text("not an image extension: skipped inside folders")
+    missing = tmp_path / "nowhere.png"  # named explicitly
+    out = tmp_path / "preds.jsonl"
+    code, stdout, err = cli(inference_main, ["--run-dir", str(trained_run), str(tmp_path / "in"), str(missing),
+                                             "--output", str(out), "--device", "cpu"])
+    assert code != 0
+    lines = err.strip().splitlines()
+    for name, why in [("truncated.png", "truncated"), ("notes.png", "not an image"), ("empty.png", "empty"),
+                      ("dangling.png", "no such file"), ("nowhere.png", "no such file")]:
+        hits = [ln for ln in lines if name in ln]
+        assert len(hits) == 1 and why in hits[0], (name, lines)
+    assert "readme.txt" not in err
+    rows = [json.loads(ln) for ln in out.read_text().splitlines()]
+    assert [r["path"] for r in rows] == [str(p) for p in good]
+    assert set(rows[0]) == {"path", "class_index", "class_name", "probability", "student", "scores"}
+    assert "good2.png" in stdout
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")
+def test_unreadable_file_and_folder(trained_run, tmp_path, cli):  # noqa: F811
+    save_png(tmp_path / "in" / "ok.png", digit(0))
+    locked = save_png(tmp_path / "in" / "locked.png", digit(1))
+    closed = tmp_path / "in" / "closed"
+    save_png(closed / "inner.png", digit(2))
+    locked.chmod(0)
+    closed.chmod(0)
+    try:
+        code, _, err = cli(inference_main, ["--run-dir", str(trained_run), str(tmp_path / "in"), "--device", "cpu"])
+    finally:
+        locked.chmod(0o644)
+        closed.chmod(0o755)
+    assert code != 0 and "locked.png: permission denied" in err and "closed" in err
+
+
+def test_permission_errors_as_root_too(trained_run, tmp_path, cli, monkeypatch):  # noqa: F811
+    """The same two cases simulated, so they are checked even where the tests run as root."""
+    import inference.predict as predict
+
+    save_png(tmp_path / "in" / "ok.png", digit(0))
+    locked = save_png(tmp_path / "in" / "locked.png", digit(1))
+    closed = tmp_path / "in" / "closed"
+    save_png(closed / "inner.png", digit(2))
+    real_open, real_scandir = predict.Image.open, os.scandir
+
+    def fake_open(fp, *a, **kw):
+        if Path(fp) == locked:
+            raise PermissionError(13, "Permission denied", str(fp))
+        return real_open(fp, *a, **kw)
+
+    def fake_scandir(path="."):
+        if Path(path) == closed:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(predict.Image, "open", fake_open)
+    monkeypatch.setattr(os, "scandir", fake_scandir)
+    out = tmp_path / "p.jsonl"
+    code, _, err = cli(inference_main, ["--run-dir", str(trained_run), str(tmp_path / "in"), "--output", str(out),
+                                        "--device", "cpu"])
+    lines = err.strip().splitlines()
+    assert code != 0
+    assert [ln for ln in lines if "locked.png" in ln] == [f"inference: {locked}: permission denied"]
+    assert len([ln for ln in lines if str(closed) in ln and "cannot list folder" in ln]) == 1
+    assert [json.loads(ln)["path"] for ln in out.read_text().splitlines()] == [str(tmp_path / "in" / "ok.png")]
+
+
+def test_csv_output_and_bad_suffix(trained_run, tmp_path, cli):  # noqa: F811
+    img = save_png(tmp_path / "d.png", digit(3))
+    out = tmp_path / "p.csv"
+    code, _, err = cli(inference_main, ["--run-dir", str(trained_run), str(img), "--output", str(out),
+                                        "--device", "cpu"])
+    assert code == 0, err
+    head, row = out.read_text().splitlines()
+    assert head == "path,class_index,class_name,probability,student,score_b_cheap,score_a_dear"
+    assert row.startswith(str(img) + ",")
+    code, _, err = cli(inference_main, ["--run-dir", str(trained_run), str(img), "--output", str(tmp_path / "p.txt")])
+    assert code == 2 and ".jsonl or .csv" in err
+
+
+def test_file_prediction_equals_the_router_on_the_dataset_image(trained_run, tmp_path):  # noqa: F811
+    run = load_router(trained_run, device="cpu")
+    data = load_data("digits")
+    files = [save_png(tmp_path / f"{i}.png", digit(i)) for i in range(6)]
+    rows = predict_files(run, files, batch_size=4, invert="auto", device="cpu", on_fail=pytest.fail)
+    x = normalize(data.splits["test"].images[:6], torch.tensor(run.card["mean"]), torch.tensor(run.card["std"]))
+    expect = run.router(x)
+    assert [r["class_index"] for r in rows] == expect.logits.argmax(1).tolist()
+    assert [r["student"] for r in rows] == [run.router.route_names[i] for i in expect.routes]
+    probs = expect.logits.softmax(1).max(1).values
+    assert [r["probability"] for r in rows] == pytest.approx(probs.tolist(), abs=1e-5)
+
+
+DIGITS_CARD = {"input_size": [1, 8, 8], "dataset": "digits"}
+
+
+def _variants(a: np.ndarray) -> dict[str, Image.Image]:
+    rgb = np.stack([a] * 3, -1)
+    palette = Image.new("P", (8, 8))
+    palette.putpalette([v for i in range(256) for v in (i, i, i)])
+    palette.putdata(a.ravel().tolist())
+    transparent = np.zeros((8, 8, 4), np.uint8)
+    transparent[..., 3] = a  # black ink whose opacity draws the digit, on a transparent background
+    return {
+        "grayscale": Image.fromarray(a, "L"),
+        "rgb": Image.fromarray(rgb, "RGB"),
+        "rgba_opaque": Image.fromarray(np.dstack([rgb, np.full((8, 8), 255, np.uint8)]), "RGBA"),
+        "palette": palette,
+        "gray16": Image.frombytes("I;16", (8, 8), (a.astype("<u2") * 257).tobytes()),
+        "large": Image.fromarray(np.kron(a, np.ones((4, 4), np.uint8)), "L"),  # 32x32, shrunk by area
+        "paper": Image.fromarray(255 - a, "L"),  # dark ink on white: inverted for digits
+        "rgba_transparent": Image.fromarray(transparent, "RGBA"),
+    }
+
+
+@pytest.mark.parametrize("kind", list(_variants(np.zeros((8, 8), np.uint8))))
+def test_image_modes_become_the_training_tensor(kind, tmp_path):
+    a = digit(5)
+    im = _variants(a)[kind]
+    path = tmp_path / f"{kind}.png"
+    im.save(path)  # through a real file: the mode must survive PNG
+    with Image.open(path) as loaded:
+        loaded.load()
+        x = preprocess(loaded, DIGITS_CARD)
+    assert x.dtype == torch.uint8 and x.shape == (1, 8, 8)
+    assert (x.int() - torch.from_numpy(a)[None].int()).abs().max() <= 1, kind
+
+
+def test_rgb_models_get_three_channels_and_no_inversion():
+    a = digit(2)
+    card = {"input_size": [3, 16, 16], "dataset": "cifar10"}
+    x = preprocess(Image.fromarray(255 - a, "L"), card)
+    assert x.shape == (3, 16, 16) and torch.equal(x[0], x[1])
+    assert x.float().mean() > 127  # a light image stays light: only digits cards invert
+    palette = _variants(a)["palette"]
+    assert preprocess(palette, card).shape == (3, 16, 16)
+    assert preprocess(Image.fromarray(255 - a, "L"), DIGITS_CARD, invert="no").float().mean() > 127

@@ -1,0 +1,151 @@
+"""Router dispatch: order kept, each output equals its student run alone, one sub-batch per route,
+escalation edge cases, and the tie rule."""
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from inference.router import Router
+from moskd.errors import MoskdError
+from selector.model import SelectorCNN, route_from_scores
+
+C = 5  # classes
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: per-op thread hand-offs cost more than they save (and far more on a loaded
+    machine, where an intra-op thread waits to be scheduled), so these tests run single-threaded."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def small_net(seed: int, width: int) -> nn.Module:
+    """A tiny conv classifier with batch norm (eval mode: running stats, so batch-independent)."""
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, C))
+    with torch.no_grad():  # non-trivial running statistics, so a train-mode slip would show
+        net[1].running_mean.uniform_(-0.5, 0.5)
+        net[1].running_var.uniform_(0.5, 2.0)
+    return net.eval()
+
+
+@pytest.fixture(scope="module")
+def parts():
+    torch.manual_seed(0)
+    students = [small_net(1, 4), small_net(2, 8)]
+    teacher = small_net(3, 16)
+    selector = SelectorCNN(2, in_chans=1, width=4).eval()
+    x = torch.randn(12, 1, 8, 8)
+    return selector, students, teacher, x
+
+
+class CallLog:
+    """Records the batch size of every forward call of a module."""
+
+    def __init__(self, module: nn.Module):
+        self.sizes: list[int] = []
+        self.handle = module.register_forward_hook(lambda m, inp, out: self.sizes.append(len(inp[0])))
+
+    def close(self):
+        self.handle.remove()
+
+
+@settings(max_examples=25, deadline=None)
+@given(routes=st.lists(st.integers(0, 2), min_size=1, max_size=12))
+def test_dispatch_keeps_order_and_matches_each_model_alone(parts, routes):
+    selector, students, teacher, x = parts
+    router = Router(selector, students, teacher, escalate=0.5, names=["a", "b"])
+    xs = x[: len(routes)]
+    r = torch.tensor(routes)
+    models = [*students, teacher]
+    logs = [CallLog(m) for m in models]
+    with torch.inference_mode():
+        out = router.dispatch(xs, r)
+    for log in logs:
+        log.close()
+    with torch.inference_mode():
+        alone = [models[k](xs[i : i + 1])[0] for i, k in enumerate(routes)]
+    assert out.shape == (len(routes), C)
+    for i in range(len(routes)):
+        torch.testing.assert_close(out[i], alone[i], rtol=1e-5, atol=1e-5)
+    # one sub-batch per route actually used, holding exactly that route's images; unused models idle
+    for k, log in enumerate(logs):
+        n = routes.count(k)
+        assert log.sizes == ([n] if n else [])
+
+
+def test_prediction_does_not_depend_on_the_batch(parts):
+    selector, students, teacher, x = parts
+    router = Router(selector, students, names=["a", "b"])
+    full = router(x)
+    for i in range(len(x)):
+        one = router(x[i : i + 1])
+        assert one.routes.item() == full.routes[i].item()
+        torch.testing.assert_close(one.logits[0], full.logits[i], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(one.scores[0], full.scores[i], rtol=1e-5, atol=1e-5)
+
+
+def test_routes_follow_the_selector_scores(parts):
+    selector, students, teacher, x = parts
+    router = Router(selector, students, names=["a", "b"], tie_margin=0.0)
+    out = router(x)
+    with torch.inference_mode():
+        expect = selector(x).sigmoid().argmax(1)
+    assert torch.equal(out.routes, expect)
+
+
+def test_tau_zero_equals_no_escalation_and_teacher_idle(parts):
+    selector, students, teacher, x = parts
+    plain = Router(selector, students, names=["a", "b"])(x)
+    log = CallLog(teacher)
+    zero = Router(selector, students, teacher, escalate=0.0, names=["a", "b"])(x)
+    log.close()
+    assert torch.equal(plain.routes, zero.routes)
+    torch.testing.assert_close(plain.logits, zero.logits)
+    assert log.sizes == []  # the teacher was never run
+
+
+def test_tau_above_one_sends_every_image_to_the_teacher(parts):
+    selector, students, teacher, x = parts
+    logs = [CallLog(m) for m in students]
+    out = Router(selector, students, teacher, escalate=1.01, names=["a", "b"])(x)
+    for log in logs:
+        log.close()
+    assert (out.routes == 2).all()
+    with torch.inference_mode():
+        torch.testing.assert_close(out.logits, teacher(x), rtol=1e-5, atol=1e-5)
+    assert all(log.sizes == [] for log in logs)  # no student ran
+
+
+def test_escalation_threshold_is_strict_below(parts):
+    selector, students, teacher, x = parts
+    router = Router(selector, students, teacher, escalate=0.6, names=["a", "b"])
+    scores = torch.tensor([[0.59, 0.2], [0.6, 0.1], [0.3, 0.9]])
+    assert router.routes(scores).tolist() == [2, 0, 1]
+
+
+def test_escalation_without_teacher_is_one_clear_error(parts):
+    selector, students, _, _ = parts
+    with pytest.raises(MoskdError, match="teacher"):
+        Router(selector, students, None, escalate=0.5)
+
+
+def test_ties_and_near_ties_go_to_the_cheaper_student():
+    scores = torch.tensor([[0.90, 0.93], [0.90, 0.90], [0.50, 0.80]])
+    assert route_from_scores(scores, 0.05).tolist() == [0, 0, 1]
+    assert route_from_scores(scores, 0.0).tolist() == [1, 0, 1]
+    three = torch.tensor([[0.70, 0.72, 0.74], [0.10, 0.80, 0.79]])
+    assert route_from_scores(three, 0.03).tolist() == [1, 1]  # cheapest within 0.03 of the best
+
+
+def test_empty_batch(parts):
+    selector, students, _, x = parts
+    out = Router(selector, students, names=["a", "b"])(x[:0])
+    assert out.logits.shape == (0, C) and out.routes.shape == (0,)
