@@ -13,13 +13,17 @@ sub-batches -> scatter back, the real inference.router.Router):
            batches: what routing could cost with zero dispatch overhead and no loss of batch
            efficiency on the smaller sub-batches
 
-Targets: routed >= 2x `both` and >= 0.95x `ideal`. Each variant is timed once per round, rounds
-interleaved; ratios are printed from the median and from the best (minimum) time per variant, so
-background load on a shared machine hits all variants alike and can be told apart.
+Targets: routed >= 2x `both` and >= 0.95x `ideal`. Each variant is timed once per round, in a
+shuffled order; ratios are printed from the median and from the best (minimum) time per variant,
+and as the median over rounds of each round's own ratio (paired), so background load on a shared
+machine hits all variants alike and its effect can be told apart.
+On a loaded machine use --threads 1: one thread is slowed in proportion to the load, while
+several threads stall at every op waiting for a descheduled sibling.
 """
 from __future__ import annotations
 
 import argparse
+import random
 import statistics
 import time
 
@@ -88,16 +92,25 @@ def bench_size(size: tuple[int, int, int], repeats: int, num_classes: int = 10) 
     with torch.inference_mode():
         for fn in variants.values():  # warm-up: allocator, oneDNN primitive caches
             fn(x)
+        order = list(variants)
+        rng = random.Random(0)
         for _ in range(repeats):
-            for k, fn in variants.items():
-                times[k].append(timed(fn, x))
+            rng.shuffle(order)  # a fresh order each round: no variant always follows the heaviest one
+            for k in order:
+                times[k].append(timed(variants[k], x))
+    # paired per round: the routed time against the others timed in the same round, so a slow
+    # drift of background load cancels out of the ratio
+    ideal_rounds = [times["selector"][i] + share * times["googlenet"][i] + (1 - share) * times["densenet121"][i]
+                    for i in range(repeats)]
+    paired = {k: statistics.median(num[i] / times["routed"][i] for i in range(repeats))
+              for k, num in (("teacher", times["teacher"]), ("both", times["both"]), ("ideal", ideal_rounds))}
     med = {k: statistics.median(v) for k, v in times.items()}
     best = {k: min(v) for k, v in times.items()}  # least disturbed by other load on a shared machine
     for t in (med, best):
         t["ideal"] = t["selector"] + share * t["googlenet"] + (1 - share) * t["densenet121"]
     macs = {"selector": count_macs(sel, size), "googlenet": count_macs(cheap, size),
             "densenet121": count_macs(dear, size), "teacher": count_macs(teacher, size)}
-    return {"size": size, "share": share, "median_s": med, "best_s": best, "macs": macs,
+    return {"size": size, "share": share, "median_s": med, "best_s": best, "paired": paired, "macs": macs,
             "spread": {k: (min(v), max(v)) for k, v in times.items()}}
 
 
@@ -123,10 +136,13 @@ def main(argv=None):
             print(f"  {k:<12} {m[k]:8.4f}  ({lo:.4f}..{hi:.4f})  {BATCH / m[k]:9.1f} img/s")
         for stat, t in (("median", m), ("best", r["best_s"])):
             rows.append((s, stat, t["teacher"] / t["routed"], t["both"] / t["routed"], t["ideal"] / t["routed"]))
+        p_ = r["paired"]
+        rows.append((s, "paired", p_["teacher"], p_["both"], p_["ideal"]))
         mac_ratio = (r["macs"]["selector"] + r["macs"]["googlenet"] + r["macs"]["densenet121"]) / (
             r["macs"]["selector"] + r["share"] * r["macs"]["googlenet"] + (1 - r["share"]) * r["macs"]["densenet121"])
         print(f"  MACs: both / routed = {mac_ratio:.2f}x (what `both` could at best be beaten by)")
     print("\nrouted throughput ratios (higher = routed faster; targets: vs both >= 2.00, vs ideal >= 0.95)")
+    print("  median / best: of each variant's times; paired: median over rounds of the per-round ratio")
     print(f"  {'input':<10} {'timing':<7} {'vs teacher':>10} {'vs both':>10} {'vs ideal':>10}")
     for s, stat, t, b, i in rows:
         print(f"  {s:<10} {stat:<7} {t:>9.2f}x {b:>9.2f}x {i:>9.2f}x")

@@ -293,10 +293,15 @@ def main(argv=None):
     for path, why in listing_failures:
         on_fail(path, why)
     rows = predict_files(run, files, cfg.batch_size, cfg.invert, rt.device, on_fail)
-    print(format_table(rows))
-    if output is not None:
+    if output is not None:  # written before the table, so a closed stdout (| head) cannot lose it
         write_rows(rows, output, run.router.names)
-        print(f"wrote {len(rows)} prediction(s) to {output}")
+    try:
+        print(format_table(rows))
+        if output is not None:
+            print(f"wrote {len(rows)} prediction(s) to {output}")
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader (e.g. head) stopped early: not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     if failed:
         print(f"{PROG}: {failed} input(s) could not be predicted (see above); the others were written",
               file=sys.stderr)

@@ -27,10 +27,10 @@ from inference.router import TEACHER, RunModels, load_router
 from moskd.data import TensorLoader, load_data
 from moskd.errors import MoskdError, cli_entry
 from moskd.profile import model_cost
-from selector.labels import check_same_input, discover, load_student
+from selector.labels import adapt_input, discover, load_student, unwrap
 from selector.model import route_from_scores
 
-TAUS = [round(i / 20, 2) for i in range(21)]  # cascade thresholds swept for the curve
+TAUS = [round(i / 20, 2) for i in range(21)]  # cascade thresholds swept for the curve (plus score quantiles)
 SELECTOR = "selector"
 
 
@@ -77,12 +77,20 @@ def _reduction(value: float, teacher: float) -> float | None:
     return 1.0 - value / teacher if teacher else None
 
 
-def cascade_curve(out: Outputs, names: list[str], macs: dict, tie_margin: float, taus=TAUS) -> list[dict]:
+def cascade_taus(best: torch.Tensor) -> list[float]:
+    """The 0..1 grid plus the 5%..95% quantiles of the images' best scores: selector scores often
+    crowd near 1, where a plain grid would jump from no escalation to almost all."""
+    qs = torch.quantile(best.double(), torch.linspace(0.05, 0.95, 19, dtype=torch.float64)).tolist()
+    return sorted(set(TAUS) | {q for q in qs if 0 < q < 1})
+
+
+def cascade_curve(out: Outputs, names: list[str], macs: dict, tie_margin: float, taus=None) -> list[dict]:
     """Accuracy and MACs per image as the escalation threshold sweeps: unsure images go to the teacher."""
     route = route_from_scores(out.scores, tie_margin)
     preds = torch.stack([out.logits[n].argmax(1) for n in names], 1).gather(1, route[:, None]).squeeze(1)
     student_macs = torch.tensor([macs[n] for n in names], dtype=torch.float64)[route]
     best = out.scores.max(1).values
+    taus = cascade_taus(best) if taus is None else taus
     curve = []
     for tau in taus:
         esc = best < tau
@@ -186,15 +194,15 @@ def evaluate_run(run_dir: str | Path, *, dataset: str | None = None, data_dir: s
     distilled, baselines = discover(run_dir)
     extra = [k for k in distilled + baselines if k not in names]  # baselines, unrouted students
     extras = {k: load_student(run_dir, k, dataset=data.name, num_classes=classes, device=device) for k in extra}
-    check_same_input([run.card] + [s.card for s in extras.values()],
-                     [str(run.students[0].path)] + [str(s.path) for s in extras.values()])
     card = run.card
+    for s in extras.values():
+        s.model = adapt_input(s.model, s.card, card, s.path)
     size = card["input_size"]
     models = {TEACHER: (run.teacher, run.teacher_card), **{s.name: (s.model, s.card) for s in run.students},
               **{k: (s.model, s.card) for k, s in extras.items()}, SELECTOR: (run.router.selector, run.selector_card)}
     costs = {}
     for k, (m, c) in models.items():
-        costs[k] = {"role": c["role"], "arch": c["arch"], **model_cost(m, size)}
+        costs[k] = {"role": c["role"], "arch": c["arch"], **model_cost(unwrap(m), size)}
         if c["role"] == "student":
             costs[k]["routed"] = k in names
             costs[k]["distillation"] = c.get("distillation")
@@ -247,8 +255,11 @@ def render_markdown(r: dict) -> str:
     acc_rows += [f"| {k} | {_fmt_pct(v)} |" for k, v in b.items()]
     gap = r["gap_closed"]
     cascade = ["| tau | accuracy | MACs / image | to teacher |", "|---:|---:|---:|---:|"]
-    cascade += [f"| {p['tau']:.2f} | {_fmt_pct(p['accuracy'])} | {_fmt_int(p['macs_per_image'])} "
-                f"| {_fmt_pct(p['teacher_share'])} |" for p in r["cascade"][::4]]
+    points = list({round(p["teacher_share"], 2): p for p in reversed(r["cascade"])}.values())[::-1]
+    keep = sorted({round(i * (len(points) - 1) / 11) for i in range(12)})  # at most 12 rows, both ends kept
+    points = [points[i] for i in keep]
+    cascade += [f"| {p['tau']:.4f} | {_fmt_pct(p['accuracy'])} | {_fmt_int(p['macs_per_image'])} "
+                f"| {_fmt_pct(p['teacher_share'])} |" for p in points]
     share = ", ".join(f"{k} {_fmt_pct(v)}" for k, v in ro["route_share"].items())
     return "\n".join([
         f"# moskd report: {r['dataset']} / {r['split']} ({r['num_images']} images, input {r['input_size']})", "",
@@ -289,7 +300,7 @@ def plot_accuracy_vs_macs(r: dict, path: Path) -> None:
     ax.set_ylabel(f"top-1 accuracy on {r['split']}")
     ax.set_title(f"{r['dataset']}: accuracy vs compute")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

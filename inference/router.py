@@ -26,7 +26,7 @@ from torch import nn
 import selector.model  # noqa: F401  (registers selector_cnn for build_model_from_checkpoint)
 from moskd.checkpoint import build_model_from_checkpoint, load_checkpoint
 from moskd.errors import MoskdError
-from selector.labels import Student, check_same_input, load_student
+from selector.labels import Student, adapt_input, load_student
 from selector.model import route_from_scores
 
 TEACHER = "teacher"
@@ -108,8 +108,8 @@ class RunModels:
 
     @property
     def card(self) -> dict:
-        """Preprocessing card shared by every routed model (input size, mean, std, dataset)."""
-        return self.students[0].card
+        """How inputs are preprocessed for the whole router (input size, mean, std, dataset)."""
+        return self.selector_card
 
 
 def load_teacher(run_dir: Path, *, dataset: str | None = None, num_classes: int | None = None,
@@ -140,6 +140,10 @@ def load_router(run_dir: str | Path, escalate: float | None = None, device="cpu"
     sel = load_selector(run_dir)
     card = sel["card"]
     students = [load_student(run_dir, n, dataset=card["dataset"], device=device) for n in card["students"]]
+    for s, macs in zip(students, card.get("student_macs", [])):
+        if s.macs != macs:  # another architecture now sits in that folder: the selector's labels are stale
+            raise MoskdError(f"{s.path} changed since the selector was trained ({s.macs:,} MACs, selector knew "
+                             f"{macs:,}); rerun trainSelector --run-dir {run_dir} --force")
     classes = students[0].card["num_classes"]
     for s in students[1:]:
         if s.card["num_classes"] != classes:
@@ -148,10 +152,11 @@ def load_router(run_dir: str | Path, escalate: float | None = None, device="cpu"
     teacher, teacher_card = None, None
     if escalate is not None or with_teacher:
         teacher, teacher_card = load_teacher(run_dir, dataset=card["dataset"], num_classes=classes, device=device)
-    cards = [s.card for s in students] + [card] + ([teacher_card] if teacher_card else [])
-    where = [str(s.path) for s in students] + [f"{run_dir}/selector/best.pt"] + (
-        [f"{run_dir}/teacher/best.pt"] if teacher_card else [])
-    check_same_input(cards, where)
+    # every model gets the batch preprocessed per the selector card (= its cheapest student's)
+    for s in students:
+        s.model = adapt_input(s.model, s.card, card, s.path)
+    if teacher is not None:
+        teacher = adapt_input(teacher, teacher_card, card, run_dir / "teacher" / "best.pt")
     selector_model = build_model_from_checkpoint(sel).to(device)
     router = Router(selector_model, [s.model for s in students], teacher if escalate is not None else None,
                     escalate, float(card.get("tie_margin", 0.0)), [s.name for s in students])

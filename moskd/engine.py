@@ -8,7 +8,6 @@ bit-identically: model, EMA, optimizer, scheduler, epoch, update count, metric h
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -222,10 +221,9 @@ def fit(stage: Stage, cfg: TrainConfig, rt: Runtime, command: str) -> dict:
                 "epoch": epoch, "num_updates": num_updates, "best_metric": best, "best_epoch": best_epoch,
                 "history": history, "config": to_dict(cfg), "card": stage.card,
             }
+            if improved:  # best.pt before last.pt: a last.pt on disk implies its best epoch's best.pt
+                save_checkpoint(ckpt, out / "best.pt")
             save_checkpoint(ckpt, out / "last.pt")
-            if improved:
-                shutil.copyfile(out / "last.pt", out / ".best.pt.tmp")
-                (out / ".best.pt.tmp").replace(out / "best.pt")
             with open(out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
         log(rt, f"{stage.role} epoch {epoch + 1}/{cfg.epochs}  loss {record['train_loss']:.4f}  "

@@ -47,8 +47,11 @@ def _header(i: int, n: int, title: str) -> None:
     print(f"\n=== [{i}/{n}] {title} " + "=" * max(3, 60 - len(title)), flush=True)
 
 
-def _run_stage(module: str, argv: list[str], out_dir: Path, cfg: PipelineConfig) -> str:
+def _run_stage(module: str, argv: list[str], out_dir: Optional[Path], cfg: PipelineConfig) -> str:
     """Run one stage unless finished; resume it if interrupted. Returns what happened."""
+    if out_dir is None:
+        importlib.import_module(module).main(argv)
+        return "done"
     if (out_dir / "summary.json").exists() and not cfg.force:
         return "skipped (finished)"
     if cfg.force:
@@ -72,7 +75,9 @@ def run(cfg: PipelineConfig, config: Optional[str] = None) -> dict:
         common += ["--limit", str(cfg.limit)]
     train = common + (["--epochs", str(cfg.epochs)] if cfg.epochs else [])
 
-    stages = [("teacher", "teacher.train", train, run_dir / "teacher")]
+    stages = [("teacher", "teacher.train", train, run_dir / "teacher"),
+              # always run: reuses a valid cache in a second, rebuilds a stale one
+              ("teacher-logit cache", "students.train", train + ["--cache-only"], None)]
     for key, arch in STUDENTS.items():
         stages.append((f"student {arch} (distilled)", "students.train", train + ["--model", key],
                        run_dir / "students" / arch))
@@ -92,7 +97,8 @@ def run(cfg: PipelineConfig, config: Optional[str] = None) -> dict:
 
     _header(n, n, "evaluation report on test")
     t0 = time.perf_counter()
-    importlib.import_module("inference.report").main(common)
+    report_args = [cfg.run_dir, "--device", cfg.device] + (["--limit", str(cfg.limit)] if cfg.limit else [])
+    importlib.import_module("inference.report").main(report_args)
     timings["report"] = round(time.perf_counter() - t0, 1)
     (run_dir / "pipeline_timings.json").write_text(json.dumps(timings, indent=2) + "\n")
     print("\nstage times (s): " + ", ".join(f"{k} {v}" for k, v in timings.items()))

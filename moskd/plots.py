@@ -37,7 +37,8 @@ def plot_curves(stage_dir: str | Path, out: str | Path | None = None) -> Path:
     best = rows[-1].get("best_epoch") if rows else None
     if best:
         ax_metric.axvline(best, color="grey", lw=0.8, ls=":", label=f"best epoch {best}")
-    ax_metric.set(xlabel="epoch", ylabel=", ".join(metrics) or "metric", title=f"{stage_dir.name}: {', '.join(metrics)}")
+    names = ", ".join(metrics) or "metric"
+    ax_metric.set(xlabel="epoch", ylabel=names, title=f"{stage_dir.name}: {names}")
     for ax in (ax_loss, ax_metric):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)

@@ -95,22 +95,47 @@ def load_students(run_dir: str | Path, names: list[str] | None = None, **kw) -> 
                              f"--run-dir {run_dir} first")
     if len(set(names)) < 2:
         raise MoskdError(f"--students names {' '.join(names)}: routing needs at least two different students")
-    students = [load_student(run_dir, n, **kw) for n in dict.fromkeys(names)]
-    check_same_input([s.card for s in students], [str(s.path) for s in students])
-    return sorted(students, key=lambda s: (s.macs, s.name))
+    students = sorted((load_student(run_dir, n, **kw) for n in dict.fromkeys(names)), key=lambda s: (s.macs, s.name))
+    for s in students[1:]:  # one preprocessed batch feeds them all: the cheapest student's normalisation
+        s.model = adapt_input(s.model, s.card, students[0].card, s.path)
+    return students
 
 
-def check_same_input(cards: list[dict], where: list[str]) -> None:
-    """Models that share one preprocessed batch must agree on input size and normalisation."""
-    ref = cards[0]
-    for card, path in zip(cards[1:], where[1:]):
-        if list(card["input_size"]) != list(ref["input_size"]):
-            raise MoskdError(f"{path}: input size {card['input_size']} differs from {where[0]}'s "
-                             f"{ref['input_size']}; retrain it on this run's data")
-        same = all(abs(a - b) <= 1e-4 * max(1.0, abs(b)) for k in ("mean", "std") for a, b in zip(card[k], ref[k]))
-        if not same:
-            raise MoskdError(f"{path}: normalisation (mean/std) differs from {where[0]}'s; it was trained on "
-                             f"another slice of the data (--limit?); retrain it with this run's settings")
+class Renormalized(nn.Module):
+    """Feeds a model trained with another mean/std (e.g. another --limit slice) from the shared
+    batch: undo the shared normalisation and apply the model's own, in one affine step."""
+
+    def __init__(self, inner: nn.Module, from_card: dict, to_card: dict):
+        super().__init__()
+        f_mean, f_std, t_mean, t_std = (torch.tensor(c[k]).view(1, -1, 1, 1)
+                                        for c, k in ((from_card, "mean"), (from_card, "std"),
+                                                     (to_card, "mean"), (to_card, "std")))
+        self.inner = inner
+        self.register_buffer("scale", f_std / t_std)
+        self.register_buffer("shift", (f_mean - t_mean) / t_std)
+
+    def forward(self, x):
+        return self.inner(x * self.scale.to(x.dtype) + self.shift.to(x.dtype))
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model itself (for counting its cost), without a normalisation adapter."""
+    return model.inner if isinstance(model, Renormalized) else model
+
+
+def same_normalisation(a: dict, b: dict) -> bool:
+    return all(len(a[k]) == len(b[k]) and all(abs(x - y) <= 1e-5 * max(1.0, abs(y)) for x, y in zip(a[k], b[k]))
+               for k in ("mean", "std"))
+
+
+def adapt_input(model: nn.Module, card: dict, shared: dict, where) -> nn.Module:
+    """`model` (trained per `card`) made to accept batches preprocessed per the `shared` card."""
+    if list(card["input_size"]) != list(shared["input_size"]):
+        raise MoskdError(f"{where}: takes {card['input_size']} inputs, the run's other models "
+                         f"{shared['input_size']}; retrain it on this run's data")
+    if same_normalisation(card, shared):
+        return model
+    return Renormalized(model, shared, card).to(next(model.parameters()).device).eval()
 
 
 # ---------------------------------------------------------------- labels
@@ -169,7 +194,7 @@ def label_split(students: list[Student], data: DataBundle, split: str = "select"
     if split == "test":  # guard the contract: nothing is ever chosen or trained on `test`
         raise MoskdError("selector labels come from `select`, never `test`")
     s = data.splits[split]
-    card = students[0].card  # normalise as the students were trained (their cards agree; see load_students)
+    card = students[0].card  # the shared normalisation (load_students adapted the other students to it)
     loader = TensorLoader(s.images, s.targets, mean=card["mean"], std=card["std"], batch_size=batch_size,
                           device=device)
     logits, targets = collect_logits([st.model for st in students], loader, f"labels ({split})", progress)

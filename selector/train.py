@@ -61,11 +61,23 @@ def bce_on_correctness(logits: torch.Tensor, batch) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, batch[2])
 
 
+TIE_BREAK = 1e-6  # weight of the BCE tie-break in the checkpoint metric (below any accuracy step)
+
+
 def routed_accuracy(tie_margin: float):
-    """Engine metric: how often the student an image is routed to is right (batch[2] = correctness)."""
+    """Engine metric: how often the student an image is routed to is right (batch[2] = correctness).
+
+    Routed accuracy moves in steps of 1/N and often plateaus from the first epoch (e.g. when
+    routing everything to the cheapest student is already as good as it gets); the engine keeps
+    the first best epoch, which then is a barely trained, badly calibrated selector. A tiny BCE
+    term (TIE_BREAK x BCE, far below one image's worth of accuracy) breaks such ties towards the
+    better-calibrated epoch, whose scores the cascade's threshold relies on.
+    """
     def metric(logits: torch.Tensor, batch) -> tuple[float, int]:
         route = route_from_scores(logits.sigmoid(), tie_margin)
-        return batch[2].gather(1, route[:, None]).sum().item(), len(route)
+        right = batch[2].gather(1, route[:, None]).sum().item()
+        bce = F.binary_cross_entropy_with_logits(logits, batch[2], reduction="sum").item() / batch[2].shape[1]
+        return right - TIE_BREAK * bce, len(route)
 
     return metric
 
@@ -111,6 +123,9 @@ def run(cfg: SelectorConfig, rt: Runtime) -> dict:
     students = load_students(cfg.run_dir, cfg.students, dataset=data.name, num_classes=data.num_classes,
                              data_settings={k: getattr(cfg, k) for k in SPLIT_KEYS}, device=rt.device)
     names, macs = [s.name for s in students], [s.macs for s in students]
+    if list(students[0].card["input_size"]) != data.input_size:
+        raise MoskdError(f"{students[0].path}: takes {students[0].card['input_size']} inputs, this data is "
+                         f"{data.input_size}; pass the --dataset/--image-size the students were trained with")
 
     torch.manual_seed(cfg.seed)
     kwargs = {"width": cfg.width, "dropout": cfg.dropout}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import time
 from pathlib import Path
 
 import torch
@@ -127,8 +128,11 @@ def load_or_build(path: Path, key: dict, teacher: nn.Module, data: DataBundle, *
         views = choose_views(len(data.splits["train"]), key["k"], data.aug, key["seed"])
         log(rt, f"teacher cache {path}: {why}; computing teacher logits for {views.shape[1]} views "
                 f"x {views.shape[0]} train images")
+        t0 = time.perf_counter()
         logits = teacher_logits(teacher, data, views, batch_size, rt.device, rt, amp)
         save_checkpoint({"key": key, "views": views, "logits": logits}, path)
+        log(rt, f"teacher cache: {views.shape[0] * views.shape[1]} teacher forward passes in "
+                f"{time.perf_counter() - t0:.1f}s, paid once for every student reading it")
         cached = (views, logits)
     rt.barrier()
     if cached is None:  # a non-zero rank: rank 0 has written it by now

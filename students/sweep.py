@@ -4,9 +4,9 @@
 
 Each run trains in-process with StudentTrain's recipe (every StudentTrain flag applies) into
 RUN/sweep/<name>/; all of them read the one teacher-logit cache in RUN/teacher/cache/, so the
-teacher's forward pass is paid once for the whole sweep. Writes RUN/sweep/results.{md,csv}
-(mean ± std over seeds) and RUN/sweep/runs.csv (one row per run) with select accuracy of the
-chosen epoch, test accuracy of that checkpoint (best on `select`) and of the last epoch.
+teacher's forward pass is paid once for the whole sweep. Writes RUN/sweep/<arch>-results.{md,csv}
+(mean ± std over seeds) and RUN/sweep/<arch>-runs.csv (one row per run) with select accuracy of
+the chosen epoch, test accuracy of that checkpoint (best on `select`) and of the last epoch.
 
 alpha = 1 gives the teacher no weight, so it is the baseline student: it is trained once per seed
 (as <arch>-baseline) however many temperatures are swept. Likewise MSE logit matching has no
@@ -82,7 +82,7 @@ def last_epoch_accuracy(run_dir: Path, data, cfg: StudentConfig, rt: Runtime) ->
 
 
 def train_point(point: Point, seed: int, cfg: SweepConfig, data, rt: Runtime) -> dict:
-    """Train (or reuse, or resume) one run; returns its row of runs.csv."""
+    """Train (or reuse, or resume) one run; returns its row of <arch>-runs.csv."""
     out = Path(cfg.run_dir) / "sweep" / f"{point.name}-s{seed}"
     summary_file = out / "summary.json"
     if summary_file.is_file() and not cfg.force:
@@ -158,11 +158,11 @@ def sweep(cfg: SweepConfig, rt: Runtime) -> list[dict]:
     table = aggregate(rows)
     if rt.is_main:
         folder = Path(cfg.run_dir) / "sweep"
-        write_csv(rows, folder / "runs.csv")
-        write_csv(table, folder / "results.csv")
-        (folder / "results.md").write_text(markdown(table, arch))
+        write_csv(rows, folder / f"{arch}-runs.csv")
+        write_csv(table, folder / f"{arch}-results.csv")
+        (folder / f"{arch}-results.md").write_text(markdown(table, arch))
         log(rt, markdown(table, arch))
-        log(rt, f"sweep: {len(jobs)} runs -> {folder / 'results.md'}, {folder / 'results.csv'}")
+        log(rt, f"sweep: {len(jobs)} runs -> {folder / f'{arch}-results.md'}, {folder / f'{arch}-results.csv'}")
     return table
 
 

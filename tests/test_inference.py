@@ -18,16 +18,10 @@ from inference.report import TAUS, Outputs, evaluate_run, summarize
 from inference.router import load_router
 from moskd.data import load_data, normalize
 from moskd.profile import count_macs, count_params
-from tests.test_selector import LIMIT, trained_run  # noqa: F401  (session fixture: a tiny trained run)
+from tests.test_selector import trained_run  # noqa: F401  (session fixture: a tiny trained run)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: per-op thread hand-offs cost more than they save, so run single-threaded."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---------------------------------------------------------------- MACs and parameters
@@ -121,7 +115,9 @@ def test_report_numbers_hang_together(report):
     assert r["oracle"]["accuracy"] >= max(accs)
     assert [r["baselines"][f"always_{k}"] for k in names] == accs
     assert r["cascade"][0]["tau"] == 0 and r["cascade"][0]["accuracy"] == r["routed"]["accuracy"]
-    assert r["cascade"][-1]["accuracy"] == r["models"]["teacher"]["accuracy"]  # tau 1: all to the teacher
+    assert [p["tau"] for p in r["cascade"]] == sorted(p["tau"] for p in r["cascade"])
+    all_teacher = [p for p in r["cascade"] if p["teacher_share"] == 1.0]
+    assert all(p["accuracy"] == r["models"]["teacher"]["accuracy"] for p in all_teacher)
     assert r["compression"]["teacher"] == {"params_reduction": 0.0, "bytes_reduction": 0.0, "macs_reduction": 0.0}
     sel = r["models"]["selector"]["macs"]
     share = r["routed"]["route_share"]
@@ -253,24 +249,8 @@ def test_every_bad_file_gets_one_stderr_line_and_the_rest_are_written(trained_ru
     assert "good2.png" in stdout
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")
-def test_unreadable_file_and_folder(trained_run, tmp_path, cli):  # noqa: F811
-    save_png(tmp_path / "in" / "ok.png", digit(0))
-    locked = save_png(tmp_path / "in" / "locked.png", digit(1))
-    closed = tmp_path / "in" / "closed"
-    save_png(closed / "inner.png", digit(2))
-    locked.chmod(0)
-    closed.chmod(0)
-    try:
-        code, _, err = cli(inference_main, ["--run-dir", str(trained_run), str(tmp_path / "in"), "--device", "cpu"])
-    finally:
-        locked.chmod(0o644)
-        closed.chmod(0o755)
-    assert code != 0 and "locked.png: permission denied" in err and "closed" in err
-
-
 def test_permission_errors_as_root_too(trained_run, tmp_path, cli, monkeypatch):  # noqa: F811
-    """The same two cases simulated, so they are checked even where the tests run as root."""
+    """Unreadable file and folder, simulated: chmod cannot lock out root, who runs CI."""
     import inference.predict as predict
 
     save_png(tmp_path / "in" / "ok.png", digit(0))

@@ -15,14 +15,7 @@ from selector.model import SelectorCNN, route_from_scores
 C = 5  # classes
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: per-op thread hand-offs cost more than they save (and far more on a loaded
-    machine, where an intra-op thread waits to be scheduled), so these tests run single-threaded."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small_net(seed: int, width: int) -> nn.Module:

@@ -24,14 +24,7 @@ from selector.train import holdout_split, main as train_selector
 LIMIT = 60  # images per split in the tiny run
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: per-op thread hand-offs cost more than they save (and far more on a loaded
-    machine, where an intra-op thread waits to be scheduled), so these tests run single-threaded."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 SPLIT = {"dataset": "digits", "split_seed": 0, "select_fraction": 0.2, "test_fraction": 0.2, "image_size": 32}
 
 
@@ -251,5 +244,27 @@ def test_route_rule_is_shared_with_training_metric():
     logits = torch.tensor([[2.0, 2.05], [-3.0, 3.0]])
     correct = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     total, n = routed_accuracy(0.05)(logits, (None, None, correct))
-    assert (total, n) == (2.0, 2)  # near tie -> cheaper (right), clear win -> dear (right)
+    assert n == 2 and total == pytest.approx(2.0, abs=1e-4)  # near tie -> cheaper (right), clear win -> dear
+    # same routes, same accuracy, better calibrated: scores higher (the checkpoint tie-break)
+    sharper, _ = routed_accuracy(0.05)(torch.tensor([[6.0, -6.0], [-6.0, 6.0]]), (None, None, correct))
+    assert total < sharper <= 2.0
     assert route_from_scores(logits.sigmoid(), 0.05).tolist() == [0, 1]
+
+
+def test_student_with_other_normalisation_is_adapted_not_refused():
+    from moskd.data import normalize
+    from selector.labels import adapt_input
+
+    torch.manual_seed(0)
+    model = TinyCNN(10, 1, width=8).eval()
+    own = {"input_size": [1, 8, 8], "mean": [0.3], "std": [0.2]}
+    shared = {"input_size": [1, 8, 8], "mean": [0.25], "std": [0.3]}
+    raw = torch.randint(0, 256, (4, 1, 8, 8), dtype=torch.uint8)
+    adapted = adapt_input(model, own, shared, "student")
+    with torch.no_grad():
+        got = adapted(normalize(raw, torch.tensor(shared["mean"]), torch.tensor(shared["std"])))
+        want = model(normalize(raw, torch.tensor(own["mean"]), torch.tensor(own["std"])))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert adapt_input(model, own, own, "student") is model
+    with pytest.raises(Exception, match="inputs"):
+        adapt_input(model, own, {**shared, "input_size": [3, 8, 8]}, "student")

@@ -240,13 +240,13 @@ def test_sweep_writes_mean_and_std_over_seeds(run_dir, cli):
                                       "--alphas", "0.5", "1", "--seeds", "0", "1", *SLICE])
     assert code == 0, err
     folder = run_dir / "sweep"
-    rows = list(csv.DictReader(open(folder / "results.csv")))
+    rows = list(csv.DictReader(open(folder / f"{TINY}-results.csv")))
     assert [r["name"] for r in rows] == [f"{TINY}-T2-a0.5", f"{TINY}-baseline"]
     assert all(r["seeds"] == "2" for r in rows)
-    runs = list(csv.DictReader(open(folder / "runs.csv")))
+    runs = list(csv.DictReader(open(folder / f"{TINY}-runs.csv")))
     accs = [float(r["test_acc_best"]) for r in runs if r["name"] == f"{TINY}-T2-a0.5"]
     assert float(rows[0]["test_acc_best_mean"]) == pytest.approx(sum(accs) / 2)
-    assert "±" in (folder / "results.md").read_text()
+    assert "±" in (folder / f"{TINY}-results.md").read_text()
     assert (folder / f"{TINY}-baseline-s1/best.pt").exists()
     code, out, _ = cli(sweep_main, ["--run-dir", str(run_dir), "--model", TINY, "--temperatures", "2",
                                     "--alphas", "0.5", "1", "--seeds", "0", "1", *SLICE])

@@ -1,0 +1,60 @@
+"""`moskd pipeline` end to end on a small slice of digits: artefacts, skip on rerun, resume after a kill."""
+import json
+
+import moskd.engine
+from moskd.checkpoint import load_checkpoint
+from moskd.pipeline import main as pipeline_main
+
+SMALL = ["--dataset", "digits", "--limit", "48", "--epochs", "2", "--device", "cpu"]
+
+
+def test_pipeline_end_to_end_then_skips_and_resumes(tmp_path, monkeypatch, cli):
+    run = tmp_path / "run"
+    args = ["--run-dir", str(run), *SMALL]
+
+    # first run: killed right after GoogLeNet's first epoch checkpoint
+    real_save = moskd.engine.save_checkpoint
+
+    def die_in_googlenet(obj, path):
+        real_save(obj, path)
+        if path.name == "last.pt" and obj["card"]["arch"] == "googlenet" and obj["card"]["role"] == "student" \
+                and obj["epoch"] == 0:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(moskd.engine, "save_checkpoint", die_in_googlenet)
+    code, out, err = cli(pipeline_main, args)
+    assert code == 130 and "--resume" in err
+    assert (run / "students/densenet121/summary.json").exists()
+    assert not (run / "students/googlenet/summary.json").exists()
+    monkeypatch.setattr(moskd.engine, "save_checkpoint", real_save)
+
+    # second run: finished stages skipped, the killed one resumed, the rest run
+    code, out, err = cli(pipeline_main, args)
+    assert code == 0, err
+    assert "teacher: skipped (finished)" in out
+    assert "student densenet121 (distilled): skipped (finished)" in out
+    assert "student googlenet (distilled): resumed" in out
+    assert "selector: done" in out
+    epochs = [json.loads(x)["epoch"] for x in (run / "students/googlenet/metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2]
+
+    for rel in ("teacher/best.pt", "teacher/last.pt", "teacher/metrics.jsonl", "teacher/config.yaml",
+                "students/densenet121/best.pt", "students/googlenet/last.pt", "students/googlenet/config.yaml",
+                "selector/best.pt", "selector/last.pt", "selector/metrics.jsonl", "selector/config.yaml",
+                "report.json", "report.md"):
+        assert (run / rel).is_file(), rel
+    assert list((run / "selector").glob("labels.*")) and list((run / "plots").glob("*.png"))
+    assert list((run / "teacher/cache").iterdir())
+    assert load_checkpoint(run / "selector/best.pt", role="selector")["card"]["num_classes"] == 2
+
+    report = json.loads((run / "report.json").read_text())
+    assert report["dataset"] == "digits" and report["split"] == "test" and report["num_images"] == 48
+    assert {"teacher", "densenet121", "googlenet"} <= set(report["models"])
+    assert 0 <= report["routed"]["accuracy"] <= report["oracle"]["accuracy"] <= 1
+    assert abs(sum(report["routed"]["route_share"].values()) - 1) < 1e-6
+
+    # third run: everything finished, nothing retrained
+    before = (run / "teacher/last.pt").stat().st_mtime_ns
+    code, out, _ = cli(pipeline_main, args)
+    assert code == 0 and out.count("skipped (finished)") == 4
+    assert (run / "teacher/last.pt").stat().st_mtime_ns == before
