@@ -31,7 +31,8 @@ class PipelineConfig:
     seed: int = field(0, "seed for every stage")
     limit: Optional[int] = field(None, "use at most N images per split (smoke runs and tests)")
     epochs: Optional[int] = field(None, "override every stage's epochs (smoke runs)")
-    baselines: bool = field(False, "also train each student without the teacher (--no-teacher), for comparison")
+    baselines: bool = field(True, "also train each student without the teacher (--no-teacher): the "
+                                  "comparison every report needs")
     force: bool = field(False, "redo every stage even if finished")
 
 

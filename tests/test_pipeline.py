@@ -5,7 +5,7 @@ import moskd.engine
 from moskd.checkpoint import load_checkpoint
 from moskd.pipeline import main as pipeline_main
 
-SMALL = ["--dataset", "digits", "--limit", "48", "--epochs", "2", "--device", "cpu"]
+SMALL = ["--dataset", "digits", "--limit", "48", "--epochs", "2", "--no-baselines", "--device", "cpu"]
 
 
 def test_pipeline_end_to_end_then_skips_and_resumes(tmp_path, monkeypatch, cli):
