@@ -121,8 +121,8 @@ def main(argv=None):
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; student {resolve_arch(args.student)}, "
           f"teacher {args.teacher}; {args.rounds} rounds x {args.steps} steps per measurement")
     rows = [bench(size, args) for size in args.sizes]
-    head = (f"| input | batch | student step, cached (ms) | online step (ms) | teacher fwd (ms) | "
-            f"measured speed-up | ideal speed-up | measured / ideal |")
+    head = ("| input | batch | student step, cached (ms) | online step (ms) | teacher fwd (ms) | "
+            "measured speed-up | ideal speed-up | measured / ideal |")
     print("\n" + head + "\n|" + "---|" * 8)
     for r in rows:
         print(f"| {r['input']} | {r['batch']} | {1e3 * r['cached']:.0f} | {1e3 * r['online']:.0f} | "

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from moskd.config import parse_config
 from moskd.errors import MoskdError
 
 
@@ -70,3 +71,13 @@ def show_progress(rt: Runtime) -> bool:
 def log(rt: Runtime, msg: str) -> None:
     if rt.is_main:
         print(msg, flush=True)
+
+
+def stage_main(argv, config_cls, run, prog: str, doc: str, section: str):
+    """Body of every stage command: parse the config, set up the device/process group, run, tear down."""
+    cfg = parse_config(config_cls, argv, prog, doc, section=section)
+    rt = setup_runtime(cfg.device)
+    try:
+        return run(cfg, rt)
+    finally:
+        teardown(rt)

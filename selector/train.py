@@ -18,13 +18,13 @@ import torch
 import torch.nn.functional as F
 
 from moskd.checkpoint import load_checkpoint
-from moskd.config import field, parse_config
+from moskd.config import field
 from moskd.data import DataBundle, TensorLoader, data_from_config
 from moskd.engine import Stage, TrainConfig, fit, prepare_out_dir
 from moskd.errors import MoskdError, cli_entry
 from moskd.models import create_model
 from moskd.profile import count_macs
-from moskd.runtime import Runtime, log, setup_runtime, show_progress, teardown
+from moskd.runtime import Runtime, log, show_progress, stage_main
 from selector.labels import SPLIT_KEYS, describe, label_split, load_students, save_labels
 from selector.model import MAC_BUDGET, route_from_scores
 
@@ -175,12 +175,7 @@ def run(cfg: SelectorConfig, rt: Runtime) -> dict:
 
 @cli_entry("trainSelector")
 def main(argv=None):
-    cfg = parse_config(SelectorConfig, argv, "trainSelector", __doc__, section="selector")
-    rt = setup_runtime(cfg.device)
-    try:
-        run(cfg, rt)
-    finally:
-        teardown(rt)
+    stage_main(argv, SelectorConfig, run, "trainSelector", __doc__, section="selector")
 
 
 if __name__ == "__main__":

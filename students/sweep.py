@@ -23,11 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from moskd.checkpoint import build_model_from_checkpoint, load_checkpoint
-from moskd.config import field, parse_config
+from moskd.config import field
 from moskd.data import data_from_config, make_loader
 from moskd.engine import evaluate, top1
 from moskd.errors import cli_entry
-from moskd.runtime import Runtime, log, setup_runtime, teardown
+from moskd.runtime import Runtime, log, stage_main
 from students.train import StudentConfig, check_config, resolve_arch
 from students.train import run as train_student
 
@@ -168,12 +168,7 @@ def sweep(cfg: SweepConfig, rt: Runtime) -> list[dict]:
 
 @cli_entry("moskd sweep")
 def main(argv=None):
-    cfg = parse_config(SweepConfig, argv, "moskd sweep", __doc__, section="students")
-    rt = setup_runtime(cfg.device)
-    try:
-        sweep(cfg, rt)
-    finally:
-        teardown(rt)
+    stage_main(argv, SweepConfig, sweep, "moskd sweep", __doc__, section="students")
 
 
 if __name__ == "__main__":

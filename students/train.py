@@ -21,13 +21,13 @@ import torch
 from torch import nn
 
 from moskd.checkpoint import build_model_from_checkpoint, load_checkpoint
-from moskd.config import field, parse_config
+from moskd.config import field
 from moskd.data import DataBundle, data_from_config, make_loader
 from moskd.engine import Stage, TrainConfig, cross_entropy, finish, fit, prepare_out_dir
 from moskd.errors import MoskdError, cli_entry
 from moskd.models import available_models, create_model
 from moskd.profile import model_cost
-from moskd.runtime import Runtime, log, setup_runtime, teardown
+from moskd.runtime import Runtime, log, stage_main
 from students.cache import cache_file, cache_key, load_or_build
 from students.losses import KD_LOSSES, cached_objective, online_objective
 
@@ -203,12 +203,7 @@ def run(cfg: StudentConfig, rt: Runtime, out_dir: Path | None = None, data: Data
 
 @cli_entry("StudentTrain")
 def main(argv=None):
-    cfg = parse_config(StudentConfig, argv, "StudentTrain", __doc__, section="students")
-    rt = setup_runtime(cfg.device)
-    try:
-        run(cfg, rt)
-    finally:
-        teardown(rt)
+    stage_main(argv, StudentConfig, run, "StudentTrain", __doc__, section="students")
 
 
 if __name__ == "__main__":

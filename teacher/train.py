@@ -11,12 +11,12 @@ from typing import Optional
 
 import torch
 
-from moskd.config import field, parse_config
+from moskd.config import field
 from moskd.data import data_from_config, make_loader
 from moskd.engine import Stage, TrainConfig, cross_entropy, finish, fit
 from moskd.errors import cli_entry
 from moskd.models import create_model
-from moskd.runtime import Runtime, setup_runtime, teardown
+from moskd.runtime import Runtime, stage_main
 
 
 @dataclass
@@ -44,12 +44,7 @@ def run(cfg: TeacherConfig, rt: Runtime) -> dict:
 
 @cli_entry("teacherTrain")
 def main(argv=None):
-    cfg = parse_config(TeacherConfig, argv, "teacherTrain", __doc__, section="teacher")
-    rt = setup_runtime(cfg.device)
-    try:
-        run(cfg, rt)
-    finally:
-        teardown(rt)
+    stage_main(argv, TeacherConfig, run, "teacherTrain", __doc__, section="teacher")
 
 
 if __name__ == "__main__":

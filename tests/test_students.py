@@ -17,7 +17,7 @@ from moskd.checkpoint import load_checkpoint, read_checkpoint_file, save_checkpo
 from moskd.data import load_data, make_loader
 from moskd.models import register_model
 from moskd.runtime import Runtime
-from students.cache import cache_file, cache_key, choose_views, load_or_build
+from students.cache import cache_key, choose_views, load_or_build
 from students.losses import distillation_loss
 from students.sweep import main as sweep_main
 from students.train import load_teacher
