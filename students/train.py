@@ -20,7 +20,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from moskd.checkpoint import build_model_from_checkpoint, load_checkpoint
+from moskd.checkpoint import build_model_from_checkpoint, load_checkpoint, read_checkpoint_file
 from moskd.config import field
 from moskd.data import DataBundle, data_from_config, make_loader
 from moskd.engine import Stage, TrainConfig, cross_entropy, finish, fit, prepare_out_dir
@@ -126,6 +126,19 @@ def load_teacher(path: Path, data: DataBundle, run_dir: str) -> nn.Module:
     return teacher.eval()
 
 
+SPLIT_SETTINGS = ("split_seed", "select_fraction", "test_fraction")
+
+
+def check_same_split(path: Path, cfg: StudentConfig) -> None:
+    """A teacher split another way may have trained on this student's `select` or `test` images."""
+    teacher_cfg = read_checkpoint_file(path).get("config") or {}
+    for key in SPLIT_SETTINGS:
+        if key in teacher_cfg and teacher_cfg[key] != getattr(cfg, key):
+            flag = "--" + key.replace("_", "-")
+            raise MoskdError(f"{path}: teacher was trained with {flag} {teacher_cfg[key]}, this student uses "
+                             f"{getattr(cfg, key)}; pass {flag} {teacher_cfg[key]} so both see the same split")
+
+
 def out_dir_for(cfg: StudentConfig, arch: str) -> Path:
     return Path(cfg.run_dir) / "students" / (f"{arch}-baseline" if cfg.no_teacher else arch)
 
@@ -165,6 +178,7 @@ def run(cfg: StudentConfig, rt: Runtime, out_dir: Path | None = None, data: Data
 
     views, teacher_cost = None, None
     if uses_teacher:
+        check_same_split(tpath, cfg)
         teacher = load_teacher(tpath, data, cfg.run_dir).to(rt.device)
         if rt.cuda:
             teacher = teacher.to(memory_format=torch.channels_last)

@@ -232,6 +232,13 @@ def test_teacher_of_another_dataset_fails_with_one_line(run_dir, tmp_path, cli, 
     assert f"{field} '{value}'" in err and "--no-teacher" in err
 
 
+def test_teacher_split_another_way_is_refused(run_dir, tmp_path, cli):
+    code, _, err = cli(student_main, ["--run-dir", str(tmp_path), "--teacher", str(run_dir / "teacher/best.pt"),
+                                      "--split-seed", "3", *SLICE])
+    assert code == 2 and err.count("\n") == 1 and "--split-seed 0" in err
+    assert not (tmp_path / "students").exists()
+
+
 # ---------------------------------------------------------------- sweep and curves
 
 
