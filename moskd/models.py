@@ -119,3 +119,43 @@ def load_pretrained(model: nn.Module, path: str) -> None:
     if not usable:
         raise MoskdError(f"{path}: no tensor matches this architecture; check --arch and --pretrained")
     model.load_state_dict(usable, strict=False)
+
+
+# ---------------------------------------------------------------- models from other data slices
+
+
+class Renormalized(nn.Module):
+    """Feeds a model trained with another mean/std (e.g. another --limit slice) from the shared
+    batch: undo the shared normalisation and apply the model's own, in one affine step."""
+
+    def __init__(self, inner: nn.Module, from_card: dict, to_card: dict):
+        super().__init__()
+        f_mean, f_std, t_mean, t_std = (torch.tensor(c[k]).view(1, -1, 1, 1)
+                                        for c, k in ((from_card, "mean"), (from_card, "std"),
+                                                     (to_card, "mean"), (to_card, "std")))
+        self.inner = inner
+        self.register_buffer("scale", f_std / t_std)
+        self.register_buffer("shift", (f_mean - t_mean) / t_std)
+
+    def forward(self, x):
+        return self.inner(x * self.scale.to(x.dtype) + self.shift.to(x.dtype))
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model itself (for counting its cost), without a normalisation adapter."""
+    return model.inner if isinstance(model, Renormalized) else model
+
+
+def same_normalisation(a: dict, b: dict) -> bool:
+    return all(len(a[k]) == len(b[k]) and all(abs(x - y) <= 1e-5 * max(1.0, abs(y)) for x, y in zip(a[k], b[k]))
+               for k in ("mean", "std"))
+
+
+def adapt_input(model: nn.Module, card: dict, shared: dict, where) -> nn.Module:
+    """`model` (trained per `card`) made to accept batches preprocessed per the `shared` card."""
+    if list(card["input_size"]) != list(shared["input_size"]):
+        raise MoskdError(f"{where}: takes {card['input_size']} inputs, the run's other models "
+                         f"{shared['input_size']}; retrain it on this run's data")
+    if same_normalisation(card, shared):
+        return model
+    return Renormalized(model, shared, card).to(next(model.parameters()).device).eval()

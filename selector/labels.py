@@ -20,6 +20,7 @@ from tqdm import tqdm
 from moskd.checkpoint import build_model_from_checkpoint, load_checkpoint, save_checkpoint
 from moskd.data import DataBundle, TensorLoader
 from moskd.errors import MoskdError
+from moskd.models import Renormalized, adapt_input, same_normalisation, unwrap  # noqa: F401  (re-exported)
 from moskd.profile import count_macs
 
 BASELINE_SUFFIX = "-baseline"
@@ -99,43 +100,6 @@ def load_students(run_dir: str | Path, names: list[str] | None = None, **kw) -> 
     for s in students[1:]:  # one preprocessed batch feeds them all: the cheapest student's normalisation
         s.model = adapt_input(s.model, s.card, students[0].card, s.path)
     return students
-
-
-class Renormalized(nn.Module):
-    """Feeds a model trained with another mean/std (e.g. another --limit slice) from the shared
-    batch: undo the shared normalisation and apply the model's own, in one affine step."""
-
-    def __init__(self, inner: nn.Module, from_card: dict, to_card: dict):
-        super().__init__()
-        f_mean, f_std, t_mean, t_std = (torch.tensor(c[k]).view(1, -1, 1, 1)
-                                        for c, k in ((from_card, "mean"), (from_card, "std"),
-                                                     (to_card, "mean"), (to_card, "std")))
-        self.inner = inner
-        self.register_buffer("scale", f_std / t_std)
-        self.register_buffer("shift", (f_mean - t_mean) / t_std)
-
-    def forward(self, x):
-        return self.inner(x * self.scale.to(x.dtype) + self.shift.to(x.dtype))
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The model itself (for counting its cost), without a normalisation adapter."""
-    return model.inner if isinstance(model, Renormalized) else model
-
-
-def same_normalisation(a: dict, b: dict) -> bool:
-    return all(len(a[k]) == len(b[k]) and all(abs(x - y) <= 1e-5 * max(1.0, abs(y)) for x, y in zip(a[k], b[k]))
-               for k in ("mean", "std"))
-
-
-def adapt_input(model: nn.Module, card: dict, shared: dict, where) -> nn.Module:
-    """`model` (trained per `card`) made to accept batches preprocessed per the `shared` card."""
-    if list(card["input_size"]) != list(shared["input_size"]):
-        raise MoskdError(f"{where}: takes {card['input_size']} inputs, the run's other models "
-                         f"{shared['input_size']}; retrain it on this run's data")
-    if same_normalisation(card, shared):
-        return model
-    return Renormalized(model, shared, card).to(next(model.parameters()).device).eval()
 
 
 # ---------------------------------------------------------------- labels

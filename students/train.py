@@ -25,7 +25,7 @@ from moskd.config import field
 from moskd.data import DataBundle, data_from_config, make_loader
 from moskd.engine import Stage, TrainConfig, cross_entropy, finish, fit, prepare_out_dir
 from moskd.errors import MoskdError, cli_entry
-from moskd.models import available_models, create_model
+from moskd.models import adapt_input, available_models, create_model, unwrap
 from moskd.profile import model_cost
 from moskd.runtime import Runtime, log, stage_main
 from students.cache import cache_file, cache_key, load_or_build
@@ -84,25 +84,6 @@ def check_config(cfg: StudentConfig) -> None:
         raise MoskdError(f"--teacher-cache {cfg.teacher_cache}: must be >= 0 (0 = online teacher)")
 
 
-class Renormalized(nn.Module):
-    """The teacher, fed images normalised with the student's data statistics mapped to its own.
-
-    Both come from the same training split in a normal run, but a teacher trained on another
-    slice (--limit) has other statistics; its logits must come from the inputs it was trained on.
-    """
-
-    def __init__(self, net: nn.Module, src_mean, src_std, dst_mean, dst_std):
-        super().__init__()
-        self.net = net
-        src_mean, src_std, dst_mean, dst_std = (torch.tensor(v).view(1, -1, 1, 1)
-                                                for v in (src_mean, src_std, dst_mean, dst_std))
-        self.register_buffer("scale", src_std / dst_std)
-        self.register_buffer("shift", (src_mean - dst_mean) / dst_std)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x * self.scale + self.shift)
-
-
 def teacher_path(cfg: StudentConfig) -> Path:
     return Path(cfg.teacher) if cfg.teacher else Path(cfg.run_dir) / "teacher" / "best.pt"
 
@@ -117,10 +98,8 @@ def load_teacher(path: Path, data: DataBundle, run_dir: str) -> nn.Module:
     card = ckpt["card"]
     if list(card["input_size"]) != data.input_size:
         raise MoskdError(f"{path}: teacher takes {card['input_size']} inputs, this data is {data.input_size}; {hint}")
-    teacher = build_model_from_checkpoint(ckpt)
-    if not (torch.allclose(torch.tensor(card["mean"]), torch.tensor(data.mean))
-            and torch.allclose(torch.tensor(card["std"]), torch.tensor(data.std))):
-        teacher = Renormalized(teacher, data.mean, data.std, card["mean"], card["std"])
+    # a teacher trained on another slice (--limit) normalised with other statistics: adapt its input
+    teacher = adapt_input(build_model_from_checkpoint(ckpt), card, data.card(), path)
     for p in teacher.parameters():
         p.requires_grad_(False)
     return teacher.eval()
@@ -178,11 +157,11 @@ def run(cfg: StudentConfig, rt: Runtime, out_dir: Path | None = None, data: Data
 
     views, teacher_cost = None, None
     if uses_teacher:
-        check_same_split(tpath, cfg)
         teacher = load_teacher(tpath, data, cfg.run_dir).to(rt.device)
+        check_same_split(tpath, cfg)
         if rt.cuda:
             teacher = teacher.to(memory_format=torch.channels_last)
-        teacher_cost = model_cost(teacher.net if isinstance(teacher, Renormalized) else teacher, data.input_size)
+        teacher_cost = model_cost(unwrap(teacher), data.input_size)
         if cfg.teacher_cache > 0:
             key = cache_key(tpath, data, cfg.teacher_cache, cfg.cache_seed)
             views = load_or_build(cache_file(cfg.run_dir, cfg.teacher_cache), key, teacher, data,
