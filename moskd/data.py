@@ -295,10 +295,6 @@ class TensorLoader:
         per_rank = math.ceil(n / self.world) if self.train else len(range(self.rank, n, self.world))
         return math.ceil(per_rank / self.batch_size)
 
-    @property
-    def num_samples(self) -> int:
-        return len(self._indices(torch.Generator().manual_seed(0)))
-
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         idx = self._indices(g)
@@ -321,10 +317,10 @@ class TensorLoader:
 
 
 def make_loader(data: DataBundle, split: str, batch_size: int, *, device="cpu", train=False, seed=0,
-                rank=0, world=1, extras=(), views=None, images=None) -> TensorLoader:
+                rank=0, world=1, extras=(), views=None) -> TensorLoader:
     s = data.splits[split]
     return TensorLoader(
-        s.images if images is None else images, s.targets, mean=data.mean, std=data.std, batch_size=batch_size,
+        s.images, s.targets, mean=data.mean, std=data.std, batch_size=batch_size,
         device=device, train=train, aug=data.aug, extras=extras, views=views, seed=seed, rank=rank, world=world,
     )
 

@@ -22,7 +22,7 @@ from timm.utils import ModelEmaV3
 from torch import nn
 from tqdm import tqdm
 
-from moskd.checkpoint import load_checkpoint, save_checkpoint
+from moskd.checkpoint import inference_weights, load_checkpoint, save_checkpoint
 from moskd.config import field, to_dict, write_config
 from moskd.data import TensorLoader
 from moskd.errors import MoskdError
@@ -238,7 +238,7 @@ def finish(stage: Stage, cfg: TrainConfig, rt: Runtime, summary: dict, test_load
     if rt.is_main:
         best = load_checkpoint(stage.out_dir / "best.pt", role=stage.role)
         model = stage.model
-        model.load_state_dict(best.get("ema") or best["model"])
+        model.load_state_dict(inference_weights(best))
         summary[f"test_{stage.metric_name}"] = evaluate(model, test_loader, stage.metric,
                                                        Runtime(rt.device), cfg.amp)
         (stage.out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -17,8 +17,8 @@ from typing import Optional
 
 from moskd.config import field, parse_config
 from moskd.errors import cli_entry
+from moskd.models import SEED_STUDENTS
 
-STUDENTS = {"1": "densenet121", "2": "googlenet"}
 
 
 @dataclass
@@ -79,7 +79,7 @@ def run(cfg: PipelineConfig, config: Optional[str] = None) -> dict:
     stages = [("teacher", "teacher.train", train, run_dir / "teacher"),
               # always run: reuses a valid cache in a second, rebuilds a stale one
               ("teacher-logit cache", "students.train", train + ["--cache-only"], None)]
-    for key, arch in STUDENTS.items():
+    for key, arch in SEED_STUDENTS.items():
         stages.append((f"student {arch} (distilled)", "students.train", train + ["--model", key],
                        run_dir / "students" / arch))
         if cfg.baselines:

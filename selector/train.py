@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from moskd.checkpoint import load_checkpoint
+from moskd.checkpoint import inference_weights, load_checkpoint
 from moskd.config import field
 from moskd.data import DataBundle, TensorLoader, data_from_config
 from moskd.engine import Stage, TrainConfig, fit, prepare_out_dir
@@ -161,7 +161,7 @@ def run(cfg: SelectorConfig, rt: Runtime) -> dict:
     summary = fit(stage, cfg, rt, "trainSelector")
     if rt.is_main:
         best = load_checkpoint(out / "best.pt", role="selector")
-        model.load_state_dict(best.get("ema") or best["model"])
+        model.load_state_dict(inference_weights(best))
         held_loader = _loader(data, card, held, labels["correct"], cfg, Runtime(rt.device), train=False)
         summary.update(heldout_summary(model, held_loader, cfg.tie_margin, names))
         summary["labels"] = labels["stats"]

@@ -25,13 +25,13 @@ from moskd.config import field
 from moskd.data import DataBundle, data_from_config, make_loader
 from moskd.engine import Stage, TrainConfig, cross_entropy, finish, fit, prepare_out_dir
 from moskd.errors import MoskdError, cli_entry
-from moskd.models import adapt_input, available_models, create_model, unwrap
+from moskd.models import SEED_STUDENTS, adapt_input, available_models, create_model, unwrap
 from moskd.profile import model_cost
 from moskd.runtime import Runtime, log, stage_main
 from students.cache import cache_file, cache_key, load_or_build
 from students.losses import KD_LOSSES, cached_objective, online_objective
 
-STUDENTS = {"1": "densenet121", "2": "googlenet"}  # --model numbers, as in the original project
+STUDENTS = SEED_STUDENTS
 
 
 @dataclass
