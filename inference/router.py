@@ -6,10 +6,11 @@ input order. Every model is in eval mode (batch norm uses running statistics), a
 decided from the image's own scores, so an image's prediction never depends on the rest of its
 batch.
 
-Route rule (selector.model.route_from_scores): the best score wins; scores within the selector's
-tie margin of the best count as a tie, and a tie goes to the cheaper student (students are kept
-in ascending-MAC order), since the selector sees no accuracy difference and the cheaper one saves
-compute.
+Route rule (selector.model.route_from_scores): each score is charged knob x the student's relative
+MACs (the operating knob was chosen on `select` by trainSelector), the best charged score wins;
+scores within the selector's tie margin of the best count as a tie, and a tie goes to the cheaper
+student (students are kept in ascending-MAC order), since the selector sees no accuracy difference
+and the cheaper one saves compute.
 
 Cascade (escalate=TAU): images whose best student score is below TAU go to the teacher instead.
 Scores lie in [0, 1], so TAU = 0 never escalates and TAU > 1 sends every image to the teacher.
@@ -27,7 +28,7 @@ import selector.model  # noqa: F401  (registers selector_cnn for build_model_fro
 from moskd.checkpoint import build_model_from_checkpoint, load_checkpoint
 from moskd.errors import MoskdError
 from selector.labels import Student, adapt_input, load_student
-from selector.model import route_from_scores
+from selector.model import relative_costs, route_from_scores
 
 TEACHER = "teacher"
 
@@ -40,14 +41,16 @@ class Routed(NamedTuple):
 
 class Router(nn.Module):
     def __init__(self, selector: nn.Module, students: Sequence[nn.Module], teacher: nn.Module | None = None,
-                 escalate: float | None = None, tie_margin: float = 0.0, names: Sequence[str] | None = None):
+                 escalate: float | None = None, tie_margin: float = 0.0, names: Sequence[str] | None = None,
+                 knob: float = 0.0, costs: torch.Tensor | None = None):
         super().__init__()
         if escalate is not None and teacher is None:
             raise MoskdError("--escalate needs the teacher: RUN/teacher/best.pt (run teacherTrain first)")
         self.selector = selector.eval()
         self.students = nn.ModuleList(students).eval()
         self.teacher = teacher.eval() if teacher is not None else None
-        self.escalate, self.tie_margin = escalate, tie_margin
+        self.escalate, self.tie_margin, self.knob = escalate, tie_margin, knob
+        self.costs = costs  # (S,) MACs relative to the dearest student; None = knob has no effect
         self.names = list(names) if names is not None else [f"student{i}" for i in range(len(students))]
         self.route_names = self.names + [TEACHER]  # route len(students) = the teacher
 
@@ -58,7 +61,7 @@ class Router(nn.Module):
         return self.selector(x).float().sigmoid()
 
     def routes(self, scores: torch.Tensor) -> torch.Tensor:
-        route = route_from_scores(scores, self.tie_margin)
+        route = route_from_scores(scores, self.tie_margin, self.knob, self.costs)
         if self.escalate is not None:
             unsure = scores.max(1).values < self.escalate  # no student looks safe enough
             route = torch.where(unsure, torch.full_like(route, len(self.students)), route)
@@ -159,6 +162,7 @@ def load_router(run_dir: str | Path, escalate: float | None = None, device="cpu"
         teacher = adapt_input(teacher, teacher_card, card, run_dir / "teacher" / "best.pt")
     selector_model = build_model_from_checkpoint(sel).to(device)
     router = Router(selector_model, [s.model for s in students], teacher if escalate is not None else None,
-                    escalate, float(card.get("tie_margin", 0.0)), [s.name for s in students])
+                    escalate, float(card.get("tie_margin", 0.0)), [s.name for s in students],
+                    knob=float(card.get("knob", 0.0)), costs=relative_costs([s.macs for s in students]))
     teacher = teacher.eval() if teacher is not None else None
     return RunModels(router, card, sel.get("config") or {}, students, teacher, teacher_card)

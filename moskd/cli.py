@@ -6,7 +6,8 @@
     moskd inference ...   = inference ...
     moskd report RUN      evaluation report of a finished run
     moskd sweep     ...   temperature/alpha/seed grid for one student
-    moskd pipeline  ...   every stage in order on one run directory
+    moskd pipeline  ...   every stage in order on one run directory (--seeds 0 1 2: once per seed)
+    moskd results         README and docs/RESULTS.md tables from the committed seed files
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ COMMANDS = {  # subcommand -> (module, what it does); modules are imported only 
     "report": ("inference.report", "evaluation report of a run: report.json, report.md, plots"),
     "sweep": ("students.sweep", "grid of temperatures, alphas and seeds for one student"),
     "pipeline": ("moskd.pipeline", "teacher -> cache -> students -> selector -> report, skipping finished stages"),
+    "results": ("moskd.results", "README and docs/RESULTS.md tables from docs/results/*/seeds.json"),
 }
 
 

@@ -12,6 +12,7 @@ Splits:
 """
 from __future__ import annotations
 
+import gzip
 import hashlib
 import math
 import os
@@ -26,7 +27,12 @@ from sklearn.model_selection import train_test_split
 from moskd.errors import MoskdError
 
 SPLITS = ("train", "select", "test")
-DATASETS = ("digits", "cifar10", "cifar100", "folder:PATH")
+DATASETS = ("digits", "fashion-mnist", "cifar10", "cifar100", "folder:PATH")
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                   "Ankle boot"]  # as published by Zalando Research, in label order
+FASHION_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte")
+DEBIAN_FASHION_DIR = "/usr/share/datasets/fashion-mnist"  # where `apt-get install dataset-fashion-mnist` puts them
 
 
 @dataclass(frozen=True)
@@ -166,6 +172,64 @@ def _folder(path: str, image_size: int):
     return x, y, None, None, classes, aug
 
 
+def _fashion_files(data_dir: str) -> list[Path]:
+    """The four official files (gzipped or not) from one folder: data_dir (flat, Debian's layout),
+    data_dir/FashionMNIST/raw (torchvision's), or the Debian package's folder when data_dir has neither."""
+    def find(folder: Path, name: str) -> Path | None:
+        return next((p for p in (folder / f"{name}.gz", folder / name) if p.is_file()), None)
+
+    for folder in (Path(data_dir), Path(data_dir) / "FashionMNIST" / "raw", Path(DEBIAN_FASHION_DIR)):
+        found = [find(folder, name) for name in FASHION_FILES]
+        if all(found):
+            return found  # type: ignore[return-value]
+    missing = next(n for n in FASHION_FILES if not (find(Path(data_dir), n) or find(Path(data_dir) / "FashionMNIST" / "raw", n)))
+    raise MoskdError(
+        f"fashion-mnist: {missing}.gz not found in {data_dir} (flat) or {data_dir}/FashionMNIST/raw; install "
+        f"Debian's package (apt-get install dataset-fashion-mnist, files in {DEBIAN_FASHION_DIR}) or rerun "
+        f"with --download (needs network)"
+    )
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX file (the MNIST format: magic, dims, uint8 data), gzipped or raw; one line if corrupt."""
+    try:
+        raw = (gzip.open if path.suffix == ".gz" else open)(path, "rb").read()
+    except (OSError, EOFError) as e:
+        raise MoskdError(f"{path}: corrupt or truncated ({e}); download the file again") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08 or raw[3] not in (1, 3):
+        raise MoskdError(f"{path}: not an IDX uint8 file (bad magic number); download the file again")
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    data = np.frombuffer(bytearray(raw), np.uint8, offset=4 + 4 * ndim)  # bytearray: a writable array
+    if data.size != int(np.prod(dims)):
+        raise MoskdError(f"{path}: holds {data.size} values, its header says {dims}; download the file again")
+    return data.reshape(dims)
+
+
+def _fashion_mnist(data_dir: str, download: bool):
+    if download:
+        from torchvision.datasets import FashionMNIST
+
+        FashionMNIST(data_dir, train=True, download=True)  # torchvision layout: data_dir/FashionMNIST/raw
+    x, y, xt, yt = (read_idx(p) for p in _fashion_files(data_dir))
+    if len(x) != len(y) or len(xt) != len(yt):
+        raise MoskdError(f"fashion-mnist in {data_dir}: image and label files disagree in length; "
+                         f"download the files again")
+    return x[:, None], y.astype(np.int64), xt[:, None], yt.astype(np.int64), list(FASHION_CLASSES), AugSpec(2, True)
+
+
+def resize_images(x: np.ndarray, size: int) -> np.ndarray:
+    """(N, C, H, W) uint8 resized to size x size (bilinear, antialiased when shrinking); channels kept."""
+    if x.shape[-2:] == (size, size):
+        return x
+    out = []
+    for start in range(0, len(x), 4096):  # chunks: 60,000 float images at once would need GBs
+        t = torch.from_numpy(np.ascontiguousarray(x[start:start + 4096])).float()
+        t = F.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        out.append(t.round_().clamp_(0, 255).to(torch.uint8).numpy())
+    return np.concatenate(out)
+
+
 # ---------------------------------------------------------------- split
 
 
@@ -185,24 +249,37 @@ def load_data(
     select_fraction: float = 0.2,
     test_fraction: float = 0.2,
     limit: int | None = None,
-    image_size: int = 32,
+    image_size: int | None = None,
+    train_limit: int | None = None,
 ) -> DataBundle:
     """Load a dataset and split it deterministically into train / select / test.
 
     select_fraction: share of the training set held out as `select`.
     test_fraction: share held out as `test` when the dataset has no official test split.
     limit: keep at most this many images per split (small slices for tests and smoke runs).
+    image_size: resize every image to image_size x image_size (None: the dataset's own size; folder: 32).
+    train_limit: keep at most this many `train` images (select and test untouched): cheaper training
+        with the full evaluation splits.
     """
     if dataset == "digits":
         x, y, xt, yt, classes, aug = _digits()
+    elif dataset == "fashion-mnist":
+        x, y, xt, yt, classes, aug = _fashion_mnist(data_dir, download)
     elif dataset in ("cifar10", "cifar100"):
         x, y, xt, yt, classes, aug = _cifar(dataset, data_dir, download)
     elif dataset.startswith("folder:"):
-        x, y, xt, yt, classes, aug = _folder(dataset[len("folder:"):], image_size)
+        x, y, xt, yt, classes, aug = _folder(dataset[len("folder:"):], image_size or 32)
     else:
         raise MoskdError(f"unknown dataset '{dataset}'; choose one of {', '.join(DATASETS)}")
     if not 0 < select_fraction < 1 or not 0 < test_fraction < 1:
         raise MoskdError("--select-fraction and --test-fraction must lie strictly between 0 and 1")
+    if image_size is not None and image_size < 1:
+        raise MoskdError(f"--image-size {image_size}: must be >= 1")
+    if image_size is not None and x.shape[-1] != image_size:
+        native = x.shape[-1]
+        x = resize_images(x, image_size)
+        xt = resize_images(xt, image_size) if xt is not None else None
+        aug = AugSpec(pad=max(1, round(aug.pad * image_size / native)) if aug.pad else 0, flip=aug.flip)
     pool = np.arange(len(y))
     if xt is None:  # no official test split: hold one out of the same pool
         pool, test_idx = _stratified(y, test_fraction, split_seed)
@@ -211,6 +288,7 @@ def load_data(
         test_idx = np.arange(len(yt))
     tr, sel = _stratified(y[pool], select_fraction, split_seed + 1)
     tr, sel = pool[tr], pool[sel]
+    tr = tr[:train_limit]  # train_test_split shuffles, so a prefix is a random (near-stratified) subset
     parts = {"train": (x[tr], y[tr], tr), "select": (x[sel], y[sel], sel), "test": (xt, yt, test_idx)}
     splits = {
         k: ImageSet(*(torch.from_numpy(np.ascontiguousarray(a[:limit])) for a in arrays))
@@ -328,4 +406,4 @@ def make_loader(data: DataBundle, split: str, batch_size: int, *, device="cpu", 
 def data_from_config(cfg) -> DataBundle:
     """load_data with the data settings of a stage config (moskd.engine.DataConfig)."""
     return load_data(cfg.dataset, cfg.data_dir, cfg.download, cfg.split_seed, cfg.select_fraction,
-                     cfg.test_fraction, cfg.limit, cfg.image_size)
+                     cfg.test_fraction, cfg.limit, cfg.image_size, cfg.train_limit)

@@ -37,14 +37,17 @@ Metric = Callable[[torch.Tensor, Batch], tuple[float, int]]  # (logits, batch) -
 @dataclass
 class DataConfig:
     run_dir: str = field("runs/digits", "run directory shared by all stages of one experiment")
-    dataset: str = field("digits", "digits (bundled, offline) | cifar10 | cifar100 | folder:PATH")
-    data_dir: str = field("data", "where CIFAR files live (or are downloaded to)")
-    download: bool = field(False, "download CIFAR through torchvision (needs network)")
+    dataset: str = field("digits", "digits (bundled, offline) | fashion-mnist | cifar10 | cifar100 | folder:PATH")
+    data_dir: str = field("data", "where fashion-mnist (the four official .gz files, flat or torchvision's "
+                                  "layout) and CIFAR live or are downloaded to")
+    download: bool = field(False, "download fashion-mnist/CIFAR through torchvision (needs network)")
     split_seed: int = field(0, "seed of the train/select/test split (independent of --seed)")
     select_fraction: float = field(0.2, "share of the training set held out as `select` (0..1)")
     test_fraction: float = field(0.2, "share held out as `test` when the dataset has no test split (0..1)")
     limit: Optional[int] = field(None, "use at most N images per split (smoke runs and tests)")
-    image_size: int = field(32, "side in pixels that folder: images are resized to")
+    train_limit: Optional[int] = field(None, "use at most N `train` images; select and test stay whole")
+    image_size: Optional[int] = field(None, "resize every image to N x N pixels (default: the dataset's "
+                                            "own size; folder: 32)")
     device: str = field("auto", "auto | cpu | cuda | cuda:N")
     seed: int = field(0, "seed for initialisation, shuffling and augmentation")
 

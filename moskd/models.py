@@ -1,8 +1,9 @@
 """Model registry: `create_model(name, num_classes, in_chans)` like timm's.
 
-The three seed architectures come from torchvision with a small-input stem, as CIFAR practice
-does: a 3x3 stride-1 first convolution and no early max-pool, so 8x8 digits and 32x32 CIFAR images
-are not shrunk to nothing before the first block. Any other torchvision classifier or timm model
+The three seed architectures come from torchvision with a choice of stem (`stem=`): `cifar`, a
+3x3 stride-1 first convolution and no early max-pool, so 8x8 digits and 32x32 CIFAR images are not
+shrunk to nothing before the first block; or `imagenet`, torchvision's strided stem, for 28x28
+and larger inputs. Any other torchvision classifier or timm model
 is created by name. Later stages register their own models with `@register_model`.
 """
 from __future__ import annotations
@@ -28,16 +29,31 @@ def register_model(name: str):
     return deco
 
 
+STEMS = ("cifar", "imagenet")
+
+
 def _conv3x3(in_chans: int, out: int) -> nn.Conv2d:
     return nn.Conv2d(in_chans, out, kernel_size=3, stride=1, padding=1, bias=False)
 
 
+def _check_stem(stem: str) -> None:
+    if stem not in STEMS:
+        raise MoskdError(f"--stem {stem}: choose one of {', '.join(STEMS)}")
+
+
+# Two stems per architecture:
+#   cifar     3x3 stride-1 first convolution, no early max-pool: 8x8 and 32x32 inputs keep their
+#             resolution into the first block (CIFAR practice);
+#   imagenet  torchvision's own strided stem (7x7/2 convolution + 3x3/2 max-pool: /4 before the
+#             first block, /8 for GoogLeNet): a 28x28 Fashion-MNIST image then costs about what an
+#             8x8 one costs with the cifar stem, but the first convolution sees every pixel.
 @register_model("resnet50")
-def resnet50(num_classes: int, in_chans: int = 3, small_input: bool = True) -> nn.Module:
+def resnet50(num_classes: int, in_chans: int = 3, stem: str = "cifar") -> nn.Module:
+    _check_stem(stem)
     # zero-init of each block's last BN gamma: every residual branch starts as identity, which
     # keeps a 50-layer net trainable from scratch at SGD learning rates (Goyal et al. 2017)
     m = torchvision.models.resnet50(weights=None, num_classes=num_classes, zero_init_residual=True)
-    if small_input:
+    if stem == "cifar":
         m.conv1, m.maxpool = _conv3x3(in_chans, 64), nn.Identity()
     elif in_chans != 3:
         m.conv1 = nn.Conv2d(in_chans, 64, 7, 2, 3, bias=False)
@@ -45,19 +61,26 @@ def resnet50(num_classes: int, in_chans: int = 3, small_input: bool = True) -> n
 
 
 @register_model("densenet121")
-def densenet121(num_classes: int, in_chans: int = 3, small_input: bool = True) -> nn.Module:
+def densenet121(num_classes: int, in_chans: int = 3, stem: str = "cifar") -> nn.Module:
+    _check_stem(stem)
     m = torchvision.models.densenet121(weights=None, num_classes=num_classes)
-    if small_input:
+    if stem == "cifar":
         m.features.conv0, m.features.pool0 = _conv3x3(in_chans, 64), nn.Identity()
-    elif in_chans != 3:
-        m.features.conv0 = nn.Conv2d(in_chans, 64, 7, 2, 3, bias=False)
+    else:
+        if in_chans != 3:
+            m.features.conv0 = nn.Conv2d(in_chans, 64, 7, 2, 3, bias=False)
+        # ceil-mode transition pools: 28x28 -> 7 -> 4 -> 2 -> 1 instead of 7 -> 3 -> 1 -> 0 (a crash);
+        # identical to floor mode on the even sizes ImageNet-sized inputs give
+        for name in ("transition1", "transition2", "transition3"):
+            getattr(m.features, name).pool = nn.AvgPool2d(2, 2, ceil_mode=True)
     return m
 
 
 @register_model("googlenet")
-def googlenet(num_classes: int, in_chans: int = 3, small_input: bool = True) -> nn.Module:
+def googlenet(num_classes: int, in_chans: int = 3, stem: str = "cifar") -> nn.Module:
+    _check_stem(stem)
     m = torchvision.models.googlenet(weights=None, num_classes=num_classes, aux_logits=False, init_weights=True)
-    if small_input:
+    if stem == "cifar":
         # Drop the 7x7/2 conv and the first max-pool but keep the second: with no down-sampling
         # at all the inception blocks run at full resolution and GoogLeNet costs more MACs than
         # ResNet50 (90.6M vs 81.1M at 8x8); one 2x pool makes it the cheapest of the three.
@@ -66,6 +89,16 @@ def googlenet(num_classes: int, in_chans: int = 3, small_input: bool = True) -> 
     elif in_chans != 3:
         m.conv1 = BasicConv2d(in_chans, 64, kernel_size=7, stride=2, padding=3)
     return m
+
+
+def stem_kwargs(arch: str, stem: str) -> dict:
+    """Model kwargs (kept in the model card) for --stem; only the three seed architectures have one."""
+    _check_stem(stem)
+    if arch in ("resnet50", "densenet121", "googlenet"):
+        return {"stem": stem}
+    if stem != "cifar":
+        raise MoskdError(f"--stem {stem} applies to resnet50, densenet121 and googlenet only, not {arch}")
+    return {}
 
 
 def _torchvision_classifier(name: str, num_classes: int, in_chans: int) -> nn.Module:

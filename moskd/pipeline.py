@@ -4,12 +4,22 @@ It only dispatches: every stage runs through its own command's main() with the s
 would type, so the pipeline can do nothing the four commands cannot. A stage whose folder holds a
 summary.json is finished and skipped; one with only last.pt was interrupted and resumes; --force
 redoes everything.
+
+With --seeds 0 1 2 it runs once per seed into RUN/seed<k>/ (each a complete run directory) and
+writes RUN/seeds.json and RUN/seeds.md (mean and std of every row over the seeds). By default the
+teacher is trained once, by the first seed, and shared: its folder (checkpoint and logit cache) is
+hard-linked into the other seeds' run directories, so the seeds measure the students, the selector
+and the routing, not the teacher's own seed-to-seed spread (said in seeds.json: teacher_shared).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
+import os
+import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,15 +28,16 @@ from typing import Optional
 from moskd.config import field, parse_config
 from moskd.errors import cli_entry
 from moskd.models import SEED_STUDENTS
+from moskd.seeds import aggregate_seeds
 
 
 
 @dataclass
 class PipelineConfig:
     run_dir: str = field("runs/digits", "run directory shared by all stages")
-    dataset: str = field("digits", "digits (bundled, offline) | cifar10 | cifar100 | folder:PATH")
-    data_dir: str = field("data", "where CIFAR files live (or are downloaded to)")
-    download: bool = field(False, "download CIFAR through torchvision (needs network)")
+    dataset: str = field("digits", "digits (bundled, offline) | fashion-mnist | cifar10 | cifar100 | folder:PATH")
+    data_dir: str = field("data", "where fashion-mnist/CIFAR files live (or are downloaded to)")
+    download: bool = field(False, "download fashion-mnist/CIFAR through torchvision (needs network)")
     device: str = field("auto", "auto | cpu | cuda | cuda:N")
     seed: int = field(0, "seed for every stage")
     limit: Optional[int] = field(None, "use at most N images per split (smoke runs and tests)")
@@ -34,6 +45,9 @@ class PipelineConfig:
     baselines: bool = field(True, "also train each student without the teacher (--no-teacher): the "
                                   "comparison every report needs")
     force: bool = field(False, "redo every stage even if finished")
+    seeds: list[int] = field([], "run once per seed into RUN/seed<k>/ and write RUN/seeds.{json,md} "
+                                 "(mean and std of every row); overrides --seed")
+    shared_teacher: bool = field(True, "with --seeds: train the teacher once (first seed) and share it")
 
 
 def _recipe(config: Optional[str], dataset: str) -> Optional[str]:
@@ -107,12 +121,45 @@ def run(cfg: PipelineConfig, config: Optional[str] = None) -> dict:
     return timings
 
 
+def share_teacher(source: Path, target: Path) -> None:
+    """Hard-link a finished teacher folder (checkpoint, summary, cache) into another run directory;
+    last.pt (optimizer state, only needed to resume) stays behind."""
+    for f in source.rglob("*"):
+        if f.is_file() and f.name != "last.pt" and not f.name.startswith("."):
+            dest = target / f.relative_to(source)
+            if dest.exists():
+                continue
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(f, dest)
+            except OSError:  # another file system: copy
+                shutil.copy2(f, dest)
+
+
+def run_seeds(cfg: PipelineConfig, config: Optional[str] = None, command: str = "") -> dict:
+    root = Path(cfg.run_dir)
+    first = root / f"seed{cfg.seeds[0]}"
+    for k in cfg.seeds:
+        seed_dir = root / f"seed{k}"
+        print(f"\n##### seed {k} -> {seed_dir}", flush=True)
+        if cfg.shared_teacher and k != cfg.seeds[0] and (first / "teacher" / "summary.json").is_file():
+            share_teacher(first / "teacher", seed_dir / "teacher")
+        run(dataclasses.replace(cfg, run_dir=str(seed_dir), seed=k, seeds=[]), config)
+    summary = aggregate_seeds(root, cfg.seeds, teacher_shared=cfg.shared_teacher, command=command)
+    print(f"\nseeds: {root / 'seeds.json'}, {root / 'seeds.md'}")
+    return summary
+
+
 @cli_entry("moskd pipeline")
 def main(argv=None):
     cfg = parse_config(PipelineConfig, argv, "moskd pipeline", __doc__, section="pipeline")
     pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--config")
-    run(cfg, pre.parse_known_args(argv)[0].config)
+    config = pre.parse_known_args(argv)[0].config
+    if cfg.seeds:
+        run_seeds(cfg, config, command=" ".join(["moskd pipeline", *(sys.argv[2:] if argv is None else argv)]))
+    else:
+        run(cfg, config)
 
 
 if __name__ == "__main__":

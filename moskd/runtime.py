@@ -36,18 +36,37 @@ class Runtime:
             dist.barrier()
 
 
+def parse_device(device: str, cuda_count: int, local_rank: int = 0, world: int = 1) -> torch.device:
+    """--device as a torch.device with an explicit index, checked against the CUDA devices torch sees.
+
+    auto = CUDA when present, else the CPU. A bare `cuda` means the current process's GPU: under
+    torchrun, local rank k takes GPU k (a torch.device("cuda") without an index is refused by
+    torch.cuda.set_device, so the index is always filled in here).
+    """
+    if device == "auto":
+        device = "cuda" if cuda_count > 0 else "cpu"
+    if device == "cpu":
+        return torch.device("cpu")
+    if device == "cuda" or device.startswith("cuda:"):
+        if cuda_count == 0:
+            raise MoskdError(f"--device {device} asked for, but torch sees no CUDA device; use --device cpu")
+        index = device[len("cuda:"):]
+        if index == "":
+            return torch.device("cuda", local_rank if world > 1 else 0)
+        if not index.isdigit() or int(index) >= cuda_count:
+            raise MoskdError(f"--device {device}: torch sees CUDA devices 0..{cuda_count - 1}; "
+                             f"pass --device cuda or cuda:N with N in that range")
+        return torch.device("cuda", int(index))
+    raise MoskdError(f"--device {device}: choose auto, cpu, cuda or cuda:N")
+
+
 def setup_runtime(device: str = "auto") -> Runtime:
     """Pick the device; join the torchrun process group when WORLD_SIZE > 1 (NCCL on CUDA, gloo on CPU)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise MoskdError(f"--device {device} asked for, but torch sees no CUDA device; use --device cpu")
-    if device == "cuda" and world > 1:
-        device = f"cuda:{local_rank}"
-    dev = torch.device(device)
+    cuda_count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    dev = parse_device(str(device), cuda_count, local_rank, world)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
         torch.backends.cudnn.benchmark = True

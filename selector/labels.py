@@ -24,7 +24,7 @@ from moskd.models import Renormalized, adapt_input, same_normalisation, unwrap  
 from moskd.profile import count_macs
 
 BASELINE_SUFFIX = "-baseline"
-SPLIT_KEYS = ("split_seed", "select_fraction", "test_fraction", "image_size")
+SPLIT_KEYS = ("split_seed", "select_fraction", "test_fraction")  # input size: checked on the card
 
 
 @dataclass
@@ -142,12 +142,16 @@ def label_stats(correct: torch.Tensor, names: list[str]) -> dict:
 def make_labels(logits: torch.Tensor, targets: torch.Tensor, names: list[str], macs: list[int]) -> dict:
     """The labels file's content from (N, S, C) logits; students in route order (cheapest first)."""
     correct = logits.argmax(2) == targets[:, None]
+    # each student's softmax probability of the true class: a graded "how right", where correctness
+    # is its 0/1 sample; the selector's default training target
+    true_prob = logits.float().softmax(2).gather(2, targets.long()[:, None, None].expand(-1, logits.shape[1], 1))
     return {
         "students": list(names),
         "macs": torch.tensor(macs, dtype=torch.long),
         "targets": targets.long(),
         "logits": logits.float(),
         "correct": correct,
+        "true_prob": true_prob.squeeze(2),
         "route": preferred_routes(correct),
         "stats": label_stats(correct, names),
     }

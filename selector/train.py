@@ -3,10 +3,14 @@
 Reads RUN/students/<name>/best.pt (default: every distilled student), writes
 RUN/selector/{labels.pt,best.pt,last.pt,metrics.jsonl,config.yaml,summary.json}.
 
-The selector learns, per image, P(student is right) for each student (binary cross-entropy on
-correctness) through the shared engine. `select` is split again, deterministically by
---split-seed, into a part the selector trains on and a held-out part that chooses its checkpoint
-by routed accuracy (the accuracy of the student each image is routed to). `test` is never read.
+The selector learns, per image and student, how right the student will be: binary cross-entropy
+against the student's softmax probability of the true class (--target prob, default) or its 0/1
+correctness (--target correct), through the shared engine. `select` is split again,
+deterministically by --split-seed, into a part the selector trains on and a held-out part that
+(1) chooses its checkpoint by routed accuracy (the accuracy of the student each image is routed
+to), (2) calibrates its scores per student (Platt scaling: sigmoid(score) = P(student right)), and
+(3) chooses the router's operating point: the cost knob (see selector.model.route_from_scores)
+with the best routed accuracy, ties to fewer MACs. `test` is never read.
 """
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from moskd.checkpoint import inference_weights, load_checkpoint
+from moskd.checkpoint import inference_weights, load_checkpoint, save_checkpoint
 from moskd.config import field
 from moskd.data import DataBundle, TensorLoader, data_from_config
 from moskd.engine import Stage, TrainConfig, fit, prepare_out_dir
@@ -26,7 +30,7 @@ from moskd.models import create_model
 from moskd.profile import count_macs
 from moskd.runtime import Runtime, log, show_progress, stage_main
 from selector.labels import SPLIT_KEYS, describe, label_split, load_students, save_labels
-from selector.model import MAC_BUDGET, route_from_scores
+from selector.model import MAC_BUDGET, knob_grid, relative_costs, route_from_scores
 
 
 @dataclass
@@ -44,6 +48,9 @@ class SelectorConfig(TrainConfig):
     holdout_fraction: float = field(0.3, "share of `select` held out to choose the selector checkpoint (0..1)")
     tie_margin: float = field(0.05, "scores within this of the best count as a tie, won by the cheaper student")
     augment: bool = field(False, "shift/flip images while training (labels were computed on unshifted ones)")
+    target: str = field("prob", "what the selector learns per student: prob (its softmax probability of the "
+                                "true class) | correct (0/1 correctness)")
+    calibrate: bool = field(True, "Platt-scale each student's score on the held-out part of `select`")
 
 
 def holdout_split(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,7 +64,11 @@ def holdout_split(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, tor
     return order[held:].sort().values, order[:held].sort().values
 
 
-def bce_on_correctness(logits: torch.Tensor, batch) -> torch.Tensor:
+TARGETS = ("prob", "correct")
+
+
+def bce_on_target(logits: torch.Tensor, batch) -> torch.Tensor:
+    """batch = (images, class labels, per-student target in [0, 1], per-student correctness)."""
     return F.binary_cross_entropy_with_logits(logits, batch[2])
 
 
@@ -75,21 +86,22 @@ def routed_accuracy(tie_margin: float):
     """
     def metric(logits: torch.Tensor, batch) -> tuple[float, int]:
         route = route_from_scores(logits.sigmoid(), tie_margin)
-        right = batch[2].gather(1, route[:, None]).sum().item()
+        right = batch[3].gather(1, route[:, None]).sum().item()
         bce = F.binary_cross_entropy_with_logits(logits, batch[2], reduction="sum").item() / batch[2].shape[1]
         return right - TIE_BREAK * bce, len(route)
 
     return metric
 
 
-def _loader(data: DataBundle, card: dict, idx: torch.Tensor, correct: torch.Tensor, cfg: SelectorConfig,
+def _loader(data: DataBundle, card: dict, idx: torch.Tensor, labels: dict, cfg: SelectorConfig,
             rt: Runtime, train: bool) -> TensorLoader:
     s = data.splits["select"]
+    target = labels["true_prob"] if cfg.target == "prob" else labels["correct"]
     return TensorLoader(
         s.images[idx], s.targets[idx], mean=card["mean"], std=card["std"],
         batch_size=cfg.batch_size if train else cfg.eval_batch_size, device=rt.device, train=train,
-        aug=data.aug if (train and cfg.augment) else None, extras=(correct[idx].float(),), seed=cfg.seed,
-        rank=rt.rank, world=rt.world,
+        aug=data.aug if (train and cfg.augment) else None,
+        extras=(target[idx].float(), labels["correct"][idx].float()), seed=cfg.seed, rank=rt.rank, world=rt.world,
     )
 
 
@@ -101,23 +113,71 @@ def check_budget(selector_macs: int, student_macs: list[int], names: list[str], 
 
 
 @torch.inference_mode()
-def heldout_summary(model, loader: TensorLoader, tie_margin: float, names: list[str]) -> dict:
-    """Routed accuracy of the chosen checkpoint on the held-out part, beside always-one-student and oracle."""
+def heldout_logits(model, loader: TensorLoader) -> tuple[torch.Tensor, torch.Tensor]:
+    """(selector logits (N, S), correctness (N, S)) over the held-out part of `select`."""
     model.eval()
-    scores, correct = [], []
+    logits, correct = [], []
     for batch in loader:
-        scores.append(model(batch[0]).float().sigmoid().cpu())
-        correct.append(batch[2].cpu())
-    scores, correct = torch.cat(scores), torch.cat(correct)
-    route = route_from_scores(scores, tie_margin)
+        logits.append(model(batch[0]).float().cpu())
+        correct.append(batch[3].cpu())
+    return torch.cat(logits), torch.cat(correct)
+
+
+def fit_platt(logits: torch.Tensor, correct: torch.Tensor, steps: int = 200) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-student (scale, bias) minimising BCE(sigmoid(scale * logit + bias), correct); scale > 0, so
+    calibration never reorders one student's images."""
+    raw = torch.zeros(logits.shape[1], dtype=torch.float64, requires_grad=True)  # softplus(raw)+eps = scale
+    bias = torch.zeros(logits.shape[1], dtype=torch.float64, requires_grad=True)
+    z, y = logits.double(), correct.double()
+    opt = torch.optim.LBFGS([raw, bias], lr=0.5, max_iter=steps, line_search_fn="strong_wolfe")
+
+    def loss():
+        opt.zero_grad()
+        scale = F.softplus(raw) / F.softplus(torch.zeros(())) + 1e-3  # starts at ~1
+        value = F.binary_cross_entropy_with_logits(z * scale + bias, y)
+        value.backward()
+        return value
+
+    with torch.enable_grad():
+        opt.step(loss)
+    scale = F.softplus(raw.detach()) / F.softplus(torch.zeros((), dtype=torch.float64)) + 1e-3
+    return scale.float(), bias.detach().float()
+
+
+def routed_stats(scores: torch.Tensor, correct: torch.Tensor, macs: list[int], tie_margin: float,
+                 knob: float) -> tuple[float, float]:
+    """(accuracy, student MACs per image) of routing these images at `knob`."""
+    route = route_from_scores(scores, tie_margin, knob, relative_costs(macs))
+    cost = torch.tensor(macs, dtype=torch.float64)[route].mean().item()
+    return correct.gather(1, route[:, None]).float().mean().item(), cost
+
+
+def choose_knob(scores: torch.Tensor, correct: torch.Tensor, macs: list[int], tie_margin: float) -> dict:
+    """The operating point on held-out `select` images: best routed accuracy, ties to fewer MACs."""
+    grid = knob_grid(scores, relative_costs(macs), tie_margin)
+    points = [(k, *routed_stats(scores, correct, macs, tie_margin, k)) for k in grid]
+    knob, acc, cost = max(points, key=lambda p: (round(p[1], 12), -p[2]))
+    return {"knob": knob, "accuracy": acc, "student_macs": cost,
+            "curve": [{"knob": k, "accuracy": a, "student_macs": c} for k, a, c in points]}
+
+
+def heldout_summary(scores: torch.Tensor, correct: torch.Tensor, tie_margin: float, knob: float,
+                    names: list[str], macs: list[int]) -> dict:
+    """Routed accuracy at the operating point on the held-out part, beside always-one-student and oracle."""
+    route = route_from_scores(scores, tie_margin, knob, relative_costs(macs))
     out = {"heldout_images": len(route), "heldout_routed_acc": correct.gather(1, route[:, None]).mean().item(),
            "heldout_oracle": correct.max(1).values.mean().item()}
     out.update({f"heldout_always_{n}": correct[:, i].mean().item() for i, n in enumerate(names)})
     out["heldout_route_share"] = {n: (route == i).float().mean().item() for i, n in enumerate(names)}
+    # calibration: mean predicted P(right) vs how often the student was right, per student
+    out["heldout_calibration"] = {n: {"mean_score": scores[:, i].mean().item(), "accuracy": correct[:, i].mean().item()}
+                                  for i, n in enumerate(names)}
     return out
 
 
 def run(cfg: SelectorConfig, rt: Runtime) -> dict:
+    if cfg.target not in TARGETS:
+        raise MoskdError(f"--target {cfg.target}: choose one of {', '.join(TARGETS)}")
     out = Path(cfg.run_dir) / "selector"
     data = data_from_config(cfg)
     students = load_students(cfg.run_dir, cfg.students, dataset=data.name, num_classes=data.num_classes,
@@ -153,22 +213,35 @@ def run(cfg: SelectorConfig, rt: Runtime) -> dict:
     tr, held = holdout_split(len(labels["correct"]), cfg.holdout_fraction, cfg.split_seed)
     stage = Stage(
         role="selector", out_dir=out, model=model,
-        train_loader=_loader(data, card, tr, labels["correct"], cfg, rt, train=True),
-        select_loader=_loader(data, card, held, labels["correct"], cfg, rt, train=False),
-        objective=bce_on_correctness, card=card,
+        train_loader=_loader(data, card, tr, labels, cfg, rt, train=True),
+        select_loader=_loader(data, card, held, labels, cfg, rt, train=False),
+        objective=bce_on_target, card=card,
         metric=routed_accuracy(cfg.tie_margin), metric_name="routed_acc",
     )
     summary = fit(stage, cfg, rt, "trainSelector")
     if rt.is_main:
         best = load_checkpoint(out / "best.pt", role="selector")
         model.load_state_dict(inference_weights(best))
-        held_loader = _loader(data, card, held, labels["correct"], cfg, Runtime(rt.device), train=False)
-        summary.update(heldout_summary(model, held_loader, cfg.tie_margin, names))
+        held_loader = _loader(data, card, held, labels, cfg, Runtime(rt.device), train=False)
+        logits, correct = heldout_logits(model, held_loader)
+        if cfg.calibrate:
+            scale, bias = fit_platt(logits, correct)
+            model.calib_scale.copy_(scale * model.calib_scale)  # compose with what the checkpoint held
+            model.calib_bias.copy_(scale * model.calib_bias + bias)
+            logits = logits * scale + bias
+        operating = choose_knob(logits.sigmoid(), correct, macs, cfg.tie_margin)
+        # best.pt = the calibrated selector and its operating point: what the router needs
+        best["card"] = {**best["card"], "knob": operating["knob"], "calibrated": cfg.calibrate,
+                        "heldout_index": held.tolist()}
+        best["model"], best["ema"] = {k: v.detach().clone() for k, v in model.state_dict().items()}, None
+        save_checkpoint(best, out / "best.pt")
+        summary.update(heldout_summary(logits.sigmoid(), correct, cfg.tie_margin, operating["knob"], names, macs))
+        summary["operating_point"] = operating
         summary["labels"] = labels["stats"]
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         always = ", ".join(f"{n} {summary[f'heldout_always_{n}']:.4f}" for n in names)
-        log(rt, f"selector: held-out routed acc {summary['heldout_routed_acc']:.4f} (always: {always}; oracle "
-                f"{summary['heldout_oracle']:.4f}) -> {out / 'best.pt'}")
+        log(rt, f"selector: held-out routed acc {summary['heldout_routed_acc']:.4f} at knob "
+                f"{operating['knob']:.4f} (always: {always}; oracle {summary['heldout_oracle']:.4f}) -> {out / 'best.pt'}")
     rt.barrier()
     return summary
 

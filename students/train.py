@@ -25,7 +25,7 @@ from moskd.config import field
 from moskd.data import DataBundle, data_from_config, make_loader
 from moskd.engine import Stage, TrainConfig, cross_entropy, finish, fit, prepare_out_dir
 from moskd.errors import MoskdError, cli_entry
-from moskd.models import SEED_STUDENTS, adapt_input, available_models, create_model, unwrap
+from moskd.models import SEED_STUDENTS, adapt_input, available_models, create_model, stem_kwargs, unwrap
 from moskd.profile import model_cost
 from moskd.runtime import Runtime, log, stage_main
 from students.cache import cache_file, cache_key, load_or_build
@@ -50,6 +50,8 @@ class StudentConfig(TrainConfig):
                                    "RUN/teacher/cache/ (0 = run the teacher online every step)")
     cache_seed: int = field(0, "seed of the cached views (shared by every student reading the cache)")
     cache_only: bool = field(False, "build (or validate) the teacher-logit cache, then stop without training")
+    stem: str = field("cifar", "input stem: cifar (3x3 stride 1, for 8x8/32x32) | imagenet (torchvision's "
+                               "strided stem: /4, GoogLeNet /8; for 28x28 and larger)")
 
 
 def resolve_arch(model: str) -> str:
@@ -66,9 +68,9 @@ def choices() -> str:
     return f"{numbered}, or an architecture name ({', '.join(available_models())}, any torchvision or timm name)"
 
 
-def create_student(arch: str, data: DataBundle) -> nn.Module:
+def create_student(arch: str, data: DataBundle, **kwargs) -> nn.Module:
     try:
-        return create_model(arch, data.num_classes, data.in_chans)
+        return create_model(arch, data.num_classes, data.in_chans, **kwargs)
     except MoskdError as e:
         raise MoskdError(f"--model {arch}: {e}; --model takes {choices()}") from None
 
@@ -139,7 +141,8 @@ def run(cfg: StudentConfig, rt: Runtime, out_dir: Path | None = None, data: Data
     out = out_dir or out_dir_for(cfg, arch)
     data = data or data_from_config(cfg)
     torch.manual_seed(cfg.seed)
-    model = create_student(arch, data)
+    model_kwargs = stem_kwargs(arch, cfg.stem)
+    model = create_student(arch, data, **model_kwargs)
     # alpha = 1 gives the teacher term no weight: train on labels alone and never load a teacher.
     uses_teacher = not cfg.no_teacher and cfg.alpha < 1.0
     tpath = teacher_path(cfg) if uses_teacher else None
@@ -149,7 +152,8 @@ def run(cfg: StudentConfig, rt: Runtime, out_dir: Path | None = None, data: Data
         "teacher": str(tpath) if uses_teacher else None,
         "teacher_cache": cfg.teacher_cache if uses_teacher else 0,
     }
-    card = {"role": "student", "arch": arch, **data.card(), "distillation": distillation}
+    card = {"role": "student", "arch": arch, **data.card(), "distillation": distillation,
+            "model_kwargs": model_kwargs}
     if cfg.cache_only and not (uses_teacher and cfg.teacher_cache > 0):
         raise MoskdError("--cache-only needs a teacher and --teacher-cache K > 0")
     if not cfg.resume and not cfg.cache_only:

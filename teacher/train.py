@@ -15,7 +15,7 @@ from moskd.config import field
 from moskd.data import data_from_config, make_loader
 from moskd.engine import Stage, TrainConfig, cross_entropy, finish, fit
 from moskd.errors import cli_entry
-from moskd.models import create_model
+from moskd.models import create_model, stem_kwargs
 from moskd.runtime import Runtime, stage_main
 
 
@@ -23,12 +23,15 @@ from moskd.runtime import Runtime, stage_main
 class TeacherConfig(TrainConfig):
     arch: str = field("resnet50", "teacher architecture: a registry, torchvision or timm name")
     pretrained: Optional[str] = field(None, "local weights to start from (a moskd checkpoint or a state_dict)")
+    stem: str = field("cifar", "input stem: cifar (3x3 stride 1, for 8x8/32x32) | imagenet (torchvision's "
+                               "strided stem, /4; for 28x28 and larger)")
 
 
 def run(cfg: TeacherConfig, rt: Runtime) -> dict:
     data = data_from_config(cfg)
     torch.manual_seed(cfg.seed)
-    model = create_model(cfg.arch, data.num_classes, data.in_chans, pretrained=cfg.pretrained)
+    kwargs = stem_kwargs(cfg.arch, cfg.stem)
+    model = create_model(cfg.arch, data.num_classes, data.in_chans, pretrained=cfg.pretrained, **kwargs)
     loader = lambda split, **kw: make_loader(data, split, device=rt.device, seed=cfg.seed, rank=rt.rank,  # noqa: E731
                                              world=rt.world, **kw)
     stage = Stage(
@@ -36,7 +39,7 @@ def run(cfg: TeacherConfig, rt: Runtime) -> dict:
         train_loader=loader("train", batch_size=cfg.batch_size, train=True),
         select_loader=loader("select", batch_size=cfg.eval_batch_size),
         objective=cross_entropy(cfg.label_smoothing),
-        card={"role": "teacher", "arch": cfg.arch, **data.card()},
+        card={"role": "teacher", "arch": cfg.arch, **data.card(), "model_kwargs": kwargs},
     )
     summary = fit(stage, cfg, rt, "teacherTrain")
     return finish(stage, cfg, rt, summary, make_loader(data, "test", cfg.eval_batch_size, device=rt.device))

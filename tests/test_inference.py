@@ -14,7 +14,6 @@ from PIL import Image
 
 from inference.predict import main as inference_main
 from inference.predict import preprocess, predict_files
-from inference.report import TAUS, Outputs, evaluate_run, summarize
 from inference.router import load_router
 from moskd.data import load_data, normalize
 from moskd.profile import count_macs, count_params
@@ -114,10 +113,6 @@ def test_report_numbers_hang_together(report):
     accs = [r["models"][k]["accuracy"] for k in names]
     assert r["oracle"]["accuracy"] >= max(accs)
     assert [r["baselines"][f"always_{k}"] for k in names] == accs
-    assert r["cascade"][0]["tau"] == 0 and r["cascade"][0]["accuracy"] == r["routed"]["accuracy"]
-    assert [p["tau"] for p in r["cascade"]] == sorted(p["tau"] for p in r["cascade"])
-    all_teacher = [p for p in r["cascade"] if p["teacher_share"] == 1.0]
-    assert all(p["accuracy"] == r["models"]["teacher"]["accuracy"] for p in all_teacher)
     assert r["compression"]["teacher"] == {"params_reduction": 0.0, "bytes_reduction": 0.0, "macs_reduction": 0.0}
     sel = r["models"]["selector"]["macs"]
     share = r["routed"]["route_share"]
@@ -135,65 +130,6 @@ def test_moskd_report_dispatches_to_the_same_evaluation(trained_run, report, cli
     r = json.loads((trained_run / "report.json").read_text())
     check_schema(r)
     assert r["num_images"] == 40
-
-
-def test_cascade_curve_equals_the_router_with_escalation(trained_run):  # noqa: F811
-    tau = 0.5
-    assert tau in TAUS
-    r = evaluate_run(trained_run, escalate=tau, device="cpu", limit=80)
-    point = next(p for p in r["cascade"] if p["tau"] == tau)
-    assert r["routed"]["accuracy"] == pytest.approx(point["accuracy"])
-    assert r["routed"]["macs_per_image"] == pytest.approx(point["macs_per_image"])
-    assert r["routed"]["route_share"]["teacher"] == pytest.approx(point["teacher_share"])
-    assert r["routed"]["escalate_threshold"] == tau
-    check_schema(r)
-
-
-def _outputs(preds: dict, targets, scores, routes, conf: dict | None = None) -> Outputs:
-    """One-hot logits scaled by a per-image confidence (default 5) for each model's predictions."""
-    conf = conf or {}
-    logits = {k: torch.nn.functional.one_hot(torch.tensor(v), 4).float()
-              * torch.tensor(conf.get(k, [5.0] * len(v)))[:, None] for k, v in preds.items()}
-    routed = torch.stack([logits[k] for k in ("a", "b", "teacher")], 1)[torch.arange(len(targets)), routes]
-    return Outputs(torch.tensor(targets), torch.tensor(scores), logits, routed, torch.tensor(routes))
-
-
-COSTS = {"teacher": {"role": "teacher", "arch": "t", "params": 100, "bytes": 400, "macs": 1000},
-         "a": {"role": "student", "arch": "a", "params": 10, "bytes": 40, "macs": 100},
-         "b": {"role": "student", "arch": "b", "params": 20, "bytes": 80, "macs": 300},
-         "selector": {"role": "selector", "arch": "s", "params": 1, "bytes": 4, "macs": 5}}
-
-
-def test_summarize_by_hand():
-    targets = [0, 1, 2, 3]
-    preds = {"a": [0, 1, 0, 3], "b": [0, 0, 2, 0], "teacher": [0, 1, 2, 3]}  # a 3/4, b 2/4, oracle 4/4
-    conf = {"b": [5.0, 9.0, 9.0, 9.0]}  # b is the more confident one on images 1..3 (right only on 2)
-    scores = [[0.9, 0.2], [0.8, 0.3], [0.1, 0.7], [0.4, 0.45]]
-    routes = [0, 0, 1, 0]  # what these scores give with tie margin 0.05 (image 3 is a near tie -> a)
-    out = _outputs(preds, targets, scores, routes, conf)
-    r = summarize(out, ["a", "b"], COSTS, escalate=None, tie_margin=0.05, meta={"dataset": "x", "split": "test"})
-    assert r["routed"]["accuracy"] == 1.0 and r["oracle"]["accuracy"] == 1.0
-    assert r["baselines"] == pytest.approx({"always_a": 0.75, "always_b": 0.5,
-                                            "random_same_share": 0.75 * 0.75 + 0.25 * 0.5, "most_confident": 0.5})
-    assert r["best_single_student"] == "a" and r["gap_closed"] == pytest.approx(1.0)
-    assert r["routed"]["route_share"] == {"a": 0.75, "b": 0.25}
-    assert r["routed"]["macs_per_image"] == pytest.approx(5 + 0.75 * 100 + 0.25 * 300)
-    # exactly one right: images 1 (a), 2 (b), 3 (a); the selector's routes pick all three right
-    assert r["selector"]["exactly_one_right"] == 3 and r["selector"]["accuracy_on_exactly_one_right"] == 1.0
-    assert r["compression"]["a"]["macs_reduction"] == pytest.approx(0.9)
-    assert r["compression"]["routed"]["bytes_reduction"] == pytest.approx(1 - 124 / 400)
-    assert r["compression"]["bundle"]["params_reduction"] == pytest.approx(1 - 131 / 100)
-    # cascade: tau 0.5 sends image 3 (best score 0.45) to the teacher, which is right there too
-    point = next(p for p in r["cascade"] if p["tau"] == 0.5)
-    assert point["teacher_share"] == 0.25 and point["accuracy"] == 1.0
-    assert point["macs_per_image"] == pytest.approx(5 + (100 + 100 + 300 + 1000) / 4)
-
-
-def test_gap_closed_is_null_when_oracle_equals_best_student():
-    preds = {"a": [0, 1], "b": [0, 0], "teacher": [0, 1]}  # a is right whenever anyone is
-    out = _outputs(preds, [0, 1], [[0.9, 0.1], [0.9, 0.1]], [0, 0])
-    r = summarize(out, ["a", "b"], COSTS, escalate=None, tie_margin=0.0, meta={})
-    assert r["gap_closed"] is None and r["routed"]["accuracy"] == 1.0
 
 
 def test_evaluation_refuses_another_dataset(trained_run, cli):  # noqa: F811

@@ -35,7 +35,7 @@ def test_small_input_stem_keeps_resolution():
     model.layer1.register_forward_hook(lambda m, i, o: seen.update(layer1=o.shape[-1]))
     model.eval()(torch.randn(1, 3, 32, 32))
     assert seen["layer1"] == 32
-    assert count_macs(model, [3, 32, 32]) > 4 * count_macs(create_model("resnet50", 10, 3, small_input=False),
+    assert count_macs(model, [3, 32, 32]) > 4 * count_macs(create_model("resnet50", 10, 3, stem="imagenet"),
                                                            [3, 32, 32])
 
 

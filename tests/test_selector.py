@@ -243,10 +243,10 @@ def test_route_rule_is_shared_with_training_metric():
 
     logits = torch.tensor([[2.0, 2.05], [-3.0, 3.0]])
     correct = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-    total, n = routed_accuracy(0.05)(logits, (None, None, correct))
+    total, n = routed_accuracy(0.05)(logits, (None, None, correct, correct))  # (x, y, target, correct)
     assert n == 2 and total == pytest.approx(2.0, abs=1e-4)  # near tie -> cheaper (right), clear win -> dear
     # same routes, same accuracy, better calibrated: scores higher (the checkpoint tie-break)
-    sharper, _ = routed_accuracy(0.05)(torch.tensor([[6.0, -6.0], [-6.0, 6.0]]), (None, None, correct))
+    sharper, _ = routed_accuracy(0.05)(torch.tensor([[6.0, -6.0], [-6.0, 6.0]]), (None, None, correct, correct))
     assert total < sharper <= 2.0
     assert route_from_scores(logits.sigmoid(), 0.05).tolist() == [0, 1]
 

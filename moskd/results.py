@@ -1,0 +1,124 @@
+"""`moskd results`: README's results table and docs/RESULTS.md, written from committed seed files.
+
+Every docs/results/<config>/seeds.json (copied from a `moskd pipeline --seeds ...` run directory,
+with its seeds.md) becomes one section of docs/RESULTS.md and one block of README.md (between the
+`<!-- results:begin -->` and `<!-- results:end -->` markers). `--check` only compares: it exits 1
+when a file is not what the seed files give (tests/test_results.py runs it), so no number in the
+README or docs can drift from the measurement it came from.
+
+    moskd results            rewrite README.md and docs/RESULTS.md
+    moskd results --check    exit 1 if either differs
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from moskd.errors import MoskdError, cli_entry
+
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+HEADLINE = [  # (row, label) shown in README's table, in this order, when present
+    ("teacher", "teacher ResNet50"), ("densenet121", "DenseNet121 distilled"),
+    ("densenet121-baseline", "DenseNet121 baseline (no teacher)"), ("googlenet", "GoogLeNet distilled"),
+    ("googlenet-baseline", "GoogLeNet baseline (no teacher)"), ("routed", "**routed** (selector + one student)"),
+    ("cascade_same_macs", "best max-softmax cascade at the routed MACs"),
+    ("random_same_share", "random router, same shares"), ("oracle", "oracle (any student right)"),
+]
+DIFFS = [("routed_minus_best_student", "routed − best single student"),
+         ("routed_minus_random", "routed − random router"),
+         ("routed_minus_cascade_same_macs", "routed − cascade at equal MACs"),
+         ("oracle_minus_best_student", "oracle − best single student"),
+         ("kd_gain_densenet121", "KD gain DenseNet121"), ("kd_gain_googlenet", "KD gain GoogLeNet")]
+
+
+def _pct(row: dict | None, signed: bool = False) -> str:
+    if not row or row["mean"] is None:
+        return "–"
+    return f"{100 * row['mean']:{'+' if signed else ''}.2f} ± {100 * row['std']:.2f}"
+
+
+def _macs(row: dict | None) -> str:
+    return "–" if not row or row["mean"] is None else f"{row['mean'] / 1e6:.1f}M"
+
+
+def section(config: str, s: dict) -> str:
+    rows, env = s["rows"], s["environment"]
+    lines = [f"### {config} ({s['dataset']}, {len(s['seeds'])} seeds, {s['num_images']:,} test images)", "",
+             f"`{s.get('command') or 'moskd pipeline'}` — torch {env['torch']}, {env['threads']} threads on "
+             f"{env['cpu_count']} CPUs ({env['processor']}){', ' + env['cuda'] if env.get('cuda') else ''}; teacher "
+             f"{'shared by the seeds' if s['teacher_shared'] else 'trained per seed'}. Mean ± std over seeds "
+             f"(from [docs/results/{config}/seeds.json](docs/results/{config}/seeds.json)).", "",
+             "| model / system | test accuracy (%) | MACs / image |", "|---|---:|---:|"]
+    macs = {"routed": rows.get("routed_macs_per_image"), "cascade_same_macs": rows.get("cascade_same_macs_macs_per_image")}
+    for key, label in HEADLINE:
+        if key in rows:
+            lines.append(f"| {label} | {_pct(rows[key])} | {_macs(macs.get(key))} |")
+    lines += ["", "| difference | points, mean ± std |", "|---|---:|"]
+    lines += [f"| {label} | {_pct(rows.get(key), signed=True)} |" for key, label in DIFFS if key in rows]
+    gap = rows.get("gap_closed")
+    if gap and gap["mean"] is not None:
+        lines.append(f"| gap closed (fraction) | {gap['mean']:+.3f} ± {gap['std']:.3f} |")
+    lines += ["", f"MACs per image to reach the teacher's accuracy: router {_macs(rows.get('router_macs_at_teacher_accuracy'))}, "
+                  f"cascade {_macs(rows.get('cascade_macs_at_teacher_accuracy'))} (– = never reached).", ""]
+    return "\n".join(lines)
+
+
+def load_results(root: Path) -> dict[str, dict]:
+    found = {}
+    for path in sorted((root / "docs" / "results").glob("*/seeds.json")):
+        try:
+            found[path.parent.name] = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise MoskdError(f"{path}: not valid JSON ({e}); copy it again from the run's seeds.json") from None
+    return found
+
+
+def render_block(results: dict[str, dict]) -> str:
+    body = "\n".join(section(k, v) for k, v in results.items()) or "_No seed results committed yet._\n"
+    return f"{BEGIN}\n<!-- written by `moskd results` from docs/results/*/seeds.json; do not edit by hand -->\n\n{body}{END}"
+
+
+def render_results_page(results: dict[str, dict]) -> str:
+    return "\n".join(["# Results", "",
+                      "Every table here is written by `moskd results` from the committed `seeds.json` files under "
+                      "`docs/results/<config>/` (each copied, with its `seeds.md`, from the run directory of the "
+                      "command shown). Thresholds, knobs and checkpoints were chosen on `select`; the figures are "
+                      "on `test`.", "", render_block(results), ""])
+
+
+def replace_block(text: str, block: str, where: str) -> str:
+    if BEGIN not in text or END not in text:
+        raise MoskdError(f"{where} lacks the {BEGIN} ... {END} markers; add them where the results go")
+    head, rest = text.split(BEGIN, 1)
+    return head + block + rest.split(END, 1)[1]
+
+
+def outputs(root: Path) -> dict[Path, str]:
+    results = load_results(root)
+    readme = root / "README.md"
+    return {readme: replace_block(readme.read_text(), render_block(results), str(readme)),
+            root / "docs" / "RESULTS.md": render_results_page(results)}
+
+
+@cli_entry("moskd results")
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="moskd results", description=__doc__, allow_abbrev=False,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--root", default=".", help="the repository checkout holding README.md and docs/")
+    p.add_argument("--check", action="store_true", help="compare only; exit 1 if a file differs")
+    a = p.parse_args(argv)
+    stale = []
+    for path, text in outputs(Path(a.root)).items():
+        if path.is_file() and path.read_text() == text:
+            continue
+        if a.check:
+            stale.append(str(path))
+        else:
+            path.write_text(text)
+            print(f"wrote {path}")
+    if stale:
+        print(f"moskd results: {', '.join(stale)} differ from docs/results/*/seeds.json; run `moskd results`",
+              file=sys.stderr)
+        raise SystemExit(1)

@@ -1,0 +1,107 @@
+"""Several seeds of one experiment: RUN/seeds.json and RUN/seeds.md from each RUN/seed<k>/report.json.
+
+Rows (DESIGN.md, "Several seeds"): every model's accuracy under its report name, routed, oracle,
+gap_closed, random_same_share, cascade_same_macs and kd_gain_<student> (distilled minus its
+--no-teacher baseline), plus the routed-minus differences and MACs that the claims rest on. Each
+value is copied from that seed's report.json, so a row can always be traced to one report.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+
+import numpy as np
+
+from moskd.errors import MoskdError
+
+
+def report_rows(r: dict) -> dict[str, float | None]:
+    """The seed-comparable numbers of one report.json."""
+    rows: dict[str, float | None] = {k: m["accuracy"] for k, m in r["models"].items() if m["accuracy"] is not None}
+    same = r.get("cascade_same_macs") or {}
+    routed = r["routed"]["accuracy"]
+    rows.update({
+        "routed": routed, "oracle": r["oracle"]["accuracy"], "gap_closed": r["gap_closed"],
+        "random_same_share": r["baselines"]["random_same_share"],
+        "cascade_same_macs": same.get("accuracy"),
+        "best_single_student": r["models"][r["best_single_student"]]["accuracy"],
+        "routed_minus_best_student": routed - r["models"][r["best_single_student"]]["accuracy"],
+        "routed_minus_random": routed - r["baselines"]["random_same_share"],
+        "routed_minus_cascade_same_macs": routed - same["accuracy"] if same else None,
+        "oracle_minus_best_student": r["oracle"]["accuracy"] - r["models"][r["best_single_student"]]["accuracy"],
+        "routed_macs_per_image": r["routed"]["macs_per_image"],
+        "cascade_same_macs_macs_per_image": same.get("macs_per_image"),
+        "router_macs_at_teacher_accuracy": r["iso_accuracy"]["teacher"]["router"],
+        "cascade_macs_at_teacher_accuracy": r["iso_accuracy"]["teacher"]["cascade"],
+    })
+    for k, m in r["models"].items():
+        base = r["models"].get(f"{k}-baseline")
+        if m["role"] == "student" and base is not None and base["accuracy"] is not None:
+            rows[f"kd_gain_{k}"] = m["accuracy"] - base["accuracy"]
+    return rows
+
+
+def environment() -> dict:
+    import torch
+
+    return {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "python": platform.python_version()}
+
+
+def aggregate_seeds(root: Path, seeds: list[int], teacher_shared: bool, command: str = "") -> dict:
+    per_seed = []
+    for k in seeds:
+        path = Path(root) / f"seed{k}" / "report.json"
+        if not path.is_file():
+            raise MoskdError(f"{path} not found; rerun moskd pipeline --seeds ... --run-dir {root}")
+        per_seed.append(report_rows(json.loads(path.read_text())))
+    rows = {}
+    for name in per_seed[0]:
+        values = [r.get(name) for r in per_seed]
+        if any(v is None for v in values):
+            rows[name] = {"values": values, "mean": None, "std": None}
+            continue
+        arr = np.asarray(values, dtype=np.float64)
+        # sample std (ddof 1): the spread a new seed would show; 0 for a single seed
+        rows[name] = {"values": [float(v) for v in arr], "mean": float(arr.mean()),
+                      "std": float(arr.std(ddof=1)) if len(arr) > 1 else 0.0}
+    first = json.loads((Path(root) / f"seed{seeds[0]}" / "report.json").read_text())
+    out = {"seeds": list(seeds), "teacher_shared": teacher_shared, "dataset": first["dataset"],
+           "num_images": first["num_images"], "input_size": first["input_size"], "command": command,
+           "environment": environment(),
+           "rows": rows}
+    (Path(root) / "seeds.json").write_text(json.dumps(out, indent=2) + "\n")
+    (Path(root) / "seeds.md").write_text(render_seeds(out))
+    return out
+
+
+def _cell(name: str, row: dict) -> str:
+    if row["mean"] is None:
+        return "-"
+    if "macs" in name:
+        return f"{row['mean'] / 1e6:,.2f}M ± {row['std'] / 1e6:,.2f}M"
+    if name == "gap_closed":
+        return f"{row['mean']:+.3f} ± {row['std']:.3f}"
+    sign = "+" if name.startswith(("kd_gain", "routed_minus", "oracle_minus")) else ""
+    return f"{100 * row['mean']:{sign}.2f} ± {100 * row['std']:.2f}"
+
+
+def render_seeds(s: dict) -> str:
+    env = s["environment"]
+    lines = [f"# {s['dataset']}: {len(s['seeds'])} seeds ({', '.join(map(str, s['seeds']))})", "",
+             f"{s['num_images']} test images, input {s['input_size']}; teacher "
+             f"{'trained once and shared by every seed' if s['teacher_shared'] else 'trained per seed'}; "
+             f"torch {env['torch']}, {env['threads']} threads, {env['cpu_count']} CPUs"
+             f"{', ' + env['cuda'] if env.get('cuda') else ''}.", "",
+             "Accuracies and differences in % (points), mean ± std over seeds (sample std); MACs per image.", "",
+             "| row | mean ± std | per seed |", "|---|---:|---|"]
+    for name, row in s["rows"].items():
+        vals = ", ".join("-" if v is None else (f"{v / 1e6:.2f}M" if "macs" in name else
+                                                 f"{v:.3f}" if name == "gap_closed" else f"{100 * v:.2f}")
+                         for v in row["values"])
+        lines.append(f"| {name} | {_cell(name, row)} | {vals} |")
+    return "\n".join(lines) + "\n"
