@@ -5,7 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
-MARKERS = "os^vD<>ph*"
+MARKERS = "s^vD<>ph"
+CASCADE_COLORS = ["tab:blue", "tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan"]
 
 
 def _pyplot():
@@ -22,12 +23,11 @@ def plot_accuracy_vs_macs(r: dict, path: Path) -> None:
     max-softmax cascade, random routing, the routed operating point and the oracle."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     ax.plot([p["macs_per_image"] for p in r["curves"]["router"]], [p["accuracy"] for p in r["curves"]["router"]],
             "-", color="tab:red", marker=".", label="router (cost knob swept)", zorder=3)
     for i, (key, curve) in enumerate(r["curves"]["cascade"].items()):
         ax.plot([p["macs_per_image"] for p in curve], [p["accuracy"] for p in curve], "-", alpha=0.8,
-                color=colors[(i + 2) % len(colors)], marker=MARKERS[(i + 1) % len(MARKERS)], markersize=3,
+                color=CASCADE_COLORS[i % len(CASCADE_COLORS)], marker=MARKERS[i % len(MARKERS)], markersize=3,
                 label=f"cascade {key}", zorder=2)
     rnd = r["curves"]["random"]
     ax.plot([p["macs_per_image"] for p in rnd], [p["accuracy"] for p in rnd], "--", color="tab:gray",
@@ -37,6 +37,9 @@ def plot_accuracy_vs_macs(r: dict, path: Path) -> None:
             ax.scatter(v["macs"], v["accuracy"], marker="s" if v["role"] == "teacher" else "o", color="black",
                        s=30, zorder=4)
             ax.annotate(k, (v["macs"], v["accuracy"]), textcoords="offset points", xytext=(5, 4), fontsize=7)
+    students = r["routed"]["students"]
+    ax.scatter(sum(r["models"][k]["macs"] for k in students), r["baselines"]["most_confident"], marker="P", s=80,
+               color="tab:purple", label="more-confident student (runs all)", zorder=4)
     ax.scatter(r["routed"]["macs_per_image"], r["routed"]["accuracy"], marker="*", s=220, color="tab:red",
                edgecolor="black", label="routed (operating point)", zorder=5)
     ax.axhline(r["oracle"]["accuracy"], linestyle=":", color="tab:green", label="oracle (any student right)")

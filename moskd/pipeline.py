@@ -50,12 +50,19 @@ class PipelineConfig:
     shared_teacher: bool = field(True, "with --seeds: train the teacher once (first seed) and share it")
 
 
-def _recipe(config: Optional[str], dataset: str) -> Optional[str]:
-    """--config if given, else the repository's configs/<dataset>.yaml when it exists."""
+def _recipe(config: Optional[str], dataset: str, device: str) -> Optional[str]:
+    """--config if given, else the repository's recipe for the dataset: configs/<dataset>-cpu.yaml
+    when running on the CPU and one exists (GPU recipes would take days there), else <dataset>.yaml."""
     if config:
         return config
-    default = Path(__file__).resolve().parent.parent / "configs" / f"{dataset}.yaml"
-    return str(default) if default.is_file() else None
+    folder = Path(__file__).resolve().parent.parent / "configs"
+    import torch  # deferred: only the pipeline itself needs to know the device
+
+    on_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+    for name in ([f"{dataset}-cpu.yaml"] if on_cpu else []) + [f"{dataset}.yaml"]:
+        if (folder / name).is_file():
+            return str(folder / name)
+    return None
 
 
 def _header(i: int, n: int, title: str) -> None:
@@ -81,9 +88,10 @@ def run(cfg: PipelineConfig, config: Optional[str] = None) -> dict:
     run_dir = Path(cfg.run_dir)
     common = ["--run-dir", cfg.run_dir, "--dataset", cfg.dataset, "--data-dir", cfg.data_dir,
               "--device", cfg.device, "--seed", str(cfg.seed)]
-    recipe = _recipe(config, cfg.dataset)
+    recipe = _recipe(config, cfg.dataset, cfg.device)
     if recipe:
         common += ["--config", recipe]
+        print(f"recipe: {recipe}", flush=True)
     if cfg.download:
         common.append("--download")
     if cfg.limit:

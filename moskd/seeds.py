@@ -79,10 +79,14 @@ def aggregate_seeds(root: Path, seeds: list[int], teacher_shared: bool, command:
     return out
 
 
+def is_macs(name: str) -> bool:
+    return name.endswith("macs_per_image") or "_macs_at_" in name
+
+
 def _cell(name: str, row: dict) -> str:
     if row["mean"] is None:
         return "-"
-    if "macs" in name:
+    if is_macs(name):
         return f"{row['mean'] / 1e6:,.2f}M ± {row['std'] / 1e6:,.2f}M"
     if name == "gap_closed":
         return f"{row['mean']:+.3f} ± {row['std']:.3f}"
@@ -100,7 +104,7 @@ def render_seeds(s: dict) -> str:
              "Accuracies and differences in % (points), mean ± std over seeds (sample std); MACs per image.", "",
              "| row | mean ± std | per seed |", "|---|---:|---|"]
     for name, row in s["rows"].items():
-        vals = ", ".join("-" if v is None else (f"{v / 1e6:.2f}M" if "macs" in name else
+        vals = ", ".join("-" if v is None else (f"{v / 1e6:.2f}M" if is_macs(name) else
                                                  f"{v:.3f}" if name == "gap_closed" else f"{100 * v:.2f}")
                          for v in row["values"])
         lines.append(f"| {name} | {_cell(name, row)} | {vals} |")

@@ -175,6 +175,26 @@ def heldout_summary(scores: torch.Tensor, correct: torch.Tensor, tie_margin: flo
     return out
 
 
+def finalize(model, best_path: Path, held_loader: TensorLoader, held: torch.Tensor, cfg: SelectorConfig,
+             macs: list[int]) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Calibrate the chosen checkpoint and pick its operating knob on the held-out images, then
+    rewrite best.pt with both: the router needs nothing else. Returns (scores, correctness, operating point)."""
+    best = load_checkpoint(best_path, role="selector")
+    model.load_state_dict(inference_weights(best))
+    logits, correct = heldout_logits(model, held_loader)
+    if cfg.calibrate:
+        scale, bias = fit_platt(logits, correct)
+        model.calib_scale.copy_(scale * model.calib_scale)  # compose with what the checkpoint held
+        model.calib_bias.copy_(scale * model.calib_bias + bias)
+        logits = logits * scale + bias
+    operating = choose_knob(logits.sigmoid(), correct, macs, cfg.tie_margin)
+    best["card"] = {**best["card"], "knob": operating["knob"], "calibrated": cfg.calibrate,
+                    "heldout_index": held.tolist()}
+    best["model"], best["ema"] = {k: v.detach().clone() for k, v in model.state_dict().items()}, None
+    save_checkpoint(best, best_path)
+    return logits.sigmoid(), correct, operating
+
+
 def run(cfg: SelectorConfig, rt: Runtime) -> dict:
     if cfg.target not in TARGETS:
         raise MoskdError(f"--target {cfg.target}: choose one of {', '.join(TARGETS)}")
@@ -220,22 +240,9 @@ def run(cfg: SelectorConfig, rt: Runtime) -> dict:
     )
     summary = fit(stage, cfg, rt, "trainSelector")
     if rt.is_main:
-        best = load_checkpoint(out / "best.pt", role="selector")
-        model.load_state_dict(inference_weights(best))
         held_loader = _loader(data, card, held, labels, cfg, Runtime(rt.device), train=False)
-        logits, correct = heldout_logits(model, held_loader)
-        if cfg.calibrate:
-            scale, bias = fit_platt(logits, correct)
-            model.calib_scale.copy_(scale * model.calib_scale)  # compose with what the checkpoint held
-            model.calib_bias.copy_(scale * model.calib_bias + bias)
-            logits = logits * scale + bias
-        operating = choose_knob(logits.sigmoid(), correct, macs, cfg.tie_margin)
-        # best.pt = the calibrated selector and its operating point: what the router needs
-        best["card"] = {**best["card"], "knob": operating["knob"], "calibrated": cfg.calibrate,
-                        "heldout_index": held.tolist()}
-        best["model"], best["ema"] = {k: v.detach().clone() for k, v in model.state_dict().items()}, None
-        save_checkpoint(best, out / "best.pt")
-        summary.update(heldout_summary(logits.sigmoid(), correct, cfg.tie_margin, operating["knob"], names, macs))
+        scores, correct, operating = finalize(model, out / "best.pt", held_loader, held, cfg, macs)
+        summary.update(heldout_summary(scores, correct, cfg.tie_margin, operating["knob"], names, macs))
         summary["operating_point"] = operating
         summary["labels"] = labels["stats"]
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

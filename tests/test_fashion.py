@@ -8,7 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from moskd.data import FASHION_CLASSES, FASHION_FILES, load_data, read_idx, resize_images
+from moskd.data import (
+    FASHION_CLASSES,
+    load_data,
+    read_idx,
+    resize_images,
+)
 from moskd.errors import MoskdError
 from moskd.models import create_model
 from moskd.profile import count_macs

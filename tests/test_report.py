@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from inference import curves as C
-from inference.report import eval_dir, evaluate_run, load_eval, report_from_eval, summarize
+from inference.report import eval_dir, evaluate_run, load_eval, report_from_eval
+from inference.summary import summarize
 from tests.test_selector import trained_run  # noqa: F401  (session fixture: a tiny trained run)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
