@@ -1,4 +1,5 @@
 """Splits, augmentation and dataset loaders (digits, a CIFAR-format fixture, an image folder)."""
+import math
 import pickle
 
 import numpy as np
@@ -128,3 +129,20 @@ def test_image_folder_dataset(tmp_path):
 def test_unknown_dataset_is_one_clear_error():
     with pytest.raises(MoskdError, match="unknown dataset 'mnist'"):
         load_data("mnist")
+
+
+def test_normalisation_statistics_come_from_the_train_split_only():
+    d = load_data("digits", limit=200)
+    pixels = d.splits["train"].images.numpy().astype(np.float64) / 255.0
+    assert d.mean == pytest.approx([pixels.mean()], rel=1e-5)
+    assert d.std == pytest.approx([pixels.std(ddof=1)], rel=1e-4)
+    other = np.concatenate([pixels, d.splits["select"].images.numpy() / 255.0])
+    assert abs(other.mean() - pixels.mean()) > 1e-4  # select would have given another mean
+
+
+def test_split_sizes_follow_the_fractions_by_hand():
+    d = load_data("digits", select_fraction=0.25, test_fraction=0.2)
+    n_test = math.ceil(1797 * 0.2)  # scikit-learn rounds the held-out share up
+    assert len(d.splits["test"]) == n_test
+    assert len(d.splits["select"]) == math.ceil((1797 - n_test) * 0.25)
+    assert len(d.splits["train"]) == 1797 - n_test - len(d.splits["select"])

@@ -170,3 +170,28 @@ def test_best_pt_holds_the_best_select_epoch_and_finish_scores_it(tmp_path):
         x = make_loader(data, "test", 32).__iter__().__next__()[0]
         want = ref(x).mean().item()
     assert summary["test_acc"] == pytest.approx(want, rel=1e-5)
+
+
+def test_training_flags_reach_the_optimizer_and_the_objective(tmp_path, monkeypatch, cli):
+    import teacher.train
+
+    seen, smoothing = {}, []
+    real_opt, real_ce = moskd.engine.create_optimizer_v2, teacher.train.cross_entropy
+
+    def opt_spy(model, **kw):
+        seen.update(kw)
+        seen["optimizer"] = real_opt(model, **kw)
+        return seen["optimizer"]
+
+    monkeypatch.setattr(moskd.engine, "create_optimizer_v2", opt_spy)
+    monkeypatch.setattr(teacher.train, "cross_entropy", lambda ls=0.0: smoothing.append(ls) or real_ce(ls))
+    code, _, err = cli(teacher_main, ["--run-dir", str(tmp_path / "run"), "--arch", "test_small_cnn", "--limit", "32",
+                                      "--epochs", "1", "--batch-size", "32", "--device", "cpu", "--optimizer", "sgd",
+                                      "--lr", "0.05", "--weight-decay", "0.01", "--momentum", "0.8",
+                                      "--label-smoothing", "0.15"])
+    assert code == 0, err
+    assert (seen["opt"], seen["lr"], seen["weight_decay"], seen["momentum"]) == ("sgd", 0.05, 0.01, 0.8)
+    opt = seen["optimizer"]
+    assert isinstance(opt, torch.optim.SGD) and opt.defaults["momentum"] == 0.8
+    assert max(g["weight_decay"] for g in opt.param_groups) == 0.01
+    assert smoothing == [0.15]
