@@ -146,3 +146,12 @@ def test_split_sizes_follow_the_fractions_by_hand():
     assert len(d.splits["test"]) == n_test
     assert len(d.splits["select"]) == math.ceil((1797 - n_test) * 0.25)
     assert len(d.splits["train"]) == 1797 - n_test - len(d.splits["select"])
+
+
+def test_split_seed_alone_moves_select_out_of_a_fixed_pool(tmp_path):
+    """With an official test split the pool is fixed: only --split-seed can move `select`."""
+    _write_cifar10(tmp_path)
+    a, b = (load_data("cifar10", data_dir=str(tmp_path), split_seed=s) for s in (0, 1))
+    assert _ids(a, "test") == _ids(b, "test")
+    assert _ids(a, "select") != _ids(b, "select") and _ids(a, "select") | _ids(a, "train") == set(range(100))
+    assert _ids(a, "select") == _ids(load_data("cifar10", data_dir=str(tmp_path), split_seed=0), "select")
