@@ -46,14 +46,16 @@ def one_thread():
 
 
 class SmallCNN(nn.Module):
-    """Two 3x3 convolutions and a linear head: a real (trainable) classifier at a fraction of a
-    ResNet's cost, for tests of the training machinery rather than of an architecture."""
+    """Two 3x3 convolutions with batch norm, dropout and a linear head: a real (trainable)
+    classifier at a fraction of a ResNet's cost, for tests of the training machinery (its dropout
+    and batch statistics exercise the per-epoch RNG and eval-mode handling) rather than of an
+    architecture."""
 
-    def __init__(self, num_classes: int, in_chans: int = 1, width: int = 16):
+    def __init__(self, num_classes: int, in_chans: int = 1, width: int = 16, dropout: float = 0.1):
         super().__init__()
         self.features = nn.Sequential(nn.Conv2d(in_chans, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
                                       nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
-                                      nn.AdaptiveAvgPool2d(2), nn.Flatten())
+                                      nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Dropout(dropout))
         self.fc = nn.Linear(4 * width, num_classes)
 
     def forward(self, x):
@@ -61,8 +63,8 @@ class SmallCNN(nn.Module):
 
 
 @register_model("test_small_cnn")
-def small_cnn(num_classes: int, in_chans: int = 1, width: int = 16) -> nn.Module:
-    return SmallCNN(num_classes, in_chans, width)
+def small_cnn(num_classes: int, in_chans: int = 1, width: int = 16, dropout: float = 0.1) -> nn.Module:
+    return SmallCNN(num_classes, in_chans, width, dropout)
 
 
 class AnswerNet(nn.Module):

@@ -16,8 +16,11 @@ from moskd.engine import Stage, TrainConfig, finish, fit
 from moskd.runtime import Runtime
 from teacher.train import main as teacher_main
 
-# googlenet: a real registry model with dropout (so the per-epoch RNG handling is exercised), fast at 8x8
-FAST = ["--arch", "googlenet", "--limit", "64", "--batch-size", "32", "--eval-batch-size", "64", "--device", "cpu"]
+# a small CNN with batch norm and dropout (so the per-epoch RNG handling is exercised); the engine is
+# under test here, not an architecture. The torchrun test's subprocesses need a registry name: googlenet.
+SLICE = ["--limit", "64", "--batch-size", "32", "--eval-batch-size", "64", "--device", "cpu"]
+FAST = ["--arch", "test_small_cnn", *SLICE]
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _weights(path):
@@ -81,7 +84,7 @@ def test_stage_folder_contents_and_resolved_config(tmp_path):
     assert {"best.pt", "last.pt", "metrics.jsonl", "config.yaml", "summary.json"} <= {p.name for p in out.iterdir()}
     resolved = yaml.safe_load((out / "config.yaml").read_text())
     assert resolved["epochs"] == 1 and resolved["lr"] == 0.01 and resolved["label_smoothing"] == 0.1
-    ckpt = load_checkpoint(out / "best.pt", role="teacher", arch="googlenet")
+    ckpt = load_checkpoint(out / "best.pt", role="teacher", arch="test_small_cnn")
     assert {"optimizer", "scheduler", "epoch", "config", "card"} <= ckpt.keys()
     assert ckpt["card"]["input_size"] == [1, 8, 8] and len(ckpt["card"]["mean"]) == 1
     summary = json.loads((out / "summary.json").read_text())
@@ -109,7 +112,7 @@ def test_teacher_on_digits_far_beats_chance(tmp_path):
 def test_torchrun_two_processes_gloo(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
-           "-m", "teacher.train", "--run-dir", str(tmp_path / "run"), "--epochs", "1", *FAST]
+           "-m", "teacher.train", "--run-dir", str(tmp_path / "run"), "--epochs", "1", "--arch", "googlenet", *SLICE]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=Path(__file__).parent.parent)
     assert proc.returncode == 0, proc.stderr[-2000:]
     record = json.loads((tmp_path / "run/teacher/metrics.jsonl").read_text().splitlines()[0])

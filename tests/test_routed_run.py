@@ -27,7 +27,7 @@ LIMIT = 60
 
 
 @pytest.fixture(scope="module")
-def test_split():
+def digits_test():
     return load_data("digits", limit=LIMIT).splits["test"]
 
 
@@ -46,8 +46,8 @@ def _probability(scale: float) -> float:
 
 
 @pytest.mark.parametrize("escalate", [False, True], ids=["routed", "escalate"])
-def test_inference_rows_name_the_model_that_answered(split_run, test_split, tmp_path, cli, escalate):
-    images = test_split.images[:24]
+def test_inference_rows_name_the_model_that_answered(split_run, digits_test, tmp_path, cli, escalate):
+    images = digits_test.images[:24]
     paths = _pngs(tmp_path / "in", images)
     out = tmp_path / "rows.jsonl"
     flags = ["--escalate", str(split_run.TAU)] if escalate else []
@@ -83,11 +83,11 @@ def _bytes(i: int, sr) -> int:
 
 
 @pytest.mark.parametrize("escalate", [False, True], ids=["routed", "escalate"])
-def test_report_contract_numbers_match_a_plain_reference(split_run, test_split, cli, escalate):
+def test_report_contract_numbers_match_a_plain_reference(split_run, digits_test, cli, escalate):
     tau = split_run.TAU if escalate else None
     r = _report(split_run, cli, *(["--escalate", str(tau)] if escalate else []))
-    y = test_split.targets.numpy()
-    route = split_run.routes(test_split.images.numpy(), tau)
+    y = digits_test.targets.numpy()
+    route = split_run.routes(digits_test.images.numpy(), tau)
     names = [*split_run.names, "teacher"]
     acc = {k: float(np.mean(y == split_run.answers[i])) for i, k in enumerate(names)}
     share = {k: float(np.mean(route == i)) for i, k in enumerate(names)}
@@ -142,26 +142,26 @@ def _png(tmp_path, image):
     return path
 
 
-def test_router_refuses_a_student_changed_after_the_selector_was_trained(split_run, test_split, tmp_path, cli):
+def test_router_refuses_a_student_changed_after_the_selector_was_trained(split_run, digits_test, tmp_path, cli):
     run = _copy(split_run, tmp_path)
     card = load_data("digits").card()
     # same folder, same card, another width: the selector's labels describe a model no longer there
     save_answer_model(run / "students" / "one" / "best.pt", "student", card, 1, 3.0, 20,
                       distillation={"kd_loss": "kl"})
-    code, out, err = cli(inference_main, ["--run-dir", str(run), str(_png(tmp_path, test_split.images[0])),
+    code, out, err = cli(inference_main, ["--run-dir", str(run), str(_png(tmp_path, digits_test.images[0])),
                                           "--device", "cpu"])
     assert code == 2 and len(err.strip().splitlines()) == 1 and out == ""
     assert str(run / "students" / "one" / "best.pt") in err and "changed since the selector was trained" in err
     assert f"{9 * 64 * 20:,} MACs" in err and f"{split_run.macs(1):,}" in err and "trainSelector" in err
 
 
-def test_router_refuses_students_with_different_class_counts(split_run, test_split, tmp_path, cli):
+def test_router_refuses_students_with_different_class_counts(split_run, digits_test, tmp_path, cli):
     run = _copy(split_run, tmp_path)
     card = load_data("digits").card()
     five = {**card, "num_classes": 5, "class_names": card["class_names"][:5]}
     save_answer_model(run / "students" / "one" / "best.pt", "student", five, 1, 3.0, split_run.widths[1],
                       distillation={"kd_loss": "kl"})
-    code, out, err = cli(inference_main, ["--run-dir", str(run), str(_png(tmp_path, test_split.images[0])),
+    code, out, err = cli(inference_main, ["--run-dir", str(run), str(_png(tmp_path, digits_test.images[0])),
                                           "--device", "cpu"])
     assert code == 2 and len(err.strip().splitlines()) == 1 and out == ""
     assert "5 classes" in err and "has 10" in err and str(run / "students" / "one" / "best.pt") in err
