@@ -45,26 +45,35 @@ def one_thread():
 # ---------------------------------------------------------------- small stand-in architectures
 
 
-class SmallCNN(nn.Module):
-    """Two 3x3 convolutions with batch norm, dropout and a linear head: a real (trainable)
-    classifier at a fraction of a ResNet's cost, for tests of the training machinery (its dropout
-    and batch statistics exercise the per-epoch RNG and eval-mode handling) rather than of an
-    architecture."""
+class TinyCNN(nn.Module):
+    """`depth` 3x3 conv + batch norm + ReLU blocks, global pooling, optional dropout and a linear
+    head: a real (trainable) classifier at a fraction of a ResNet's cost, for tests of the
+    training machinery rather than of an architecture."""
 
-    def __init__(self, num_classes: int, in_chans: int = 1, width: int = 16, dropout: float = 0.1):
+    def __init__(self, num_classes: int, in_chans: int = 1, width: int = 32, depth: int = 3, dropout: float = 0.0):
         super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(in_chans, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
-                                      nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
-                                      nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Dropout(dropout))
-        self.fc = nn.Linear(4 * width, num_classes)
+        layers, c = [], in_chans
+        for _ in range(depth):
+            layers += [nn.Conv2d(c, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU()]
+            c = width
+        tail = [nn.Dropout(dropout)] if dropout > 0 else []
+        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), *tail)
+        self.fc = nn.Linear(width, num_classes)
 
     def forward(self, x):
         return self.fc(self.features(x))
 
 
+@register_model("test_tiny_cnn")
+def tiny_cnn_factory(num_classes: int, in_chans: int = 1, width: int = 32, depth: int = 3) -> nn.Module:
+    return TinyCNN(num_classes, in_chans, width, depth)
+
+
 @register_model("test_small_cnn")
-def small_cnn(num_classes: int, in_chans: int = 1, width: int = 16, dropout: float = 0.1) -> nn.Module:
-    return SmallCNN(num_classes, in_chans, width, dropout)
+def small_cnn(num_classes: int, in_chans: int = 1, width: int = 16) -> nn.Module:
+    """Two blocks with dropout: its dropout and batch statistics exercise the engine's per-epoch RNG
+    and eval-mode handling."""
+    return TinyCNN(num_classes, in_chans, width, depth=2, dropout=0.1)
 
 
 class AnswerNet(nn.Module):

@@ -103,7 +103,7 @@ def test_bad_config_values_are_one_line(tmp_path, cli):
 
 def test_teacher_on_digits_far_beats_chance(tmp_path):
     # a small CNN shows the loop learns as well as a ResNet50 would, in a fraction of the time
-    teacher_main(["--run-dir", str(tmp_path / "run"), "--arch", "test_small_cnn", "--limit", "400", "--epochs", "3",
+    teacher_main(["--run-dir", str(tmp_path / "run"), "--arch", "test_tiny_cnn", "--limit", "400", "--epochs", "3",
                   "--batch-size", "16", "--lr", "0.02", "--device", "cpu"])
     summary = json.loads((tmp_path / "run/teacher/summary.json").read_text())
     assert summary["test_acc"] > 0.5  # chance is 0.1

@@ -5,7 +5,7 @@ import moskd.engine
 import moskd.models
 from moskd.checkpoint import load_checkpoint
 from moskd.pipeline import main as pipeline_main
-from tests.conftest import SmallCNN
+from tests.conftest import TinyCNN
 
 SMALL = ["--dataset", "digits", "--limit", "48", "--epochs", "2", "--no-baselines", "--device", "cpu"]
 
@@ -16,7 +16,7 @@ def small_seed_models(monkeypatch, tmp_path) -> list[str]:
     pipeline's orchestration is under test here, not the architectures (tests/test_models.py)."""
     for name, width in (("resnet50", 32), ("densenet121", 24), ("googlenet", 16)):
         monkeypatch.setitem(moskd.models._REGISTRY, name,
-                            lambda num_classes, in_chans=3, w=width, **_: SmallCNN(num_classes, in_chans, w))
+                            lambda num_classes, in_chans=3, w=width, **_: TinyCNN(num_classes, in_chans, w, depth=2))
     cfg = tmp_path / "small.yaml"
     cfg.write_text("selector:\n  width: 2\n")
     return ["--config", str(cfg)]

@@ -20,6 +20,7 @@ from moskd.profile import count_macs
 from selector.labels import label_stats, make_labels, preferred_routes
 from selector.model import MAC_BUDGET, route_from_scores
 from selector.train import holdout_split, main as train_selector
+from tests.conftest import TinyCNN
 
 LIMIT = 60  # images per split in the tiny run
 
@@ -29,25 +30,6 @@ SPLIT = {"dataset": "digits", "split_seed": 0, "select_fraction": 0.2, "test_fra
 
 
 # ---------------------------------------------------------------- tiny models and runs
-
-
-class TinyCNN(nn.Module):
-    def __init__(self, num_classes: int, in_chans: int = 1, width: int = 32, depth: int = 3):
-        super().__init__()
-        layers, c = [], in_chans
-        for _ in range(depth):
-            layers += [nn.Conv2d(c, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU()]
-            c = width
-        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.fc = nn.Linear(width, num_classes)
-
-    def forward(self, x):
-        return self.fc(self.features(x))
-
-
-@register_model("test_tiny_cnn")
-def tiny_cnn_factory(num_classes: int, in_chans: int = 1, width: int = 32, depth: int = 3) -> nn.Module:
-    return TinyCNN(num_classes, in_chans, width, depth)
 
 
 class ConstantNet(nn.Module):
