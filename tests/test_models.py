@@ -6,6 +6,7 @@ from moskd.errors import MoskdError
 from moskd.models import available_models, create_model
 from moskd.profile import count_macs, count_params
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # small inputs: thread hand-offs cost more than they save
 SIZES = {"digits": [1, 8, 8], "cifar": [3, 32, 32]}
 
 

@@ -1,12 +1,15 @@
 """`moskd pipeline` end to end on a small slice of digits: artefacts, skip on rerun, resume after a kill."""
 import json
 
+import pytest
+
 import moskd.engine
 import moskd.models
 from moskd.checkpoint import load_checkpoint
 from moskd.pipeline import main as pipeline_main
 from tests.conftest import TinyCNN
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # small inputs: thread hand-offs cost more than they save
 SMALL = ["--dataset", "digits", "--limit", "48", "--epochs", "2", "--no-baselines", "--device", "cpu"]
 
 

@@ -27,6 +27,7 @@ from teacher.train import main as teacher_main
 LIMIT = 48
 SLICE = ["--limit", str(LIMIT), "--batch-size", "48", "--eval-batch-size", "48", "--device", "cpu", "--epochs", "1"]
 CPU = Runtime(torch.device("cpu"))
+pytestmark = pytest.mark.usefixtures("one_thread")  # small inputs: thread hand-offs cost more than they save
 TINY = "test_students_tiny"
 
 
