@@ -9,13 +9,13 @@ from moskd.errors import MoskdError
 from moskd.models import create_model
 from teacher.train import main as teacher_main
 
-CARD = {"role": "teacher", "arch": "googlenet", "num_classes": 10, "class_names": list("0123456789"),
+CARD = {"role": "teacher", "arch": "test_small_cnn", "num_classes": 10, "class_names": list("0123456789"),
         "in_chans": 1, "input_size": [1, 8, 8], "mean": [0.3], "std": [0.37], "dataset": "digits"}
 
 
 @pytest.fixture
 def good(tmp_path):
-    model = create_model("googlenet", 10, 1)
+    model = create_model("test_small_cnn", 10, 1)
     path = tmp_path / "good.pt"
     save_checkpoint({"model": model.state_dict(), "ema": None, "card": dict(CARD)}, path)
     return path, model
@@ -23,7 +23,7 @@ def good(tmp_path):
 
 def test_round_trip_rebuilds_the_model(good):
     path, model = good
-    ckpt = load_checkpoint(path, role="teacher", arch="googlenet", num_classes=10)
+    ckpt = load_checkpoint(path, role="teacher", arch="test_small_cnn", num_classes=10)
     rebuilt = build_model_from_checkpoint(ckpt)
     x = torch.randn(3, 1, 8, 8)
     assert torch.equal(rebuilt(x), model.eval()(x))
@@ -69,7 +69,7 @@ def test_code_carrying_pickle_is_named_as_such(tmp_path, good):
 
 @pytest.mark.parametrize("want,match", [
     ({"role": "student"}, "role 'teacher'.*expected role 'student'"),
-    ({"arch": "resnet50"}, "arch 'googlenet'.*expected arch 'resnet50'"),
+    ({"arch": "resnet50"}, "arch 'test_small_cnn'.*expected arch 'resnet50'"),
     ({"num_classes": 100}, "num_classes '10'.*expected num_classes '100'"),
 ])
 def test_wrong_card_is_rejected(good, want, match):
@@ -79,7 +79,7 @@ def test_wrong_card_is_rejected(good, want, match):
 
 def test_state_dict_without_card_is_not_a_checkpoint(tmp_path):
     path = tmp_path / "sd.pt"
-    torch.save(create_model("googlenet", 10, 1).state_dict(), path)
+    torch.save(create_model("test_small_cnn", 10, 1).state_dict(), path)
     with pytest.raises(MoskdError, match="no model card"):
         load_checkpoint(path)
 
@@ -90,7 +90,7 @@ def test_cli_resume_from_bad_checkpoint_is_one_line_and_keeps_files(tmp_path, go
     for name, bad in _bad_files(tmp_path, good[0]):
         last = run / "teacher" / "last.pt"
         last.write_bytes(bad.read_bytes())
-        code, out, err = cli(teacher_main, ["--run-dir", str(run), "--resume", "--arch", "googlenet"])
+        code, out, err = cli(teacher_main, ["--run-dir", str(run), "--resume", "--arch", "test_small_cnn"])
         assert code == 2, name
         assert err.count("\n") == 1 and err.startswith("teacherTrain: error:") and "Traceback" not in err, name
         assert last.read_bytes() == bad.read_bytes(), name  # nothing already written is lost

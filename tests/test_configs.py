@@ -31,3 +31,21 @@ def test_digits_recipe_equals_code_defaults(section, cls):
 def test_cifar_recipes_are_valid_for_every_stage(name, section, cls):
     values = load_yaml_overrides(cls, str(CONFIGS / name), section)
     assert values["dataset"] == name.removesuffix(".yaml") and values["epochs"] > 0
+
+
+def test_flags_override_the_section_which_overrides_the_top_level(tmp_path):
+    from moskd.config import parse_config
+    from moskd.errors import MoskdError
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("epochs: 5\nlr: 0.5\nbatch_size: 8\nstudents:\n  epochs: 9\n  alpha: 0.25\nteacher:\n  lr: 0.01\n")
+    s = parse_config(StudentConfig, ["--config", str(cfg), "--lr", "0.07"], "StudentTrain", "", "students")
+    assert (s.epochs, s.lr, s.batch_size, s.alpha) == (9, 0.07, 8, 0.25)
+    t = parse_config(TeacherConfig, ["--config", str(cfg)], "teacherTrain", "", "teacher")
+    assert (t.epochs, t.lr, t.batch_size) == (5, 0.01, 8)
+    cfg.write_text("epochs: true\n")
+    with pytest.raises(MoskdError, match="'epochs' must be int"):
+        parse_config(TeacherConfig, ["--config", str(cfg)], "teacherTrain", "", "teacher")
+    cfg.write_text("students:\n  temprature: 3\n")
+    with pytest.raises(MoskdError, match="unknown setting 'temprature'"):
+        parse_config(StudentConfig, ["--config", str(cfg)], "StudentTrain", "", "students")

@@ -1,4 +1,5 @@
 """Splits, augmentation and dataset loaders (digits, a CIFAR-format fixture, an image folder)."""
+import math
 import pickle
 
 import numpy as np
@@ -128,3 +129,29 @@ def test_image_folder_dataset(tmp_path):
 def test_unknown_dataset_is_one_clear_error():
     with pytest.raises(MoskdError, match="unknown dataset 'mnist'"):
         load_data("mnist")
+
+
+def test_normalisation_statistics_come_from_the_train_split_only():
+    d = load_data("digits", limit=200)
+    pixels = d.splits["train"].images.numpy().astype(np.float64) / 255.0
+    assert d.mean == pytest.approx([pixels.mean()], rel=1e-5)
+    assert d.std == pytest.approx([pixels.std(ddof=1)], rel=1e-4)
+    other = np.concatenate([pixels, d.splits["select"].images.numpy() / 255.0])
+    assert abs(other.mean() - pixels.mean()) > 1e-4  # select would have given another mean
+
+
+def test_split_sizes_follow_the_fractions_by_hand():
+    d = load_data("digits", select_fraction=0.25, test_fraction=0.2)
+    n_test = math.ceil(1797 * 0.2)  # scikit-learn rounds the held-out share up
+    assert len(d.splits["test"]) == n_test
+    assert len(d.splits["select"]) == math.ceil((1797 - n_test) * 0.25)
+    assert len(d.splits["train"]) == 1797 - n_test - len(d.splits["select"])
+
+
+def test_split_seed_alone_moves_select_out_of_a_fixed_pool(tmp_path):
+    """With an official test split the pool is fixed: only --split-seed can move `select`."""
+    _write_cifar10(tmp_path)
+    a, b = (load_data("cifar10", data_dir=str(tmp_path), split_seed=s) for s in (0, 1))
+    assert _ids(a, "test") == _ids(b, "test")
+    assert _ids(a, "select") != _ids(b, "select") and _ids(a, "select") | _ids(a, "train") == set(range(100))
+    assert _ids(a, "select") == _ids(load_data("cifar10", data_dir=str(tmp_path), split_seed=0), "select")

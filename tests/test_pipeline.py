@@ -1,16 +1,33 @@
 """`moskd pipeline` end to end on a small slice of digits: artefacts, skip on rerun, resume after a kill."""
 import json
 
+import pytest
+
 import moskd.engine
+import moskd.models
 from moskd.checkpoint import load_checkpoint
 from moskd.pipeline import main as pipeline_main
+from tests.conftest import TinyCNN
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # small inputs: thread hand-offs cost more than they save
 SMALL = ["--dataset", "digits", "--limit", "48", "--epochs", "2", "--no-baselines", "--device", "cpu"]
+
+
+def small_seed_models(monkeypatch, tmp_path) -> list[str]:
+    """The three seed architectures' names bound to small CNNs (dearest teacher, then densenet121,
+    then googlenet, as with the real ones) and a selector narrow enough for their MAC budget: the
+    pipeline's orchestration is under test here, not the architectures (tests/test_models.py)."""
+    for name, width in (("resnet50", 32), ("densenet121", 24), ("googlenet", 16)):
+        monkeypatch.setitem(moskd.models._REGISTRY, name,
+                            lambda num_classes, in_chans=3, w=width, **_: TinyCNN(num_classes, in_chans, w, depth=2))
+    cfg = tmp_path / "small.yaml"
+    cfg.write_text("selector:\n  width: 2\n")
+    return ["--config", str(cfg)]
 
 
 def test_pipeline_end_to_end_then_skips_and_resumes(tmp_path, monkeypatch, cli):
     run = tmp_path / "run"
-    args = ["--run-dir", str(run), *SMALL]
+    args = ["--run-dir", str(run), *SMALL, *small_seed_models(monkeypatch, tmp_path)]
 
     # first run: killed right after GoogLeNet's first epoch checkpoint
     real_save = moskd.engine.save_checkpoint

@@ -2,6 +2,7 @@
 escalation edge cases, and the tie rule."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -142,3 +143,62 @@ def test_empty_batch(parts):
     selector, students, _, x = parts
     out = Router(selector, students, names=["a", "b"])(x[:0])
     assert out.logits.shape == (0, C) and out.routes.shape == (0,)
+
+
+# ---------------------------------------------------------------- a run whose selector splits the images
+
+
+@pytest.fixture(scope="module")
+def digits_test_images():
+    from moskd.data import load_data
+
+    return load_data("digits").splits["test"].images
+
+
+def _routed(split_run, images, escalate=None):
+    from inference.router import load_router
+    from moskd.data import normalize
+
+    run = load_router(split_run.path, escalate, device="cpu")
+    x = normalize(images, torch.tensor(run.card["mean"]), torch.tensor(run.card["std"]))
+    return run, x
+
+
+@pytest.mark.parametrize("escalate", [None, "TAU"])
+def test_loaded_router_splits_images_as_the_reference_rule_says(split_run, digits_test_images, escalate):
+    tau = split_run.TAU if escalate else None
+    run, x = _routed(split_run, digits_test_images, tau)
+    logs = [CallLog(m) for m in run.router._route_models()]
+    out = run.router(x)
+    for log in logs:
+        log.close()
+    want = split_run.routes(digits_test_images.numpy(), tau)
+    assert out.routes.tolist() == want.tolist()
+    share = np.bincount(want, minlength=3) / len(want)
+    assert (share[:2] > 0.25).all() and (share[2] > 0.25 if tau else share[2] == 0)  # all routes really used
+    torch.testing.assert_close(out.scores, torch.tensor(split_run.scores(digits_test_images.numpy()), dtype=torch.float32),
+                               rtol=0, atol=1e-5)
+    # each image answered by its route's model: that model's class, margin and the image's own shift
+    answers = torch.tensor(split_run.answers)[torch.from_numpy(want)]
+    scales = torch.tensor(split_run.scales)[torch.from_numpy(want)]
+    expect = torch.nn.functional.one_hot(answers, 10) * scales[:, None] + x.mean((1, 2, 3))[:, None]
+    torch.testing.assert_close(out.logits, expect, rtol=0, atol=1e-5)
+    # one sub-batch per route, of exactly its images; the teacher idle unless escalating
+    assert [log.sizes for log in logs] == [[int(n)] if n else [] for n in np.bincount(want, minlength=3)][:len(logs)]
+
+
+def test_tie_margin_comes_from_the_selector_card(split_run, digits_test_images):
+    run, x = _routed(split_run, digits_test_images)
+    assert run.router.tie_margin == split_run.M
+    near_ties = split_run.routes(digits_test_images.numpy()) != split_run.routes(digits_test_images.numpy(), tie_margin=0.0)
+    assert near_ties.sum() >= 10  # images that the margin (and only the margin) sends to the cheaper student
+    assert (run.router(x).routes[torch.from_numpy(near_ties)] == 0).all()
+
+
+def test_escalation_share_grows_with_tau_as_the_reference_says(split_run, digits_test_images):
+    images = digits_test_images.numpy()
+    for tau in (0.0, 0.6, split_run.TAU, 0.9, 1.01):
+        run, x = _routed(split_run, digits_test_images, tau)
+        got = (run.router(x).routes == 2).float().mean().item()
+        assert got == pytest.approx((split_run.routes(images, tau) == 2).mean())
+    assert (split_run.routes(images, 0.9) == 2).mean() > (split_run.routes(images, 0.6) == 2).mean() > 0

@@ -20,6 +20,7 @@ from moskd.profile import count_macs
 from selector.labels import label_stats, make_labels, preferred_routes
 from selector.model import MAC_BUDGET, route_from_scores
 from selector.train import holdout_split, main as train_selector
+from tests.conftest import TinyCNN
 
 LIMIT = 60  # images per split in the tiny run
 
@@ -29,25 +30,6 @@ SPLIT = {"dataset": "digits", "split_seed": 0, "select_fraction": 0.2, "test_fra
 
 
 # ---------------------------------------------------------------- tiny models and runs
-
-
-class TinyCNN(nn.Module):
-    def __init__(self, num_classes: int, in_chans: int = 1, width: int = 32, depth: int = 3):
-        super().__init__()
-        layers, c = [], in_chans
-        for _ in range(depth):
-            layers += [nn.Conv2d(c, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU()]
-            c = width
-        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.fc = nn.Linear(width, num_classes)
-
-    def forward(self, x):
-        return self.fc(self.features(x))
-
-
-@register_model("test_tiny_cnn")
-def tiny_cnn_factory(num_classes: int, in_chans: int = 1, width: int = 32, depth: int = 3) -> nn.Module:
-    return TinyCNN(num_classes, in_chans, width, depth)
 
 
 class ConstantNet(nn.Module):
@@ -162,14 +144,35 @@ def test_selector_costs_at_most_five_percent_of_the_cheapest_student(size):
 
 @pytest.mark.parametrize("students", [2, 3, 5])
 def test_selector_gives_one_score_per_student(students):
-    out = create_model("selector_cnn", num_classes=students, in_chans=3).eval()(torch.randn(4, 3, 32, 32))
-    assert out.shape == (4, students)
+    torch.manual_seed(0)
+    model = create_model("selector_cnn", num_classes=students, in_chans=3).eval()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        out = model(x)
+        assert out.shape == (4, students)
+        model.head.bias[students - 1] += 2.0  # student k's score moves with head row k only
+        moved = model(x)
+    assert torch.allclose(moved[:, :-1], out[:, :-1]) and torch.allclose(moved[:, -1], out[:, -1] + 2.0)
 
 
 def test_selector_rebuilds_from_its_checkpoint(trained_run):
+    """The rebuilt best.pt, routed by the rule written out by hand, scores what summary.json says."""
+    from moskd.data import normalize
+
     ckpt = load_checkpoint(trained_run / "selector" / "best.pt", role="selector")
     model = build_model_from_checkpoint(ckpt)
-    assert model(torch.randn(3, 1, 8, 8)).shape == (3, 2)
+    card = ckpt["card"]
+    labels = torch.load(trained_run / "selector" / "labels.pt", weights_only=True)
+    _, held = holdout_split(len(labels["correct"]), 0.3, seed=0)
+    images = load_data("digits", limit=LIMIT).splits["select"].images[held]
+    with torch.no_grad():
+        scores = model(normalize(images, torch.tensor(card["mean"]), torch.tensor(card["std"]))).sigmoid().tolist()
+    right = 0
+    for s, ok in zip(scores, labels["correct"][held].tolist()):
+        route = min(i for i, v in enumerate(s) if v >= max(s) - card["tie_margin"])
+        right += ok[route]
+    summary = json.loads((trained_run / "selector" / "summary.json").read_text())
+    assert summary["heldout_routed_acc"] == pytest.approx(right / len(held))
 
 
 # ---------------------------------------------------------------- trainSelector
@@ -187,7 +190,11 @@ def test_train_selector_writes_its_folder(trained_run):
     assert labels["students"] == ["b_cheap", "a_dear"]
     n = load_data("digits", limit=LIMIT).splits["select"].targets.numel()
     assert labels["correct"].shape == (n, 2) and labels["logits"].shape == (n, 2, 10)
-    assert torch.equal(labels["route"], preferred_routes(labels["correct"]))
+    # the cheapest right student per image (columns are cheapest first), -1 where none is right
+    want = [next((i for i, ok in enumerate(row) if ok), -1) for row in labels["correct"].tolist()]
+    assert labels["route"].tolist() == want and -1 in want and 0 in want
+    preds = labels["logits"].argmax(2)
+    assert labels["correct"].tolist() == [[int(p) == int(t) for p in row] for row, t in zip(preds, labels["targets"])]
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 2 and "select_routed_acc" in json.loads(lines[-1])
 
@@ -268,3 +275,19 @@ def test_student_with_other_normalisation_is_adapted_not_refused():
     assert adapt_input(model, own, own, "student") is model
     with pytest.raises(Exception, match="inputs"):
         adapt_input(model, own, {**shared, "input_size": [3, 8, 8]}, "student")
+
+
+def test_selector_flags_reach_the_card_the_metric_and_the_holdout(tmp_path, monkeypatch, cli):
+    import selector.train
+
+    make_students(tmp_path, baseline=False)
+    margins, real = [], selector.train.routed_accuracy
+    monkeypatch.setattr(selector.train, "routed_accuracy", lambda m: margins.append(m) or real(m))
+    code, _, err = cli(train_selector, ["--run-dir", str(tmp_path), "--limit", str(LIMIT), "--epochs", "1",
+                                        "--width", "8", "--tie-margin", "0.2", "--holdout-fraction", "0.5",
+                                        "--device", "cpu"])
+    assert code == 0, err
+    assert margins == [0.2]
+    assert load_checkpoint(tmp_path / "selector" / "best.pt")["card"]["tie_margin"] == 0.2
+    summary = json.loads((tmp_path / "selector" / "summary.json").read_text())
+    assert summary["heldout_images"] == LIMIT // 2

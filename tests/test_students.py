@@ -27,6 +27,7 @@ from teacher.train import main as teacher_main
 LIMIT = 48
 SLICE = ["--limit", str(LIMIT), "--batch-size", "48", "--eval-batch-size", "48", "--device", "cpu", "--epochs", "1"]
 CPU = Runtime(torch.device("cpu"))
+pytestmark = pytest.mark.usefixtures("one_thread")  # small inputs: thread hand-offs cost more than they save
 TINY = "test_students_tiny"
 
 
@@ -179,7 +180,7 @@ def test_both_students_distil_from_a_teacher_checkpoint(run_dir, model, arch, cl
     dist = best["card"]["distillation"]
     assert dist["teacher"] == str(run_dir / "teacher/best.pt") and dist["kd_loss"] == "kl"
     assert dist["teacher_cache"] == 10 and 0 < dist["alpha"] < 1
-    assert (folder / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert_curves_drawn(folder / "curves.png")
     assert len(list((run_dir / "teacher/cache").iterdir())) == 1  # one cache file, shared
     assert "teacher cache" in out
 
@@ -191,11 +192,46 @@ def test_second_student_reuses_the_shared_cache(run_dir, cli):
     assert "reused" in out and "computing" not in out
 
 
-def test_online_teacher_trains_too(run_dir, cli, tmp_path):
+def spy_on_loss(monkeypatch) -> list[dict]:
+    """Record the settings and teacher logits of every distillation_loss call the objectives make."""
+    import students.losses
+
+    calls, real = [], students.losses.distillation_loss
+
+    def spy(student, teacher, targets, **kw):
+        calls.append({**kw, "teacher": None if teacher is None else teacher.detach().float().clone(),
+                      "n": len(targets)})
+        return real(student, teacher, targets, **kw)
+
+    monkeypatch.setattr(students.losses, "distillation_loss", spy)
+    return calls
+
+
+def test_cached_run_hands_alpha_temperature_and_smoothing_to_the_loss(run_dir, cli, monkeypatch):
+    calls = spy_on_loss(monkeypatch)
+    code, _, err = cli(student_main, ["--run-dir", str(run_dir), "--model", TINY, "--alpha", "0.3", "--temperature",
+                                      "7", "--label-smoothing", "0.1", *SLICE, "--epochs", "2", "--force"])
+    assert code == 0, err
+    assert len(calls) == 2 and sum(c["n"] for c in calls) == 2 * LIMIT  # one full-slice step per epoch
+    for c in calls:
+        assert (c["alpha"], c["temperature"], c["kd_loss"], c["label_smoothing"]) == (0.3, 7.0, "kl", 0.1)
+    # the teacher term is fed the cached fp16 logits of each image's view
+    cache = torch.load(run_dir / "teacher/cache/views-k10.pt", weights_only=True)["logits"].float()
+    rows = cache.reshape(-1, cache.shape[-1])
+    for c in calls:
+        assert all((rows == t).all(1).any() for t in c["teacher"])
+    dist = load_checkpoint(run_dir / f"students/{TINY}/best.pt")["card"]["distillation"]
+    assert (dist["alpha"], dist["temperature"]) == (0.3, 7.0)
+
+
+def test_online_teacher_trains_too(run_dir, cli, monkeypatch):
+    calls = spy_on_loss(monkeypatch)
     code, _, err = cli(student_main, ["--run-dir", str(run_dir), "--model", TINY, "--teacher-cache", "0",
-                                      "--kd-loss", "mse", *SLICE, "--force"])
+                                      "--kd-loss", "mse", "--alpha", "0.2", *SLICE, "--force"])
     assert code == 0, err
     assert not (run_dir / "teacher/cache/views-k0.pt").exists()
+    assert calls and all((c["alpha"], c["kd_loss"]) == (0.2, "mse") for c in calls)
+    assert all(c["teacher"] is not None and c["teacher"].shape == (c["n"], 10) for c in calls)
 
 
 def test_no_teacher_never_loads_a_teacher(tmp_path, monkeypatch, cli):
@@ -260,5 +296,15 @@ def test_sweep_writes_mean_and_std_over_seeds(run_dir, cli):
     assert code == 0 and out.count("reusing") == 4  # a finished sweep is not retrained
 
 
+def assert_curves_drawn(path):
+    """A decodable 900x350 figure (9 x 3.5 inches at 100 dpi) with something drawn on it."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        assert im.format == "PNG" and im.size == (900, 350)
+        lo, hi = im.convert("L").getextrema()
+    assert hi - lo > 100  # lines and text, not a blank canvas
+
+
 def test_teacher_gets_curves_too(run_dir):
-    assert (run_dir / "teacher/curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert_curves_drawn(run_dir / "teacher/curves.png")

@@ -1,0 +1,321 @@
+"""Mutation check: does every test able to catch a mistake actually catch it?
+
+Each entry of MUTATIONS is one small, deliberate mistake: (id, file, exact old snippet, new
+snippet, test node ids, what it means). For each, the repository is copied to a temporary folder
+(never changed in place), the snippet is replaced there, and only the listed tests run against
+the copy (`python -m pytest -x -q NODES`, PYTHONPATH = the copy). A failing run KILLS the mutant;
+a passing one lets it SURVIVE. The table names the test that killed each mutant.
+
+    python benchmarks/mutation_check.py                 # all mutations, 2 at a time
+    python benchmarks/mutation_check.py --only R1 K1    # some of them
+    python benchmarks/mutation_check.py --list          # the table of mutations, nothing run
+
+Exit status: 0 when every mutant is killed; 1 when one survives, a snippet is not found exactly
+once (a stale entry: the code moved on, update the entry), or an unmutated baseline run of the
+listed tests fails. Not part of CI: run it after changing the code or the tests (docs/TESTING.md).
+
+To add a mutation, append a Mutation(...) to MUTATIONS: the old snippet must occur exactly once in
+the file; list the fewest tests that should kill it.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+COPY_IGNORE = shutil.ignore_patterns(".git", ".venv", "venv", "runs", "data", "__pycache__", ".pytest_cache",
+                                     "*.egg-info", ".hypothesis", "*.pt")
+
+
+@dataclass(frozen=True)
+class Mutation:
+    id: str
+    file: str
+    old: str
+    new: str
+    tests: tuple[str, ...]
+    means: str
+
+
+T_ROUTER = "tests/test_router.py"
+T_RUN = "tests/test_routed_run.py"
+T_SEL = "tests/test_selector.py"
+T_STU = "tests/test_students.py"
+T_ENG = "tests/test_engine.py"
+T_DATA = "tests/test_data.py"
+T_CFG = "tests/test_configs.py"
+LOADED = f"{T_ROUTER}::test_loaded_router_splits_images_as_the_reference_rule_says"
+ROWS = f"{T_RUN}::test_inference_rows_name_the_model_that_answered"
+BEST = f"{T_ENG}::test_best_pt_holds_the_best_select_epoch_and_finish_scores_it"
+LOSS_FLAGS = f"{T_STU}::test_cached_run_hands_alpha_temperature_and_smoothing_to_the_loss"
+SEL_FLAGS = f"{T_SEL}::test_selector_flags_reach_the_card_the_metric_and_the_holdout"
+CFG_ORDER = f"{T_CFG}::test_flags_override_the_section_which_overrides_the_top_level"
+
+MUTATIONS: list[Mutation] = [
+    # ---------------------------------------------------------------- router and inference
+    Mutation("R1", "inference/router.py", "unsure = scores.max(1).values < self.escalate",
+             "unsure = scores.max(1).values <= self.escalate",
+             (f"{T_ROUTER}::test_escalation_threshold_is_strict_below",),
+             "router escalates a best score equal to TAU (<= instead of <)"),
+    Mutation("R2", "inference/router.py", "route = route_from_scores(scores, self.tie_margin)\n",
+             "route = torch.zeros(len(scores), dtype=torch.long)\n", (LOADED,),
+             "router sends every image to student 0"),
+    Mutation("R3", "inference/router.py", "torch.full_like(route, len(self.students))",
+             "torch.full_like(route, len(self.students) - 1)", (LOADED,),
+             "escalated images go to the dearest student instead of the teacher"),
+    Mutation("R4", "inference/router.py", "if self.escalate is not None:", "if False:", (LOADED,),
+             "router ignores --escalate"),
+    Mutation("R5", "inference/router.py", "out.index_copy_(0, idx, y)", "out.index_copy_(0, idx.flip(0), y)",
+             (f"{T_ROUTER}::test_dispatch_keeps_order_and_matches_each_model_alone",),
+             "a sub-batch's outputs are scattered back in the wrong order"),
+    Mutation("R6", "inference/router.py", "return self.selector(x).float().sigmoid()",
+             "return self.selector(x).float()", (LOADED,),
+             "raw selector logits, not probabilities, compared with TAU and the tie margin"),
+    Mutation("R7", "inference/router.py", "if s.macs != macs:", "if False:",
+             (f"{T_RUN}::test_router_refuses_a_student_changed_after_the_selector_was_trained",),
+             "router accepts a student changed after the selector was trained"),
+    Mutation("R8", "inference/router.py", 'if s.card["num_classes"] != classes:', "if False:",
+             (f"{T_RUN}::test_router_refuses_students_with_different_class_counts",),
+             "router accepts students with different class counts"),
+    Mutation("R9", "inference/router.py", 'escalate, float(card.get("tie_margin", 0.0)),', "escalate, 0.0,",
+             (f"{T_ROUTER}::test_tie_margin_comes_from_the_selector_card",),
+             "router ignores the tie margin of the selector card"),
+    Mutation("R10", "selector/model.py", "near = scores >= best - tie_margin", "near = scores >= best",
+             (f"{T_ROUTER}::test_ties_and_near_ties_go_to_the_cheaper_student",),
+             "route rule ignores the tie margin"),
+    Mutation("R11", "selector/model.py", "return near.to(torch.uint8).argmax(dim=1)",
+             "return (near.to(torch.uint8) * torch.arange(1, scores.shape[1] + 1)).argmax(dim=1)",
+             (f"{T_ROUTER}::test_ties_and_near_ties_go_to_the_cheaper_student",),
+             "ties go to the dearest student"),
+    Mutation("R12", "inference/predict.py", '"student": router.route_names[int(out.routes[i])]',
+             '"student": router.names[min(int(out.routes[i]), len(router.names) - 1)]', (ROWS,),
+             "prediction rows name a student where the teacher answered"),
+    Mutation("R13", "inference/predict.py", "run = load_router(cfg.run_dir, cfg.escalate, rt.device)",
+             "run = load_router(cfg.run_dir, None, rt.device)", (ROWS,),
+             "inference --escalate is dropped for files and folders"),
+    # ---------------------------------------------------------------- selector labels and training
+    Mutation("S1", "selector/labels.py", "return torch.where(correct.any(1), first, torch.full_like(first, -1))",
+             "return first", (f"{T_SEL}::test_preferred_route_is_the_cheapest_correct_student_or_none",),
+             "images no student gets right are labelled with student 0"),
+    Mutation("S2", "selector/labels.py", "one = right == 1", "one = right >= 1",
+             (f"{T_SEL}::test_labels_from_logits_count_exactly_one_right",),
+             "'exactly one right' counts images any student gets right"),
+    Mutation("S3", "selector/labels.py", "    s = data.splits[split]\n", '    s = data.splits["train"]\n',
+             (f"{T_SEL}::test_train_selector_labels_use_select_not_test",),
+             "selector labels computed on train instead of select"),
+    Mutation("S4", "selector/train.py", "return F.binary_cross_entropy_with_logits(logits, batch[2])",
+             "return F.binary_cross_entropy_with_logits(logits, 1 - batch[2])",
+             (f"{T_SEL}::test_selector_learns_which_student_is_right",),
+             "selector trained to predict which student is wrong"),
+    Mutation("S5", "selector/train.py", "held = min(n - 1, max(1, round(fraction * n)))",
+             "held = min(n - 1, max(1, round((1 - fraction) * n)))",
+             (f"{T_SEL}::test_holdout_split_is_deterministic_disjoint_and_complete",),
+             "--holdout-fraction holds out the complement"),
+    Mutation("S6", "selector/train.py", "metric=routed_accuracy(cfg.tie_margin)", "metric=routed_accuracy(0.05)",
+             (SEL_FLAGS,), "selector checkpoint chosen with the default tie margin, not --tie-margin"),
+    Mutation("S7", "selector/train.py", '"tie_margin": cfg.tie_margin,', '"tie_margin": 0.05,', (SEL_FLAGS,),
+             "selector card records the default tie margin, not --tie-margin"),
+    # ---------------------------------------------------------------- KD losses and the teacher cache
+    Mutation("K1", "students/losses.py",
+             "return distillation_loss(logits, batch[-1], batch[1], alpha=alpha, temperature=temperature,",
+             "return distillation_loss(logits, batch[-1], batch[1], alpha=alpha, temperature=1.0,", (LOSS_FLAGS,),
+             "cached-teacher objective ignores --temperature (always T = 1)"),
+    Mutation("K2", "students/losses.py",
+             "return distillation_loss(logits, batch[-1], batch[1], alpha=alpha, temperature=temperature,",
+             "return distillation_loss(logits, batch[-1], batch[1], alpha=0.5, temperature=temperature,",
+             (LOSS_FLAGS,), "cached-teacher objective ignores --alpha"),
+    Mutation("K3", "students/losses.py",
+             "distillation_loss(logits, t, batch[1], alpha=alpha, temperature=temperature,\n"
+             "                                 kd_loss=kd_loss,",
+             "distillation_loss(logits, t, batch[1], alpha=alpha, temperature=temperature,\n"
+             '                                 kd_loss="kl",', (f"{T_STU}::test_online_teacher_trains_too",),
+             "online-teacher objective ignores --kd-loss"),
+    Mutation("K4", "students/losses.py", "* temperature**2", "* temperature",
+             (f"{T_STU}::test_kl_term_is_t_squared_scaled_batchmean_kl",), "KL term scaled by T, not T^2"),
+    Mutation("K5", "students/losses.py", 'reduction="batchmean", log_target=True',
+             'reduction="mean", log_target=True',
+             (f"{T_STU}::test_kl_term_is_t_squared_scaled_batchmean_kl",),
+             "KL averaged over classes too (reduction mean)"),
+    Mutation("K6", "students/losses.py", "return alpha * hard + (1.0 - alpha) * soft",
+             "return (1.0 - alpha) * hard + alpha * soft", (f"{T_STU}::test_alpha_mixes_hard_and_soft_terms",),
+             "alpha weighs the teacher term instead of the labels"),
+    Mutation("K7", "students/losses.py", "F.kl_div(log_p_s, log_p_t,", "F.kl_div(log_p_t, log_p_s,",
+             (f"{T_STU}::test_kl_term_is_t_squared_scaled_batchmean_kl",), "KL direction reversed"),
+    Mutation("K8", "students/cache.py", '"teacher_sha256": file_sha256(teacher_path),', '"teacher_sha256": 0,',
+             (f"{T_STU}::test_changed_teacher_or_data_rebuilds_the_cache",),
+             "cache key ignores the teacher checkpoint: a retrained teacher's stale logits reused"),
+    Mutation("K9", "moskd/data.py", "extra.append(logits[i, k].to(self.device, torch.float32))",
+             "extra.append(logits[i, 0].to(self.device, torch.float32))",
+             (f"{T_STU}::test_cached_logits_equal_the_online_teachers_for_the_same_view",),
+             "loader hands view 0's teacher logits whatever view the image shows"),
+    # ---------------------------------------------------------------- checkpoint choice and the optimizer
+    Mutation("E1", "moskd/engine.py", "if improved:  # best.pt", "if True:  # best.pt", (BEST,),
+             "best.pt is always the last epoch"),
+    Mutation("E2", "moskd/engine.py", "improved = select_metric > best", "improved = select_metric >= best",
+             (BEST,), "a tie on select moves best.pt to the later epoch"),
+    Mutation("E3", "moskd/engine.py", 'best = load_checkpoint(stage.out_dir / "best.pt", role=stage.role)',
+             'best = load_checkpoint(stage.out_dir / "last.pt", role=stage.role)', (BEST,),
+             "the test score in summary.json comes from the last epoch, not best.pt"),
+    Mutation("E4", "moskd/engine.py", "lr=cfg.lr, weight_decay=cfg.weight_decay,", "lr=cfg.lr, weight_decay=0.05,",
+             (f"{T_ENG}::test_training_flags_reach_the_optimizer_and_the_objective",),
+             "--weight-decay never reaches the optimizer"),
+    # ---------------------------------------------------------------- data splits
+    Mutation("D1", "moskd/data.py", "tr, sel = pool[tr], pool[sel]", "tr, sel = pool[tr], pool[tr][: len(sel)]",
+             (f"{T_DATA}::test_digits_splits_disjoint_cover_and_reproducible",), "select overlaps train"),
+    Mutation("D2", "moskd/data.py", "_stratified(y[pool], select_fraction, split_seed + 1)",
+             "_stratified(y[pool], select_fraction, 1)",
+             (f"{T_DATA}::test_split_seed_alone_moves_select_out_of_a_fixed_pool",),
+             "--split-seed does not move select"),
+    Mutation("D3", "moskd/data.py", 'train = splits["train"].images.float().div_(255)',
+             'train = splits["select"].images.float().div_(255)',
+             (f"{T_DATA}::test_normalisation_statistics_come_from_the_train_split_only",),
+             "normalisation statistics taken from select"),
+    Mutation("D4", "moskd/data.py", "np.ascontiguousarray(a[:limit])",
+             "np.ascontiguousarray(a[-limit:] if limit else a)",
+             (f"{T_DATA}::test_split_seed_changes_the_split_and_limit_slices",),
+             "--limit keeps the last images of a split, not the first"),
+    # ---------------------------------------------------------------- config parsing
+    Mutation("C1", "moskd/config.py", "    merged.update(own)\n",
+             "    merged.update({k: v for k, v in own.items() if k not in merged})\n", (CFG_ORDER,),
+             "top-level YAML keys beat the stage's own section"),
+    Mutation("C2", "moskd/config.py",
+             "if inner is Any or isinstance(value, inner) and not (inner is int and isinstance(value, bool)):",
+             "if inner is Any or isinstance(value, inner):", (CFG_ORDER,), "YAML `true` accepted as an int"),
+    Mutation("C3", "moskd/config.py",
+             "    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)}\n",
+             "    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)}\n"
+             "    values.update(load_yaml_overrides(cls, pre.config, section) if pre.config else {})\n",
+             (CFG_ORDER,), "YAML values override command-line flags"),
+    Mutation("C4", "moskd/config.py", "            if key in own:\n", "            if False:\n", (CFG_ORDER,),
+             "a misspelt key in a stage section is silently ignored"),
+]
+
+
+@dataclass
+class Result:
+    mutation: Mutation
+    status: str  # KILLED | SURVIVED | STALE | ERROR
+    by: str
+    seconds: float
+
+
+def copy_repo(dest: Path) -> Path:
+    shutil.copytree(ROOT, dest, ignore=COPY_IGNORE)
+    return dest
+
+
+def pytest_cmd(nodes) -> list[str]:
+    return [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-o", "addopts=", *nodes]
+
+
+def run_tests(repo: Path, nodes, timeout: float) -> tuple[int | None, str]:
+    env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+    try:
+        proc = subprocess.run(pytest_cmd(nodes), cwd=repo, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None, ""
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def first_failure(output: str) -> str:
+    m = re.search(r"^(?:FAILED|ERROR) (\S+)", output, flags=re.M)
+    return m.group(1) if m else "?"
+
+
+def check(m: Mutation, repo: Path, timeout: float) -> Result:
+    """Apply m to the copy at `repo`, run its tests, restore the file."""
+    t0 = time.perf_counter()
+    path = repo / m.file
+    original = path.read_text()
+    if original.count(m.old) != 1:
+        return Result(m, "STALE", f"old snippet found {original.count(m.old)} times in {m.file}", 0.0)
+    path.write_text(original.replace(m.old, m.new))
+    try:
+        code, out = run_tests(repo, m.tests, timeout)
+    finally:
+        path.write_text(original)
+    seconds = time.perf_counter() - t0
+    if code is None:
+        return Result(m, "KILLED", f"timeout after {timeout:.0f}s", seconds)
+    if code == 0:
+        return Result(m, "SURVIVED", "-", seconds)
+    if code in (1, 2) and re.search(r"^(FAILED|ERROR) ", out, flags=re.M):
+        return Result(m, "KILLED", first_failure(out), seconds)
+    return Result(m, "ERROR", f"pytest exit {code}: {out.strip().splitlines()[-1] if out.strip() else ''}", seconds)
+
+
+def print_table(results: list[Result]) -> None:
+    print(f"| {'id':<4} | {'file':<20} | {'result':<8} | {'s':>5} | killed by / why | mutation")
+    print("|------|----------------------|----------|-------|-----------------|---------")
+    for r in results:
+        print(f"| {r.mutation.id:<4} | {r.mutation.file:<20} | {r.status:<8} | {r.seconds:5.1f} | {r.by} "
+              f"| {r.mutation.means}")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", nargs="+", metavar="ID", help="run only these mutation ids")
+    p.add_argument("--jobs", type=int, default=2, help="mutants tested at once (one repository copy each)")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds before a mutant's test run counts as killed")
+    p.add_argument("--no-baseline", action="store_true", help="skip the unmutated run of every listed test")
+    p.add_argument("--list", action="store_true", help="print the mutations and their tests, run nothing")
+    a = p.parse_args(argv)
+
+    chosen = [m for m in MUTATIONS if not a.only or m.id in a.only]
+    ids = [m.id for m in MUTATIONS]
+    if len(set(ids)) != len(ids):
+        print("duplicate mutation ids", file=sys.stderr)
+        return 1
+    if a.only and len(chosen) != len(set(a.only)):
+        print(f"unknown ids: {sorted(set(a.only) - set(ids))}", file=sys.stderr)
+        return 1
+    if a.list:
+        for m in chosen:
+            print(f"{m.id:<4} {m.file:<20} {m.means}\n     tests: {' '.join(m.tests)}")
+        return 0
+
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="moskd-mutants-") as tmp:
+        jobs = max(1, min(a.jobs, len(chosen)))
+        repos = [copy_repo(Path(tmp) / f"repo{i}") for i in range(jobs)]
+        if not a.no_baseline:
+            nodes = sorted({n for m in chosen for n in m.tests})
+            code, out = run_tests(repos[0], nodes, a.timeout * 3)
+            if code != 0:
+                print(f"baseline: the listed tests fail without any mutation (exit {code}):\n{out[-3000:]}")
+                return 1
+            print(f"baseline: {len(nodes)} listed test node(s) pass unmutated "
+                  f"({time.perf_counter() - t0:.0f}s)", flush=True)
+        free = list(repos)
+
+        def work(m: Mutation) -> Result:
+            repo = free.pop()
+            try:
+                r = check(m, repo, a.timeout)
+            finally:
+                free.append(repo)
+            print(f"  {m.id}: {r.status} ({r.seconds:.1f}s) {r.by}", flush=True)
+            return r
+
+        with ThreadPoolExecutor(jobs) as pool:
+            results = list(pool.map(work, chosen))
+    print()
+    print_table(results)
+    total = time.perf_counter() - t0
+    counts = {s: sum(r.status == s for r in results) for s in ("KILLED", "SURVIVED", "STALE", "ERROR")}
+    print(f"\n{len(results)} mutants: " + ", ".join(f"{v} {k.lower()}" for k, v in counts.items())
+          + f"; total {total:.0f}s with {jobs} job(s)")
+    return 0 if counts["KILLED"] == len(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
