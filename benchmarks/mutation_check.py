@@ -59,6 +59,11 @@ BEST = f"{T_ENG}::test_best_pt_holds_the_best_select_epoch_and_finish_scores_it"
 LOSS_FLAGS = f"{T_STU}::test_cached_run_hands_alpha_temperature_and_smoothing_to_the_loss"
 SEL_FLAGS = f"{T_SEL}::test_selector_flags_reach_the_card_the_metric_and_the_holdout"
 CFG_ORDER = f"{T_CFG}::test_flags_override_the_section_which_overrides_the_top_level"
+T_REP = "tests/test_report.py"
+T_SR = "tests/test_selector_routing.py"
+T_FM = "tests/test_fashion.py"
+T_SEEDS = "tests/test_seeds.py"
+BY_HAND = f"{T_REP}::test_summarize_by_hand"
 
 MUTATIONS: list[Mutation] = [
     # ---------------------------------------------------------------- router and inference
@@ -66,7 +71,7 @@ MUTATIONS: list[Mutation] = [
              "unsure = scores.max(1).values <= self.escalate",
              (f"{T_ROUTER}::test_escalation_threshold_is_strict_below",),
              "router escalates a best score equal to TAU (<= instead of <)"),
-    Mutation("R2", "inference/router.py", "route = route_from_scores(scores, self.tie_margin)\n",
+    Mutation("R2", "inference/router.py", "route = route_from_scores(scores, self.tie_margin, self.knob, self.costs)\n",
              "route = torch.zeros(len(scores), dtype=torch.long)\n", (LOADED,),
              "router sends every image to student 0"),
     Mutation("R3", "inference/router.py", "torch.full_like(route, len(self.students))",
@@ -197,6 +202,55 @@ MUTATIONS: list[Mutation] = [
              (CFG_ORDER,), "YAML values override command-line flags"),
     Mutation("C4", "moskd/config.py", "            if key in own:\n", "            if False:\n", (CFG_ORDER,),
              "a misspelt key in a stage section is silently ignored"),
+    # ---------------------------------------------------------------- curves, report, operating point
+    Mutation("V1", "inference/curves.py", "pending & (c >= threshold)", "pending & (c > threshold)",
+             (f"{T_REP}::test_cascade_escalates_strictly_below_the_threshold",),
+             "cascade escalates an image whose max softmax equals the threshold (<= instead of <)"),
+    Mutation("V2", "inference/curves.py", "return sorted({0.0, ALWAYS, ", "return sorted({0.0, ",
+             (f"{T_REP}::test_cascade_thresholds_start_at_never_and_end_at_always",),
+             "cascade curves stop short of always escalating"),
+    Mutation("V3", "inference/curves.py", '"macs_per_image": float(selector_macs + m[route].mean()),',
+             '"macs_per_image": float(m[route].mean()),',
+             (f"{T_REP}::test_router_curve_runs_from_all_dearest_to_all_cheapest",),
+             "router curve forgets the selector's MACs"),
+    Mutation("V4", "selector/model.py", "scores = scores - knob * costs.to(scores.device, scores.dtype)",
+             "scores = scores + knob * costs.to(scores.device, scores.dtype)",
+             (f"{T_REP}::test_router_knob_charges_relative_macs",), "the cost knob rewards MACs instead of charging them"),
+    Mutation("V5", "inference/curves.py", "means[start:start + k] = diff[rng.integers(0, n, size=(k, n))].mean(1)",
+             "means[start:start + k] = diff.mean()",
+             (f"{T_REP}::test_paired_bootstrap_brackets_the_mean_and_is_exact_for_constant_differences",),
+             "bootstrap never resamples: a zero-width CI"),
+    Mutation("V6", "inference/summary.py", "best = max(names, key=lambda k: (sel_acc[k], -macs[k]))",
+             "best = max(names, key=lambda k: (acc[k], -macs[k]))", (BY_HAND,),
+             "best single student chosen on test instead of select"),
+    Mutation("V7", "inference/curves.py", "total += inb.mean() * abs(right[inb].mean() - conf[inb].mean())",
+             "total += inb.mean() * (right[inb].mean() - conf[inb].mean())", (f"{T_REP}::test_ece_by_hand",),
+             "ECE lets over- and under-confidence cancel"),
+    Mutation("V8", "inference/curves.py", 'reach = [p["macs_per_image"] for p in points if p["accuracy"] >= target - 1e-12]',
+             'reach = [p["macs_per_image"] for p in points if p["accuracy"] > target]',
+             (f"{T_REP}::test_random_curve_and_iso_accuracy_by_hand",), "iso-accuracy ignores a point that reaches the target exactly"),
+    Mutation("V9", "inference/summary.py", "random_right = sum(share[i] * right[k].astype(np.float64)",
+             "random_right = sum(share[0] * right[k].astype(np.float64)", (BY_HAND,),
+             "random router's expectation uses the wrong shares"),
+    Mutation("V10", "selector/train.py", "        scale, bias = fit_platt(logits, correct)\n",
+             "        scale, bias = torch.ones(logits.shape[1]), torch.zeros(logits.shape[1])\n",
+             (f"{T_SR}::test_trained_selector_is_calibrated_and_hands_its_knob_to_the_router",),
+             "the selector is never calibrated"),
+    Mutation("V11", "selector/train.py", "key=lambda p: (round(p[1], 12), -p[2])", "key=lambda p: (round(p[1], 12), p[2])",
+             (f"{T_SR}::test_operating_knob_is_the_most_accurate_then_cheapest",),
+             "operating point ties go to more MACs"),
+    Mutation("V12", "selector/train.py", 'target = labels["true_prob"] if cfg.target == "prob" else labels["correct"]',
+             'target = labels["correct"]', (f"{T_SR}::test_selector_target_reaches_the_loss",),
+             "--target prob silently trains on 0/1 correctness"),
+    Mutation("V13", "moskd/seeds.py", '"std": float(arr.std(ddof=1)) if len(arr) > 1 else 0.0}',
+             '"std": float(arr.std()) if len(arr) > 1 else 0.0}',
+             (f"{T_SEEDS}::test_seeds_share_the_teacher_and_aggregate_each_report",), "population instead of sample std"),
+    Mutation("V14", "moskd/data.py", "return x[:, None], y.astype(np.int64), xt[:, None], yt.astype(np.int64)",
+             "return xt[:, None], yt.astype(np.int64), x[:, None], y.astype(np.int64)",
+             (f"{T_FM}::test_fashion_mnist_reads_the_official_files_flat",), "fashion-mnist train and test files swapped"),
+    Mutation("V15", "moskd/runtime.py", 'return torch.device("cuda", local_rank if world > 1 else 0)',
+             'return torch.device("cuda", 0)', (f"{T_FM}::test_device_strings_get_an_explicit_index",),
+             "every torchrun rank takes GPU 0"),
 ]
 
 

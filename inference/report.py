@@ -82,8 +82,9 @@ def _data_settings(run: RunModels, dataset: str | None, data_dir: str | None, do
         raise MoskdError(f"the run was trained on {card['dataset']}, not {dataset}; pass --dataset {card['dataset']}")
     return dict(dataset=card["dataset"], data_dir=data_dir or cfg.get("data_dir", "data"), download=download,
                 split_seed=cfg.get("split_seed", 0), select_fraction=cfg.get("select_fraction", 0.2),
-                test_fraction=cfg.get("test_fraction", 0.2), limit=limit, image_size=cfg.get("image_size"),
-                train_limit=cfg.get("train_limit"))
+                test_fraction=cfg.get("test_fraction", 0.2), limit=limit,
+                # the size the models take (older configs recorded an unused image_size: 32 for digits)
+                image_size=card["input_size"][-1], train_limit=cfg.get("train_limit"))
 
 
 def _costs(run: RunModels, extras: dict, names: list[str], size) -> dict:

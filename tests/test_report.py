@@ -90,6 +90,7 @@ def test_random_curve_and_iso_accuracy_by_hand():
     assert [p["accuracy"] for p in curve] == pytest.approx([0.5, 0.5625, 0.625, 0.6875, 0.75])
     assert [p["macs_per_image"] for p in curve] == pytest.approx([10, 17.5, 25, 32.5, 40])
     assert C.iso_accuracy(curve, 0.6) == pytest.approx(25.0)
+    assert C.iso_accuracy(curve, 0.625) == pytest.approx(25.0)  # reached exactly counts
     assert C.iso_accuracy(curve, 0.8) is None
 
 

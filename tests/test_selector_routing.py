@@ -65,3 +65,29 @@ def test_trained_selector_is_calibrated_and_hands_its_knob_to_the_router(trained
     run = load_router(trained_run)
     assert run.router.knob == card["knob"]
     assert run.router.costs.tolist() == pytest.approx(relative_costs(card["student_macs"]).tolist())
+
+
+@pytest.mark.parametrize("target", ["prob", "correct"])
+def test_selector_target_reaches_the_loss(trained_run, monkeypatch, tmp_path, target):  # noqa: F811
+    import shutil
+
+    import selector.train as st
+
+    seen = []
+    real = st.bce_on_target
+
+    def spy(logits, batch):
+        seen.append(batch[2].detach().clone())
+        return real(logits, batch)
+
+    monkeypatch.setattr(st, "bce_on_target", spy)
+    run = tmp_path / "run"
+    shutil.copytree(trained_run / "students", run / "students")
+    st.main(["--run-dir", str(run), "--limit", "60", "--epochs", "1", "--width", "4", "--device", "cpu",
+             "--target", target])
+    targets = torch.cat(seen)
+    fractional = ((targets > 0) & (targets < 1)).any().item()
+    assert fractional == (target == "prob")  # softmax probabilities vs 0/1 correctness
+    labels = torch.load(run / "selector" / "labels.pt", weights_only=True)
+    pool = labels["true_prob" if target == "prob" else "correct"].float()
+    assert all(((pool - t).abs().sum(1) < 1e-6).any() for t in targets)  # every target is a labels row
