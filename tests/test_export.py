@@ -28,7 +28,6 @@ from tests.test_selector import trained_run  # noqa: F401  (session fixture: a t
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = Path(__file__).resolve().parent.parent
-TAU = 0.5  # the ONNX bundle escalates at this operating point, so the teacher is exported too
 TRAINING = ("moskd", "selector", "students", "teacher", "timm", "torchvision")
 
 
@@ -38,11 +37,20 @@ def bundles(trained_run, tmp_path_factory):  # noqa: F811
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
+        # the ONNX bundle escalates half the test images to the teacher, so every route is exercised
+        run = load_router(trained_run)
+        best = run.router(_test_batch(run)).scores.max(1).values
+        tau = float(best.median())
         export_run(trained_run, root / "torch", "torch", log=lambda *_: None)
-        export_run(trained_run, root / "onnx", "onnx", escalate=TAU, log=lambda *_: None)
+        export_run(trained_run, root / "onnx", "onnx", escalate=tau, log=lambda *_: None)
     finally:
         torch.set_num_threads(threads)
-    return {"torch": (root / "torch", None), "onnx": (root / "onnx", TAU)}
+    return {"torch": (root / "torch", None), "onnx": (root / "onnx", tau)}
+
+
+def _test_batch(run, n: int | None = None) -> torch.Tensor:
+    images = load_data("digits").splits["test"].images[:n]
+    return normalize(images, torch.tensor(run.card["mean"]), torch.tensor(run.card["std"]))
 
 
 def test_manifest_names_every_model_file_macs_and_the_operating_point(bundles, trained_run):  # noqa: F811
@@ -66,9 +74,11 @@ def test_bundle_equals_the_run_on_the_test_split(bundles, trained_run, fmt):  # 
     path, tau = bundles[fmt]
     run = load_router(trained_run, tau)
     images = load_data("digits").splits["test"].images  # (N, 1, 8, 8) uint8, the whole split
-    want = run.router(normalize(images, torch.tensor(run.card["mean"]), torch.tensor(run.card["std"])))
+    want = run.router(_test_batch(run))
     got = load_bundle(path).run(images.numpy())
     assert got.routes.tolist() == want.routes.tolist()
+    if tau is not None:
+        assert 0 < (got.routes == len(run.students)).sum() < len(images)  # teacher and students both answer
     assert got.logits.argmax(1).tolist() == want.logits.argmax(1).tolist()
     assert np.abs(got.logits - want.logits.numpy()).max() <= 1e-4
     assert np.abs(got.scores - want.scores.numpy()).max() <= 1e-5
@@ -140,6 +150,18 @@ def test_bad_bundle_and_bad_export_are_one_line(bundles, trained_run, tmp_path, 
     assert code == 2 and "--force" in err and (broken / "manifest.json").is_file()  # nothing lost
     code, _, err = cli(export_main, ["--run-dir", str(tmp_path / "no-run"), "--out", str(tmp_path / "b")])
     assert code == 2 and "trainSelector" in err and not (tmp_path / "b").exists()
+
+
+def test_bundle_dispatch_keeps_order_and_equals_each_model_alone(bundles, trained_run, monkeypatch):  # noqa: F811
+    path, _ = bundles["torch"]
+    bundle, run = load_bundle(path), load_router(trained_run)
+    images = load_data("digits").splits["test"].images[:16]
+    routes = np.random.default_rng(0).integers(0, 2, len(images))  # both students, mixed positions
+    monkeypatch.setattr("inference.bundle.route_scores", lambda *a, **k: routes.copy())
+    got = bundle.run(images.numpy())
+    want = run.router.dispatch(_test_batch(run, 16), torch.from_numpy(routes))
+    assert np.abs(got.logits - want.detach().numpy()).max() <= 1e-4
+    assert got.macs.tolist() == [bundle.selector_macs + bundle.route_macs[r] for r in routes]
 
 
 # ---------------------------------------------------------------- the routing rule, twice
