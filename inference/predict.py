@@ -154,18 +154,23 @@ class RunPredictor:
         return self._info
 
 
+def open_bundle(path: str, escalate: float | None = None, threads: int | None = None):
+    """inference.bundle.load_bundle with its errors as one MoskdError line."""
+    from inference.bundle import BundleError, load_bundle
+
+    if escalate is not None:
+        raise MoskdError("--escalate is fixed when the bundle is exported (moskd export --escalate TAU)")
+    try:
+        return load_bundle(path, threads)
+    except BundleError as e:
+        raise MoskdError(str(e)) from None
+
+
 def load_predictor(run_dir: str | None = None, bundle: str | None = None, escalate: float | None = None,
                    device="cpu"):
     """The bundle's runtime (no training code) or the run's router, behind one interface."""
     if bundle is not None:
-        from inference.bundle import BundleError, load_bundle
-
-        if escalate is not None:
-            raise MoskdError("--escalate is fixed when the bundle is exported (moskd export --escalate TAU)")
-        try:
-            return load_bundle(bundle)
-        except BundleError as e:
-            raise MoskdError(str(e)) from None
+        return open_bundle(bundle, escalate)
     from inference.router import load_router
 
     return RunPredictor(load_router(run_dir, escalate, device), device)

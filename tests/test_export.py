@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TRAINING = ("moskd", "selector", "students", "teacher", "timm", "torchvision")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def bundles(trained_run, tmp_path_factory):  # noqa: F811
     root = tmp_path_factory.mktemp("bundles")
     threads = torch.get_num_threads()
