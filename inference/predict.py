@@ -35,6 +35,7 @@ from inference.images import (  # noqa: F401  (re-exported: tests and callers im
 from moskd.config import build_parser, field, load_yaml_overrides
 from moskd.data import normalize
 from moskd.errors import MoskdError, cli_entry
+from moskd.fold import FastPath, fast_model, prepare_input
 from moskd.runtime import setup_runtime, show_progress
 
 PROG = "inference"
@@ -55,6 +56,8 @@ class InferenceConfig:
                                             "(0 = never, >1 = always)", metavar="TAU")
     output: Optional[str] = field(None, "also write per-image predictions to FILE.jsonl or FILE.csv", metavar="FILE")
     batch_size: int = field(256, "images per forward pass")
+    fast: str = field("fold", "with --run-dir: CPU fast path (benchmarks/bench_infer.py): eager | fold | fold+cl",
+                      choices=["eager", "fold", "fold+cl"])
     invert: str = field("auto", "auto (digits: invert light-background images) | yes | no",
                         choices=["auto", "yes", "no"])
     device: str = field("auto", "auto | cpu | cuda | cuda:N")
@@ -119,11 +122,12 @@ class RunPredictor:
     """A run's router (checkpoints, training code) behind the deployment bundle's interface
     (inference.bundle.Bundle): uint8 batch in, logits, routes, scores and MACs out."""
 
-    def __init__(self, run, device="cpu"):
+    def __init__(self, run, device="cpu", fast: str = "eager"):
         from inference.router import TEACHER
         from moskd.profile import count_macs
 
         self.run_models, self.device = run, torch.device(device)
+        self.fast = FastPath.parse(fast)
         router = run.router
         self.card, self.class_names = run.card, run.class_names
         self.names, self.route_names = router.names, router.route_names
@@ -137,6 +141,7 @@ class RunPredictor:
         models.update({s.name: {"name": s.name, "arch": s.card["arch"], "macs": int(s.macs)} for s in run.students})
         if router.teacher is not None:
             models[TEACHER] = {"name": TEACHER, "arch": run.teacher_card["arch"], "macs": teacher_macs}
+        self.router = self._fast_router(router) if str(self.fast) != "eager" else router
         self._info = {"format": "run", "dataset": run.card["dataset"], "classes": list(self.class_names),
                       "input_size": list(size), "models": models,
                       "routing": {"tie_margin": self.tie_margin, "escalate": self.escalate}}
@@ -145,13 +150,22 @@ class RunPredictor:
         from inference.bundle import BundleOutput
 
         x = normalize(torch.from_numpy(np.asarray(images)).to(self.device), self._mean, self._std)
-        out = self.run_models.router(x)
+        out = self.router(prepare_input(x, self.fast))
         routes = out.routes.cpu().numpy()
         return BundleOutput(out.logits.float().cpu().numpy(), routes, out.scores.float().cpu().numpy(),
                             self.selector_macs + self.route_macs[routes])
 
     def info(self) -> dict:
         return self._info
+
+    def _fast_router(self, router):
+        """A copy of the router with every model on the fast path (the run's router is untouched)."""
+        from inference.router import Router
+
+        example = torch.zeros(2, *self.card["input_size"], device=self.device)
+        fast = lambda m: fast_model(m, example, self.fast) if m is not None else None  # noqa: E731
+        return Router(fast(router.selector), [fast(m) for m in router.students], fast(router.teacher),
+                      router.escalate, router.tie_margin, router.names)
 
 
 def open_bundle(path: str, escalate: float | None = None, threads: int | None = None):
@@ -167,13 +181,13 @@ def open_bundle(path: str, escalate: float | None = None, threads: int | None = 
 
 
 def load_predictor(run_dir: str | None = None, bundle: str | None = None, escalate: float | None = None,
-                   device="cpu"):
+                   device="cpu", fast: str = "fold"):
     """The bundle's runtime (no training code) or the run's router, behind one interface."""
     if bundle is not None:
         return open_bundle(bundle, escalate)
     from inference.router import load_router
 
-    return RunPredictor(load_router(run_dir, escalate, device), device)
+    return RunPredictor(load_router(run_dir, escalate, device), device, fast)
 
 
 def predict_files(run, files: list[Path], batch_size: int, invert: str, device, on_fail) -> list[dict]:
@@ -274,7 +288,7 @@ def main(argv=None):
                    progress=show_progress(rt))
         return 0
 
-    run = load_predictor(cfg.run_dir, cfg.bundle, cfg.escalate, rt.device)
+    run = load_predictor(cfg.run_dir, cfg.bundle, cfg.escalate, rt.device, cfg.fast)
     failed = 0
 
     def on_fail(path, why):
