@@ -90,22 +90,27 @@ def build(size, share: float, batch: int):
     return raw, macs
 
 
-def variants_for(raw: dict, example: torch.Tensor, batch: int, share: float, paths: list, onnx: bool, threads: int):
+def variants_for(raw: dict, example: torch.Tensor, batch: int, share: float, paths: list, onnx: bool, threads: int,
+                 wanted=MODELS):
     """{model: {variant name: callable on a contiguous fp32 batch}}."""
+    need = set(wanted) | ({"selector", "googlenet", "densenet121"} if "routed" in wanted else set())
+    raw = {k: m for k, m in raw.items() if k in need}
     out = {k: {} for k in MODELS}
     mix = fixed_logits(batch, share)
     for path in paths:
         fast = {k: fast_model(m, example, path) for k, m in raw.items()}
         for k, m in fast.items():
             out[k][str(path)] = (lambda m, p: lambda x: m(prepare_input(x, p)))(m, path)
-        router = Router(FixedMix(fast["selector"], mix), [fast["googlenet"], fast["densenet121"]])
-        out["routed"][str(path)] = (lambda r, p: lambda x: r(prepare_input(x, p)))(router, path)
+        if "routed" in wanted:
+            router = Router(FixedMix(fast["selector"], mix), [fast["googlenet"], fast["densenet121"]])
+            out["routed"][str(path)] = (lambda r, p: lambda x: r(prepare_input(x, p)))(router, path)
     if onnx:
         folded = {k: fast_model(m, example, FastPath()) for k, m in raw.items()}
         ort = {k: OrtModel(m, example, threads) for k, m in folded.items()}
         for k, m in ort.items():
             out[k]["ort"] = m
-        out["routed"]["ort"] = Router(FixedMix(ort["selector"], mix), [ort["googlenet"], ort["densenet121"]])
+        if "routed" in wanted:
+            out["routed"]["ort"] = Router(FixedMix(ort["selector"], mix), [ort["googlenet"], ort["densenet121"]])
     return out
 
 
@@ -150,10 +155,11 @@ def main(argv=None):
     for batch in a.batches:
         raw, macs = build(size, a.cheap_share, batch)
         x = torch.randn(batch, *size)
-        fns = variants_for(raw, x[:2], batch, a.cheap_share, paths, a.onnx, torch.get_num_threads())
+        example = torch.randn(2, *size)  # batch 2: a batch-1 example would specialise exported programs to 1
+        fns = variants_for(raw, example, batch, a.cheap_share, paths, a.onnx, torch.get_num_threads(), a.models)
         inner = max(1, 64 // batch) * 2  # batch 1: several calls per timing, above the timer's noise
         print(f"\nbatch {batch}: median ms per batch (speed-up over eager)")
-        names = list(fns["teacher"])
+        names = list(fns[a.models[0]])
         print(f"  {'model':<12}" + "".join(f"{n:>22}" for n in names))
         for k in a.models:
             med = {n: statistics.median(t) * 1000 for n, t in time_variants(fns[k], x, a.rounds, inner, batch).items()}
