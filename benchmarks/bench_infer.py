@@ -15,8 +15,7 @@ fast path (moskd.fold.FastPath) is timed in the same rounds, in a fresh shuffled
   +compile         torch.compile (inductor) of the above (--compile; minutes of compile time)
   ort              the folded model exported to ONNX and run by onnxruntime (--onnx), as a bundle does
 
-Untrained weights (speed does not depend on them; BN statistics are randomised so folding has
-work to do). Printed: median milliseconds per batch, each variant's speed-up over eager, and the
+Untrained weights (speed does not depend on them). Printed: median milliseconds per batch, each variant's speed-up over eager, and the
 routed system's speed-up over the teacher against its MAC ratio (goal: >= 0.8x the MAC ratio at
 batch 64; each model's best variant >= 1.3x eager).
 """
@@ -43,16 +42,6 @@ from moskd.profile import count_macs  # noqa: E402
 from selector.model import SelectorCNN  # noqa: E402
 
 MODELS = ("teacher", "densenet121", "googlenet", "selector", "routed")
-
-
-def randomise_bn(model: nn.Module, seed: int = 0) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-    return model.eval()
 
 
 class OrtModel(nn.Module):
@@ -83,7 +72,7 @@ def build(size, share: float, batch: int):
     c = size[0]
     raw = {"teacher": create_model("resnet50", 10, c), "densenet121": create_model("densenet121", 10, c),
            "googlenet": create_model("googlenet", 10, c), "selector": SelectorCNN(2, c)}
-    raw = {k: randomise_bn(m, i) for i, (k, m) in enumerate(raw.items())}
+    raw = {k: m.eval() for k, m in raw.items()}
     macs = {k: count_macs(m, size) for k, m in raw.items()}
     k = round(share * batch)
     macs["routed"] = macs["selector"] + (k * macs["googlenet"] + (batch - k) * macs["densenet121"]) / batch

@@ -95,17 +95,21 @@ def test_bad_file_among_good_ones_is_named_and_oversized_stream_is_refused(clien
     assert r.status_code == 413
 
 
+def concurrent_posts(app, images) -> list:
+    """One raw-PNG request per image, all in flight at once, through the ASGI app in one event loop."""
+    async def go():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+            return await asyncio.gather(*(c.post("/predict", content=png(a), headers={"content-type": "image/png"})
+                                          for a in images))
+
+    return asyncio.run(go())
+
+
 def test_two_concurrent_requests_are_served_by_one_batch(bundle, images):
     # max_batch 2 with a long max wait: the batch runs as soon as both images are queued, and only
     # then, so one batch of 2 proves coalescing without relying on timing
     app = create_app(bundle, max_batch=2, max_wait_ms=60_000)
-
-    async def two():
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
-            return await asyncio.gather(*(c.post("/predict", content=png(a), headers={"content-type": "image/png"})
-                                          for a in images[:2]))
-
-    replies = asyncio.run(two())
+    replies = concurrent_posts(app, images[:2])
     assert [r.status_code for r in replies] == [200, 200]
     assert app.state.stats.batch_sizes == [2]
     want = bundle.run(images[:2, None]).logits.argmax(1).tolist()
@@ -114,13 +118,7 @@ def test_two_concurrent_requests_are_served_by_one_batch(bundle, images):
 
 def test_without_coalescing_each_image_is_its_own_batch(bundle, images):
     app = create_app(bundle, max_batch=1, max_wait_ms=60_000)
-
-    async def three():
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
-            return await asyncio.gather(*(c.post("/predict", content=png(a), headers={"content-type": "image/png"})
-                                          for a in images[:3]))
-
-    assert [r.status_code for r in asyncio.run(three())] == [200] * 3
+    assert [r.status_code for r in concurrent_posts(app, images[:3])] == [200] * 3
     assert app.state.stats.batch_sizes == [1, 1, 1]
 
 
