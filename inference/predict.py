@@ -56,7 +56,8 @@ class InferenceConfig:
                                             "(0 = never, >1 = always)", metavar="TAU")
     output: Optional[str] = field(None, "also write per-image predictions to FILE.jsonl or FILE.csv", metavar="FILE")
     batch_size: int = field(256, "images per forward pass")
-    fast: str = field("fold", "with --run-dir: CPU fast path (benchmarks/bench_infer.py): eager | fold | fold+cl",
+    fast: str = field("fold+cl", "with --run-dir: CPU fast path, Conv+BN folding and channels_last "
+                                 "(measured in benchmarks/bench_infer.py): eager | fold | fold+cl",
                       choices=["eager", "fold", "fold+cl"])
     invert: str = field("auto", "auto (digits: invert light-background images) | yes | no",
                         choices=["auto", "yes", "no"])
@@ -181,7 +182,7 @@ def open_bundle(path: str, escalate: float | None = None, threads: int | None = 
 
 
 def load_predictor(run_dir: str | None = None, bundle: str | None = None, escalate: float | None = None,
-                   device="cpu", fast: str = "fold"):
+                   device="cpu", fast: str = "fold+cl"):
     """The bundle's runtime (no training code) or the run's router, behind one interface."""
     if bundle is not None:
         return open_bundle(bundle, escalate)
