@@ -1,6 +1,7 @@
 """inference: routed predictions for image files and folders, or the evaluation report of a run.
 
     inference --run-dir RUN img.png photos/ [--output preds.jsonl|preds.csv] [--escalate TAU]
+    inference --bundle DIR img.png photos/ [--output ...]      (an exported bundle: moskd export)
     inference --run-dir RUN --split test [--dataset NAME]      (writes RUN/report.json, report.md, plots)
 
 Folders are searched recursively for files with an image extension; files named explicitly are
@@ -25,13 +26,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+import numpy as np
+from PIL import Image
 
+from inference.images import (  # noqa: F401  (re-exported: tests and callers import them from here)
+    BadImage, image_extensions, light_background, preprocess_array, read_image_array, to_model_mode)
 from moskd.config import build_parser, field, load_yaml_overrides
 from moskd.data import normalize
 from moskd.errors import MoskdError, cli_entry
+from moskd.fold import FastPath, fast_model, prepare_input
 from moskd.runtime import setup_runtime, show_progress
 
 PROG = "inference"
@@ -41,6 +45,8 @@ OUTPUT_SUFFIXES = (".jsonl", ".csv")
 @dataclass
 class InferenceConfig:
     run_dir: str = field("runs/digits", "run directory holding teacher/, students/ and selector/")
+    bundle: Optional[str] = field(None, "predict from a deployment bundle (moskd export) instead of --run-dir",
+                                  metavar="DIR")
     dataset: Optional[str] = field(None, "evaluate on this dataset (must be the run's; default: the run's)")
     split: Optional[str] = field(None, "evaluate the run on this split and write the report", choices=["test"])
     data_dir: Optional[str] = field(None, "where CIFAR files live (default: the run's)")
@@ -50,6 +56,9 @@ class InferenceConfig:
                                             "(0 = never, >1 = always)", metavar="TAU")
     output: Optional[str] = field(None, "also write per-image predictions to FILE.jsonl or FILE.csv", metavar="FILE")
     batch_size: int = field(256, "images per forward pass")
+    fast: str = field("fold+cl", "with --run-dir: CPU fast path, Conv+BN folding and channels_last "
+                                 "(measured in benchmarks/bench_infer.py): eager | fold | fold+cl",
+                      choices=["eager", "fold", "fold+cl"])
     invert: str = field("auto", "auto (digits: invert light-background images) | yes | no",
                         choices=["auto", "yes", "no"])
     device: str = field("auto", "auto | cpu | cuda | cuda:N")
@@ -75,14 +84,6 @@ def parse_args(argv) -> tuple[InferenceConfig, list[str]]:
 # ---------------------------------------------------------------- finding and reading images
 
 
-class BadImage(Exception):
-    """A file that cannot be predicted; the message says why."""
-
-
-def image_extensions() -> set[str]:
-    return {ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
-
-
 def gather(inputs: list[str]) -> tuple[list[Path], list[tuple[Path, str]]]:
     """Files to predict, in a stable order, and (path, why) for inputs that cannot even be listed."""
     exts = image_extensions()
@@ -106,114 +107,121 @@ def gather(inputs: list[str]) -> tuple[list[Path], list[tuple[Path, str]]]:
     return files, failed
 
 
-def _describe(e: BaseException) -> str:
-    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-    return first[:160]
-
-
-def _to_8bit(im: Image.Image) -> Image.Image:
-    """16/32-bit integer and float grayscale to 8 bits by scaling (PIL's convert would clip at 255)."""
-    a = np.asarray(im, dtype=np.float64)
-    peak = a.max() if a.size else 0.0
-    scale = 255.0 if peak <= 255 else 65535.0 if peak <= 65535 else peak
-    return Image.fromarray(np.clip(np.round(a * (255.0 / scale)), 0, 255).astype(np.uint8), "L")
-
-
-def to_model_mode(im: Image.Image, in_chans: int) -> Image.Image:
-    """Any PIL mode to 'L' (1 channel) or 'RGB' (3 channels)."""
-    if im.mode in ("I", "F") or im.mode.startswith("I;16"):
-        im = _to_8bit(im)
-    if im.mode in ("P", "PA"):
-        im = im.convert("RGBA")  # resolve the palette (and its transparent index)
-    if "A" in im.getbands() or "a" in im.getbands():
-        # flatten transparency onto white, as it would show on paper or a page
-        im = Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), im.convert("RGBA"))
-    if in_chans == 1:
-        return im.convert("L")
-    if in_chans == 3:
-        return im.convert("RGB")
-    raise MoskdError(f"models taking {in_chans} channels are not supported by inference; use 1 or 3")
-
-
-def light_background(a: np.ndarray) -> bool:
-    """True when the image's outer ring of pixels is mostly bright (ink on paper)."""
-    if min(a.shape[-2:]) < 3:
-        return False
-    ring = np.concatenate([a[..., 0, :].ravel(), a[..., -1, :].ravel(), a[..., :, 0].ravel(), a[..., :, -1].ravel()])
-    return float(np.median(ring)) > 127
-
-
 def preprocess(im: Image.Image, card: dict, invert: str = "auto") -> torch.Tensor:
     """(C, H, W) uint8 tensor as the model card expects (before normalisation)."""
-    c, h, w = card["input_size"]
-    im = to_model_mode(im, c)
-    if im.size != (w, h):
-        # area averaging when shrinking (how digits' 8x8 images were made); bilinear when enlarging
-        shrink = im.width >= w and im.height >= h
-        im = im.resize((w, h), Image.BOX if shrink else Image.BILINEAR)
-    a = np.asarray(im, dtype=np.uint8)
-    a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
-    digits = card.get("dataset") == "digits"
-    if invert == "yes" or (invert == "auto" and digits and light_background(a)):
-        a = 255 - a  # digits have bright ink on a dark background
-    return torch.from_numpy(a.copy())  # owns its memory (PIL-backed arrays are read-only)
+    return torch.from_numpy(preprocess_array(im, card, invert))
 
 
 def read_image(path: Path, card: dict, invert: str = "auto") -> torch.Tensor:
-    try:
-        if path.is_dir():
-            raise BadImage("is a folder inside a file list")
-        if path.stat().st_size == 0:
-            raise BadImage("empty file")
-        with Image.open(path) as im:
-            im.load()  # decode now: truncated data fails here, with the file named
-            return preprocess(im, card, invert)
-    except BadImage:
-        raise
-    except UnidentifiedImageError:
-        raise BadImage("not an image (no known image format)") from None
-    except FileNotFoundError:
-        raise BadImage("no such file (or a broken link)") from None
-    except PermissionError:
-        raise BadImage("permission denied") from None
-    except Image.DecompressionBombError as e:
-        raise BadImage(f"too large to decode safely ({_describe(e)})") from None
-    except OSError as e:
-        raise BadImage(f"truncated or corrupt image ({_describe(e)})") from None
-    except Exception as e:  # noqa: BLE001  any decoder failure means this one file is unusable
-        raise BadImage(f"could not decode ({type(e).__name__}: {_describe(e)})") from None
+    return torch.from_numpy(read_image_array(path, card, invert))
 
 
 # ---------------------------------------------------------------- predicting and writing
 
 
+class RunPredictor:
+    """A run's router (checkpoints, training code) behind the deployment bundle's interface
+    (inference.bundle.Bundle): uint8 batch in, logits, routes, scores and MACs out."""
+
+    def __init__(self, run, device="cpu", fast: str = "eager"):
+        from inference.router import TEACHER
+        from moskd.profile import count_macs
+
+        self.run_models, self.device = run, torch.device(device)
+        self.fast = FastPath.parse(fast)
+        router = run.router
+        self.card, self.class_names = run.card, run.class_names
+        self.names, self.route_names = router.names, router.route_names
+        self.tie_margin, self.escalate = router.tie_margin, router.escalate
+        size = run.card["input_size"]
+        self.selector_macs = count_macs(router.selector, size)
+        teacher_macs = count_macs(router.teacher, size) if router.teacher is not None else 0
+        self.route_macs = np.array([s.macs for s in run.students] + [teacher_macs], dtype=np.int64)
+        self._mean, self._std = (torch.tensor(run.card[k], device=self.device) for k in ("mean", "std"))
+        models = {"selector": {"arch": run.selector_card["arch"], "macs": self.selector_macs}}
+        models.update({s.name: {"name": s.name, "arch": s.card["arch"], "macs": int(s.macs)} for s in run.students})
+        if router.teacher is not None:
+            models[TEACHER] = {"name": TEACHER, "arch": run.teacher_card["arch"], "macs": teacher_macs}
+        self.router = self._fast_router(router) if str(self.fast) != "eager" else router
+        self._info = {"format": "run", "dataset": run.card["dataset"], "classes": list(self.class_names),
+                      "input_size": list(size), "models": models,
+                      "routing": {"tie_margin": self.tie_margin, "escalate": self.escalate}}
+
+    def run(self, images: np.ndarray):
+        from inference.bundle import BundleOutput
+
+        x = normalize(torch.from_numpy(np.asarray(images)).to(self.device), self._mean, self._std)
+        out = self.router(prepare_input(x, self.fast))
+        routes = out.routes.cpu().numpy()
+        return BundleOutput(out.logits.float().cpu().numpy(), routes, out.scores.float().cpu().numpy(),
+                            self.selector_macs + self.route_macs[routes])
+
+    def info(self) -> dict:
+        return self._info
+
+    def _fast_router(self, router):
+        """A copy of the router with every model on the fast path (the run's router is untouched)."""
+        from inference.router import Router
+
+        example = torch.zeros(2, *self.card["input_size"], device=self.device)
+        fast = lambda m: fast_model(m, example, self.fast) if m is not None else None  # noqa: E731
+        return Router(fast(router.selector), [fast(m) for m in router.students], fast(router.teacher),
+                      router.escalate, router.tie_margin, router.names)
+
+
+def open_bundle(path: str, escalate: float | None = None, threads: int | None = None):
+    """inference.bundle.load_bundle with its errors as one MoskdError line."""
+    from inference.bundle import BundleError, load_bundle
+
+    if escalate is not None:
+        raise MoskdError("--escalate is fixed when the bundle is exported (moskd export --escalate TAU)")
+    try:
+        return load_bundle(path, threads)
+    except BundleError as e:
+        raise MoskdError(str(e)) from None
+
+
+def load_predictor(run_dir: str | None = None, bundle: str | None = None, escalate: float | None = None,
+                   device="cpu", fast: str = "fold+cl"):
+    """The bundle's runtime (no training code) or the run's router, behind one interface."""
+    if bundle is not None:
+        return open_bundle(bundle, escalate)
+    from inference.router import load_router
+
+    return RunPredictor(load_router(run_dir, escalate, device), device, fast)
+
+
 def predict_files(run, files: list[Path], batch_size: int, invert: str, device, on_fail) -> list[dict]:
-    """Rows for every readable file, in input order; on_fail(path, why) for each unreadable one."""
+    """Rows for every readable file, in input order; on_fail(path, why) for each unreadable one.
+
+    `run` is a predictor (load_predictor) or a run's RunModels (inference.router.load_router)."""
     from tqdm import tqdm
 
-    card, router = run.card, run.router
-    mean, std = (torch.tensor(card[k], device=device) for k in ("mean", "std"))
-    classes = run.class_names
+    from inference.bundle import softmax
+
+    if not hasattr(run, "route_names"):
+        run = RunPredictor(run, device)
+    card, classes = run.card, run.class_names
     rows = []
     starts = range(0, len(files), batch_size)
     for start in tqdm(starts, desc="predict", leave=False, disable=not sys.stderr.isatty(), unit="batch"):
         ok, xs = [], []
         for p in files[start : start + batch_size]:
             try:
-                xs.append(read_image(p, card, invert))
+                xs.append(read_image_array(p, card, invert))
                 ok.append(p)
             except BadImage as e:
                 on_fail(p, str(e))
         if not xs:
             continue
-        out = router(normalize(torch.stack(xs).to(device), mean, std))
-        probs = out.logits.float().softmax(1)
-        conf, cls = probs.max(1)
+        out = run.run(np.stack(xs))
+        probs = softmax(out.logits.astype(np.float64))
+        cls, conf = probs.argmax(1), probs.max(1)
         for i, p in enumerate(ok):
             rows.append({
                 "path": str(p), "class_index": int(cls[i]), "class_name": classes[int(cls[i])],
-                "probability": float(conf[i]), "student": router.route_names[int(out.routes[i])],
-                "scores": {n: float(s) for n, s in zip(router.names, out.scores[i].tolist())},
+                "probability": float(conf[i]), "student": run.route_names[int(out.routes[i])],
+                "scores": {n: float(s) for n, s in zip(run.names, out.scores[i].tolist())},
             })
     return rows
 
@@ -267,6 +275,8 @@ def main(argv=None):
         raise MoskdError("give image files/folders or --split test (evaluation), not both")
     if not inputs and not evaluating:
         raise MoskdError("nothing to predict; pass image files or folders, or --split test to evaluate the run")
+    if evaluating and cfg.bundle is not None:
+        raise MoskdError("--split evaluates a run directory; pass --run-dir RUN (a bundle predicts image files)")
     output = check_output(cfg.output)
     rt = setup_runtime(cfg.device)
     if evaluating:
@@ -279,9 +289,7 @@ def main(argv=None):
                    progress=show_progress(rt))
         return 0
 
-    from inference.router import load_router
-
-    run = load_router(cfg.run_dir, cfg.escalate, rt.device)
+    run = load_predictor(cfg.run_dir, cfg.bundle, cfg.escalate, rt.device, cfg.fast)
     failed = 0
 
     def on_fail(path, why):
@@ -294,7 +302,7 @@ def main(argv=None):
         on_fail(path, why)
     rows = predict_files(run, files, cfg.batch_size, cfg.invert, rt.device, on_fail)
     if output is not None:  # written before the table, so a closed stdout (| head) cannot lose it
-        write_rows(rows, output, run.router.names)
+        write_rows(rows, output, run.names)
     try:
         print(format_table(rows))
         if output is not None:

@@ -8,6 +8,9 @@
     moskd sweep     ...   temperature/alpha/seed grid for one student
     moskd pipeline  ...   every stage in order on one run directory (--seeds 0 1 2: once per seed)
     moskd results         README and docs/RESULTS.md tables from the committed seed files
+    moskd export    ...   a finished run as a deployment bundle (torch.export or ONNX)
+    moskd serve     ...   HTTP prediction server for a bundle or a run (needs the serve extra)
+    moskd clean RUN       drop optimizer state of finished stages (last.pt) to shrink a run
 """
 from __future__ import annotations
 
@@ -23,6 +26,9 @@ COMMANDS = {  # subcommand -> (module, what it does); modules are imported only 
     "sweep": ("students.sweep", "grid of temperatures, alphas and seeds for one student"),
     "pipeline": ("moskd.pipeline", "teacher -> cache -> students -> selector -> report, skipping finished stages"),
     "results": ("moskd.results", "README and docs/RESULTS.md tables from docs/results/*/seeds.json"),
+    "export": ("inference.export", "a finished run as a deployment bundle: manifest.json + one program per model"),
+    "serve": ("inference.serve", "HTTP server: POST /predict, GET /health, GET /info (pip install -e '.[serve]')"),
+    "clean": ("moskd.clean", "drop last.pt of finished stages and slim old best.pt files"),
 }
 
 

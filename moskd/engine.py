@@ -2,8 +2,11 @@
 
 Optimizer and LR schedule come from timm's factories, EMA from timm.utils.ModelEmaV3. Each epoch:
 train on `train`, evaluate on `select`, write last.pt (and best.pt when the select metric
-improves), append one line to metrics.jsonl. The checkpoint carries everything needed to continue
-bit-identically: model, EMA, optimizer, scheduler, epoch, update count, metric history.
+improves), append one line to metrics.jsonl. last.pt carries everything needed to continue
+bit-identically: model, EMA, optimizer, scheduler, epoch, update count, metric history. best.pt
+is slim: only what inference needs (weights, EMA weights, model card, resolved config), since the
+optimizer state of AdamW is twice the weights again. `--keep-last no` deletes last.pt once the
+stage has finished, when nothing needs to resume it any more (`moskd clean RUN` does the same later).
 """
 from __future__ import annotations
 
@@ -72,6 +75,8 @@ class TrainConfig(DataConfig):
     amp: bool = field(True, "bf16 autocast on CUDA (ignored on the CPU)")
     resume: bool = field(False, "continue the run in this stage's folder from last.pt")
     force: bool = field(False, "start over even if this stage's folder already holds a run")
+    keep_last: str = field("yes", "keep last.pt (optimizer state, for --resume) after the stage has finished",
+                           choices=["yes", "no"])
 
 
 @dataclass
@@ -115,11 +120,15 @@ def prepare_out_dir(out_dir: Path, cfg: TrainConfig, command: str, card: dict) -
     """Guard what is already written; returns the checkpoint to resume from, if any."""
     last = out_dir / "last.pt"
     if cfg.resume:
+        if not last.exists() and (out_dir / "summary.json").exists():
+            raise MoskdError(f"nothing to resume: {out_dir} has finished and its last.pt was dropped "
+                             f"(--keep-last no); pass --force to train it again")
         if not last.exists():
             raise MoskdError(f"nothing to resume: {last} does not exist; run {command} without --resume")
         return load_checkpoint(last, role=card["role"], arch=card["arch"], num_classes=card["num_classes"],
                                dataset=card["dataset"], hint=f"pass --force to start {out_dir} over")
-    if last.exists() and not cfg.force:
+    finished = (out_dir / "summary.json").exists()  # last.pt may be gone (--keep-last no)
+    if (last.exists() or finished) and not cfg.force:
         raise MoskdError(f"{out_dir} already holds a run; pass --resume to continue it or --force to start over")
     return None
 
@@ -225,7 +234,7 @@ def fit(stage: Stage, cfg: TrainConfig, rt: Runtime, command: str) -> dict:
                 "history": history, "config": to_dict(cfg), "card": stage.card,
             }
             if improved:  # best.pt before last.pt: a last.pt on disk implies its best epoch's best.pt
-                save_checkpoint(ckpt, out / "best.pt")
+                save_checkpoint(slim(ckpt), out / "best.pt")
             save_checkpoint(ckpt, out / "last.pt")
             with open(out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
@@ -234,6 +243,23 @@ def fit(stage: Stage, cfg: TrainConfig, rt: Runtime, command: str) -> dict:
                 f"select {stage.metric_name} {select_metric:.4f}  {seconds:.1f}s")
         rt.barrier()
     return {"best_select": best, "best_epoch": best_epoch + 1, "epochs": cfg.epochs}
+
+
+INFERENCE_KEYS = ("model", "ema", "card", "config", "epoch", "best_metric", "best_epoch")
+
+
+def slim(ckpt: dict) -> dict:
+    """What best.pt keeps: weights and card (plus small bookkeeping), no optimizer or scheduler."""
+    return {k: ckpt[k] for k in INFERENCE_KEYS if k in ckpt}
+
+
+def drop_last(out_dir: Path) -> bool:
+    """Delete a finished stage's last.pt (only --resume reads it); True when one was deleted."""
+    last = out_dir / "last.pt"
+    if not (out_dir / "summary.json").is_file() or not last.is_file():
+        return False
+    last.unlink()
+    return True
 
 
 def finish(stage: Stage, cfg: TrainConfig, rt: Runtime, summary: dict, test_loader: TensorLoader) -> dict:
@@ -246,6 +272,8 @@ def finish(stage: Stage, cfg: TrainConfig, rt: Runtime, summary: dict, test_load
                                                        Runtime(rt.device), cfg.amp)
         (stage.out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         plot_curves(stage.out_dir)  # curves.png from metrics.jsonl
+        if cfg.keep_last == "no":  # after summary.json: a crash before it leaves last.pt to resume from
+            drop_last(stage.out_dir)
         log(rt, f"{stage.role}: best select {stage.metric_name} {summary['best_select']:.4f} "
                 f"(epoch {summary['best_epoch']}), test {stage.metric_name} "
                 f"{summary[f'test_{stage.metric_name}']:.4f} -> {stage.out_dir / 'best.pt'}")

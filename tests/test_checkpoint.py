@@ -101,3 +101,51 @@ def test_cli_resume_of_wrong_arch_is_rejected(tmp_path, good, cli):
     (tmp_path / "run" / "teacher" / "last.pt").write_bytes(good[0].read_bytes())
     code, _, err = cli(teacher_main, ["--run-dir", str(tmp_path / "run"), "--resume"])  # default arch resnet50
     assert code == 2 and "expected arch 'resnet50'" in err
+
+
+# ---------------------------------------------------------------- slim checkpoints
+
+
+FAST = ["--arch", "googlenet", "--limit", "64", "--batch-size", "32", "--eval-batch-size", "64", "--device", "cpu",
+        "--epochs", "1"]
+
+
+def test_keep_last_no_leaves_a_slim_best_and_no_last(tmp_path, cli):
+    run = tmp_path / "run"
+    code, _, err = cli(teacher_main, ["--run-dir", str(run), "--keep-last", "no", *FAST])
+    assert code == 0, err
+    out = run / "teacher"
+    assert (out / "summary.json").is_file() and not (out / "last.pt").exists()
+    best = load_checkpoint(out / "best.pt", role="teacher")
+    assert not {"optimizer", "scheduler", "history"} & best.keys() and {"model", "card", "config"} <= best.keys()
+    weights = sum(v.numel() * v.element_size() for v in best["model"].values())
+    assert (out / "best.pt").stat().st_size < 1.2 * weights  # weights plus a little, no AdamW moments
+    code, _, err = cli(teacher_main, ["--run-dir", str(run), "--resume", *FAST])
+    assert code == 2 and "--keep-last no" in err and "--force" in err
+    code, _, err = cli(teacher_main, ["--run-dir", str(run), *FAST])  # finished: still guarded
+    assert code == 2 and "already holds a run" in err
+
+
+def test_old_fat_best_still_loads_and_clean_slims_it(tmp_path, good, cli):
+    from moskd.cli import main as moskd_main
+
+    path, model = good
+    opt = torch.optim.AdamW(model.parameters())
+    model(torch.randn(2, 1, 8, 8)).sum().backward()
+    opt.step()  # real optimizer state, as old best.pt files carried
+    stage, unfinished = tmp_path / "run" / "teacher", tmp_path / "run" / "students" / "googlenet"
+    old = {"model": model.state_dict(), "ema": None, "card": dict(CARD), "optimizer": opt.state_dict(), "epoch": 0}
+    for folder in (stage, unfinished):
+        save_checkpoint(old, folder / "best.pt")
+        save_checkpoint(old, folder / "last.pt")
+    (stage / "summary.json").write_text("{}")
+    rebuilt = build_model_from_checkpoint(load_checkpoint(stage / "best.pt", role="teacher"))  # old runs load
+    before = (stage / "best.pt").stat().st_size
+    code, out, err = cli(moskd_main, ["clean", str(tmp_path / "run")])
+    assert code == 0, err
+    assert not (stage / "last.pt").exists() and (unfinished / "last.pt").is_file()  # unfinished: resumable
+    assert (stage / "best.pt").stat().st_size < before and "optimizer" not in load_checkpoint(stage / "best.pt")
+    slimmed = build_model_from_checkpoint(load_checkpoint(stage / "best.pt", role="teacher"))
+    assert all(torch.equal(a, b) for a, b in zip(rebuilt.state_dict().values(), slimmed.state_dict().values()))
+    code, _, err = cli(moskd_main, ["clean", str(tmp_path / "nowhere")])
+    assert code == 2 and "no such run directory" in err
