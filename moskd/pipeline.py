@@ -48,6 +48,9 @@ class PipelineConfig:
     seeds: list[int] = field([], "run once per seed into RUN/seed<k>/ and write RUN/seeds.{json,md} "
                                  "(mean and std of every row); overrides --seed")
     shared_teacher: bool = field(True, "with --seeds: train the teacher once (first seed) and share it")
+    keep_last: str = field("yes", "keep each finished stage's last.pt (optimizer state); no = drop it once the "
+                                  "stage has finished, as `moskd clean RUN` does (a digits run shrinks ~4x)",
+                           choices=["yes", "no"])
 
 
 def _recipe(config: Optional[str], dataset: str, device: str) -> Optional[str]:
@@ -96,7 +99,7 @@ def run(cfg: PipelineConfig, config: Optional[str] = None) -> dict:
         common.append("--download")
     if cfg.limit:
         common += ["--limit", str(cfg.limit)]
-    train = common + (["--epochs", str(cfg.epochs)] if cfg.epochs else [])
+    train = common + (["--epochs", str(cfg.epochs)] if cfg.epochs else []) + ["--keep-last", cfg.keep_last]
 
     stages = [("teacher", "teacher.train", train, run_dir / "teacher"),
               # always run: reuses a valid cache in a second, rebuilds a stale one

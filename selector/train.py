@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from moskd.checkpoint import inference_weights, load_checkpoint, save_checkpoint
 from moskd.config import field
 from moskd.data import DataBundle, TensorLoader, data_from_config
-from moskd.engine import Stage, TrainConfig, fit, prepare_out_dir
+from moskd.engine import Stage, TrainConfig, drop_last, fit, prepare_out_dir
 from moskd.errors import MoskdError, cli_entry
 from moskd.models import create_model
 from moskd.profile import count_macs
@@ -246,6 +246,8 @@ def run(cfg: SelectorConfig, rt: Runtime) -> dict:
         summary["operating_point"] = operating
         summary["labels"] = labels["stats"]
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if cfg.keep_last == "no":  # after summary.json, as engine.finish does for the other stages
+            drop_last(out)
         always = ", ".join(f"{n} {summary[f'heldout_always_{n}']:.4f}" for n in names)
         log(rt, f"selector: held-out routed acc {summary['heldout_routed_acc']:.4f} at knob "
                 f"{operating['knob']:.4f} (always: {always}; oracle {summary['heldout_oracle']:.4f}) -> {out / 'best.pt'}")

@@ -75,3 +75,14 @@ def test_pipeline_end_to_end_then_skips_and_resumes(tmp_path, monkeypatch, cli):
     code, out, _ = cli(pipeline_main, args)
     assert code == 0 and out.count("skipped (finished)") == 4
     assert (run / "teacher/last.pt").stat().st_mtime_ns == before
+
+
+def test_pipeline_keep_last_no_leaves_only_slim_checkpoints(tmp_path, monkeypatch, cli):
+    run = tmp_path / "run"
+    code, _, err = cli(pipeline_main, ["--run-dir", str(run), *SMALL, *small_seed_models(monkeypatch, tmp_path),
+                                       "--keep-last", "no"])
+    assert code == 0, err
+    assert not list(run.rglob("last.pt"))  # every finished stage dropped its optimizer state
+    for best in run.rglob("best.pt"):
+        assert not {"optimizer", "scheduler"} & load_checkpoint(best).keys(), best
+    assert json.loads((run / "report.json").read_text())["num_images"] == 48
