@@ -36,7 +36,8 @@ DIFFS = [("routed_minus_best_student", "routed − best single student"),
 def _pct(row: dict | None, signed: bool = False) -> str:
     if not row or row["mean"] is None:
         return "–"
-    return f"{100 * row['mean']:{'+' if signed else ''}.2f} ± {100 * row['std']:.2f}"
+    value = f"{100 * row['mean']:{'+' if signed else ''}.2f}"
+    return value if len(row["values"]) == 1 else f"{value} ± {100 * row['std']:.2f}"  # one seed: no spread
 
 
 def _macs(row: dict | None) -> str:
@@ -45,21 +46,23 @@ def _macs(row: dict | None) -> str:
 
 def section(config: str, s: dict) -> str:
     rows, env = s["rows"], s["environment"]
-    lines = [f"### {config} ({s['dataset']}, {len(s['seeds'])} seeds, {s['num_images']:,} test images)", "",
+    n = len(s["seeds"])
+    spread = "Mean ± std over seeds" if n > 1 else "One seed, so no spread over seeds (see the report's CIs)"
+    lines = [f"### {config} ({s['dataset']}, {n} seed{'s' if n != 1 else ''}, {s['num_images']:,} test images)", "",
              f"`{s.get('command') or 'moskd pipeline'}` — torch {env['torch']}, {env['threads']} threads on "
              f"{env['cpu_count']} CPUs ({env['processor']}){', ' + env['cuda'] if env.get('cuda') else ''}; teacher "
-             f"{'shared by the seeds' if s['teacher_shared'] else 'trained per seed'}. Mean ± std over seeds "
+             f"{'shared by the seeds' if s['teacher_shared'] else 'trained per seed'}. {spread} "
              f"(from [docs/results/{config}/seeds.json](docs/results/{config}/seeds.json)).", "",
              "| model / system | test accuracy (%) | MACs / image |", "|---|---:|---:|"]
     macs = {"routed": rows.get("routed_macs_per_image"), "cascade_same_macs": rows.get("cascade_same_macs_macs_per_image")}
     for key, label in HEADLINE:
         if key in rows:
             lines.append(f"| {label} | {_pct(rows[key])} | {_macs(macs.get(key))} |")
-    lines += ["", "| difference | points, mean ± std |", "|---|---:|"]
+    lines += ["", f"| difference | points{', mean ± std' if n > 1 else ''} |", "|---|---:|"]
     lines += [f"| {label} | {_pct(rows.get(key), signed=True)} |" for key, label in DIFFS if key in rows]
     gap = rows.get("gap_closed")
     if gap and gap["mean"] is not None:
-        lines.append(f"| gap closed (fraction) | {gap['mean']:+.3f} ± {gap['std']:.3f} |")
+        lines.append(f"| gap closed (fraction) | {gap['mean']:+.3f}" + (f" ± {gap['std']:.3f} |" if n > 1 else " |"))
     lines += ["", f"MACs per image to reach the teacher's accuracy: router {_macs(rows.get('router_macs_at_teacher_accuracy'))}, "
                   f"cascade {_macs(rows.get('cascade_macs_at_teacher_accuracy'))} (– = never reached).", ""]
     return "\n".join(lines)

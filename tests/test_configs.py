@@ -26,11 +26,30 @@ def test_digits_recipe_equals_code_defaults(section, cls):
         assert value == _default(cls, name), (section, name)
 
 
-@pytest.mark.parametrize("name", ["cifar10.yaml", "cifar100.yaml"])
+RECIPES = {"cifar10.yaml": [3, 32, 32], "cifar100.yaml": [3, 32, 32], "fashion-mnist.yaml": [1, 28, 28],
+           "fashion-mnist-cpu.yaml": [1, 28, 28], "digits.yaml": [1, 8, 8]}
+
+
+@pytest.mark.parametrize("name", [n for n in RECIPES if n != "digits.yaml"])
 @pytest.mark.parametrize("section,cls", STAGES.items())
-def test_cifar_recipes_are_valid_for_every_stage(name, section, cls):
+def test_shipped_recipes_are_valid_for_every_stage(name, section, cls):
     values = load_yaml_overrides(cls, str(CONFIGS / name), section)
-    assert values["dataset"] == name.removesuffix(".yaml") and values["epochs"] > 0
+    assert values["dataset"] == name.removesuffix(".yaml").removesuffix("-cpu") and values["epochs"] > 0
+
+
+@pytest.mark.parametrize("name, size", RECIPES.items())
+def test_shipped_recipes_keep_the_selector_within_its_mac_budget(name, size):
+    """trainSelector refuses a selector over 5% of the cheapest student's MACs: a recipe must not ask for one."""
+    from moskd.models import create_model, stem_kwargs
+    from moskd.profile import count_macs
+    from selector.model import MAC_BUDGET, SelectorCNN
+
+    student = load_yaml_overrides(StudentConfig, str(CONFIGS / name), "students")
+    width = load_yaml_overrides(SelectorConfig, str(CONFIGS / name), "selector").get("width", 32)
+    stem = student.get("stem", "cifar")
+    cheapest = min(count_macs(create_model(a, 10, size[0], **stem_kwargs(a, stem)), size)
+                   for a in ("densenet121", "googlenet"))
+    assert count_macs(SelectorCNN(2, size[0], width), size) <= MAC_BUDGET * cheapest, (name, width)
 
 
 def test_flags_override_the_section_which_overrides_the_top_level(tmp_path):
