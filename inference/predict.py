@@ -32,7 +32,7 @@ from PIL import Image
 
 from inference.images import (  # noqa: F401  (re-exported: tests and callers import them from here)
     BadImage, image_extensions, light_background, preprocess_array, read_image_array, to_model_mode)
-from moskd.config import build_parser, field, load_yaml_overrides
+from moskd.config import build_parser, check_ranges, field, load_yaml_overrides
 from moskd.data import normalize
 from moskd.errors import MoskdError, cli_entry
 from moskd.fold import FastPath, fast_model, prepare_input
@@ -78,6 +78,7 @@ def parse_args(argv) -> tuple[InferenceConfig, list[str]]:
         parser.set_defaults(**load_yaml_overrides(InferenceConfig, pre.config, "inference"))
     args = parser.parse_args(argv)
     cfg = InferenceConfig(**{k: getattr(args, k) for k in InferenceConfig.__dataclass_fields__})
+    check_ranges(cfg)
     return cfg, list(args.inputs)
 
 

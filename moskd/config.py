@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
+import math
+import sys
 import typing
 from pathlib import Path
 from typing import Any, Sequence, TypeVar
@@ -26,6 +29,52 @@ from moskd.errors import MoskdError
 
 C = TypeVar("C")
 STAGE_SECTIONS = ("teacher", "students", "selector", "inference", "pipeline")
+
+# Valid ranges by setting name, for every command that has the setting (scikit-learn style: every
+# entry point validates the same way): (low, high, low inclusive, high inclusive); None = unbounded.
+RANGES: dict[str, tuple] = {
+    "epochs": (1, None, True, True), "batch_size": (1, None, True, True), "eval_batch_size": (1, None, True, True),
+    "limit": (1, None, True, True), "train_limit": (1, None, True, True), "image_size": (1, None, True, True),
+    "warmup_epochs": (0, None, True, True), "lr": (0, None, False, True), "min_lr": (0, None, True, True),
+    "weight_decay": (0, None, True, True), "momentum": (0, 1, True, False), "lr_decay": (0, 1, False, True),
+    "label_smoothing": (0, 1, True, False), "ema_decay": (0, 1, True, False),
+    "select_fraction": (0, 1, False, False), "test_fraction": (0, 1, False, False),
+    "alpha": (0, 1, True, True), "temperature": (0, None, False, True), "teacher_cache": (0, None, True, True),
+    "width": (1, None, True, True), "dropout": (0, 1, True, False), "holdout_fraction": (0, 1, False, False),
+    "tie_margin": (0, None, True, True), "escalate": (0, None, True, True),
+}
+SCHEDULERS = ("cosine", "step", "multistep", "linear", "constant")
+
+
+def _range_text(low, high, low_in, high_in) -> str:
+    if high is None:
+        return f"{'>=' if low_in else '>'} {low}"
+    return f"in {'[' if low_in else '('}{low}, {high}{']' if high_in else ')'}"
+
+
+def check_ranges(cfg: Any) -> None:
+    """Refuse any out-of-range number and unknown optimizer or scheduler name: one line, the flag named."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        flag = "--" + f.name.replace("_", "-")
+        if f.name in RANGES and value is not None:
+            low, high, low_in, high_in = RANGES[f.name]
+            ok = (math.isfinite(value) and (value >= low if low_in else value > low)
+                  and (high is None or (value <= high if high_in else value < high)))
+            if not ok:
+                raise MoskdError(f"{flag} {value}: must be {_range_text(low, high, low_in, high_in)}")
+    if hasattr(cfg, "scheduler") and cfg.scheduler not in SCHEDULERS:
+        raise MoskdError(f"--scheduler {cfg.scheduler}: choose one of {', '.join(SCHEDULERS)}")
+    if hasattr(cfg, "optimizer"):
+        from timm.optim import list_optimizers
+
+        known = list_optimizers()
+        if cfg.optimizer.lower() not in known:
+            close = difflib.get_close_matches(cfg.optimizer.lower(), known, n=1)
+            hint = f"did you mean {close[0]}?" if close else "e.g. adamw, sgd, momentum, adam"
+            raise MoskdError(f"--optimizer {cfg.optimizer}: not an optimizer timm knows; {hint}")
+    if getattr(cfg, "resume", False) and getattr(cfg, "force", False):
+        raise MoskdError("--resume continues the run in the stage folder, --force starts it over: pass one of them")
 
 
 def field(default: Any, help: str, **kw) -> Any:
@@ -101,8 +150,23 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
     """Show defaults and keep the description's line breaks."""
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: an unknown flag gets the nearest known one, not the usage block."""
+
+    def error(self, message: str):  # type: ignore[override]
+        if message.startswith("unrecognized arguments:"):
+            known = [o for a in self._actions for o in a.option_strings if o.startswith("--")]
+            hints = []
+            for word in message.split(":", 1)[1].split():
+                close = difflib.get_close_matches(word.split("=")[0], known, n=1) if word.startswith("-") else []
+                hints.append(f"{word} (did you mean {close[0]}?)" if close else word)
+            message = f"unrecognized arguments: {' '.join(hints)}"
+        print(f"{self.prog}: error: {message}; see {self.prog} --help", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def build_parser(cls: type, prog: str, description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog=prog,
         description=description,
         allow_abbrev=False,
@@ -141,7 +205,9 @@ def parse_config(cls: type[C], argv: Sequence[str] | None, prog: str, descriptio
         parser.set_defaults(**load_yaml_overrides(cls, pre.config, section))
     args = parser.parse_args(argv)
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)}
-    return cls(**values)
+    cfg = cls(**values)
+    check_ranges(cfg)
+    return cfg
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
