@@ -20,6 +20,7 @@ from moskd.errors import MoskdError
 def report_rows(r: dict) -> dict[str, float | None]:
     """The seed-comparable numbers of one report.json."""
     rows: dict[str, float | None] = {k: m["accuracy"] for k, m in r["models"].items() if m["accuracy"] is not None}
+    rows.update({f"{k}_macs_per_image": m["macs"] for k, m in r["models"].items() if m["accuracy"] is not None})
     same = r.get("cascade_same_macs") or {}
     routed = r["routed"]["accuracy"]
     rows.update({
