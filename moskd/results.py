@@ -41,7 +41,13 @@ def _pct(row: dict | None, signed: bool = False) -> str:
 
 
 def _macs(row: dict | None) -> str:
-    return "–" if not row or row["mean"] is None else f"{row['mean'] / 1e6:.1f}M"
+    if not row:
+        return "–"
+    if row["mean"] is None:  # reached in some seeds only: say which, invent no mean
+        got = [v for v in row["values"] if v is not None]
+        return (f"{', '.join(f'{v / 1e6:.1f}M' for v in got)} (reached in {len(got)} of {len(row['values'])} seeds)"
+                if got else "–")
+    return f"{row['mean'] / 1e6:.1f}M"
 
 
 def section(config: str, s: dict) -> str:
