@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from selector.model import knob_grid, route_from_scores
+from selector.model import knob_grid, relative_costs, route_from_scores
 
 ALWAYS = 1.001  # a cascade threshold above any max softmax: always escalate
 BOOTSTRAP = 2000  # paired bootstrap resamples for a 95% CI
@@ -108,7 +108,7 @@ def router_curve(scores: np.ndarray, student_preds: np.ndarray, labels: np.ndarr
                  selector_macs: float, tie_margin: float, names: list[str]) -> list[dict]:
     """The knob swept from all-dearest to all-cheapest; MACs include the selector's."""
     m = np.asarray(student_macs, dtype=np.float64)
-    costs = m / m.max()
+    costs = relative_costs(student_macs).numpy()
     grid = knob_grid(torch.from_numpy(scores).float(), torch.from_numpy(costs).float(), tie_margin)
     curve = []
     for knob in grid:

@@ -11,6 +11,7 @@ import numpy as np
 from inference import curves as C
 from inference.router import TEACHER
 from moskd.errors import MoskdError
+from selector.model import relative_costs
 
 SELECTOR = "selector"
 
@@ -37,8 +38,7 @@ def _cascade_inputs(arrays: dict, family: list[str]):
 def router_routes(scores: np.ndarray, names: list[str], macs: dict, tie_margin: float, knob: float,
                   escalate: float | None) -> np.ndarray:
     """Routes (students 0..S-1, teacher S) as inference.router.Router assigns them."""
-    m = np.array([macs[k] for k in names], dtype=np.float64)
-    route = C.routes_at(scores, knob, tie_margin, m / m.max())
+    route = C.routes_at(scores, knob, tie_margin, relative_costs([macs[k] for k in names]).numpy())
     if escalate is not None:
         route = np.where(scores.max(1) < escalate, len(names), route)
     return route
@@ -95,7 +95,7 @@ def summarize(test: dict, select: dict, costs: dict, *, names: list[str], tie_ma
     best = max(names, key=lambda k: (sel_acc[k], -macs[k]))
     held = np.asarray(heldout if heldout else range(len(sel_y)), dtype=np.int64)
     sel_route = router_routes(select["selector_scores"][held], names, macs, tie_margin, knob, escalate)
-    budget = macs[SELECTOR] + float(np.mean([macs[route_names[r]] for r in sel_route]))
+    budget = macs[SELECTOR] + float(np.array([macs[k] for k in route_names])[sel_route].mean())
     families = cascade_families(names)
     cascade_curves, picks = {}, []
     for fam in families:

@@ -15,6 +15,7 @@ with the best routed accuracy, ties to fewer MACs. `test` is never read.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,22 +127,23 @@ def heldout_logits(model, loader: TensorLoader) -> tuple[torch.Tensor, torch.Ten
 def fit_platt(logits: torch.Tensor, correct: torch.Tensor, steps: int = 200) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-student (scale, bias) minimising BCE(sigmoid(scale * logit + bias), correct); scale > 0, so
     calibration never reorders one student's images."""
-    raw = torch.zeros(logits.shape[1], dtype=torch.float64, requires_grad=True)  # softplus(raw)+eps = scale
+    def positive(raw: torch.Tensor) -> torch.Tensor:  # scale = 1 at raw = 0, always > 0
+        return F.softplus(raw) / math.log(2) + 1e-3
+
+    raw = torch.zeros(logits.shape[1], dtype=torch.float64, requires_grad=True)
     bias = torch.zeros(logits.shape[1], dtype=torch.float64, requires_grad=True)
     z, y = logits.double(), correct.double()
     opt = torch.optim.LBFGS([raw, bias], lr=0.5, max_iter=steps, line_search_fn="strong_wolfe")
 
     def loss():
         opt.zero_grad()
-        scale = F.softplus(raw) / F.softplus(torch.zeros(())) + 1e-3  # starts at ~1
-        value = F.binary_cross_entropy_with_logits(z * scale + bias, y)
+        value = F.binary_cross_entropy_with_logits(z * positive(raw) + bias, y)
         value.backward()
         return value
 
     with torch.enable_grad():
         opt.step(loss)
-    scale = F.softplus(raw.detach()) / F.softplus(torch.zeros((), dtype=torch.float64)) + 1e-3
-    return scale.float(), bias.detach().float()
+    return positive(raw.detach()).float(), bias.detach().float()
 
 
 def routed_stats(scores: torch.Tensor, correct: torch.Tensor, macs: list[int], tie_margin: float,
