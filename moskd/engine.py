@@ -30,6 +30,7 @@ from moskd.config import field, to_dict, write_config
 from moskd.data import TensorLoader
 from moskd.errors import MoskdError
 from moskd.plots import plot_curves
+from moskd.precision import policy
 from moskd.runtime import Runtime, log, show_progress
 
 Batch = tuple  # (images, targets, *extras), already on the device
@@ -72,7 +73,8 @@ class TrainConfig(DataConfig):
     label_smoothing: float = field(0.0, "label smoothing of the cross-entropy term (0..1)")
     ema_decay: float = field(0.0, "EMA of weights, per step (0 = off; e.g. 0.999)")
     compile: bool = field(False, "torch.compile the model (CUDA: faster after warm-up)")
-    amp: bool = field(True, "bf16 autocast on CUDA (ignored on the CPU)")
+    amp: bool = field(True, "bf16 autocast on CUDA, and for training on CPUs with native bf16 "
+                            "(moskd.precision)")
     resume: bool = field(False, "continue the run in this stage's folder from last.pt")
     force: bool = field(False, "start over even if this stage's folder already holds a run")
     keep_last: str = field("yes", "keep last.pt (optimizer state, for --resume) after the stage has finished",
@@ -136,11 +138,12 @@ def prepare_out_dir(out_dir: Path, cfg: TrainConfig, command: str, card: dict) -
 @torch.inference_mode()
 def evaluate(model: nn.Module, loader: TensorLoader, metric: Metric, rt: Runtime, amp: bool = True) -> float:
     model.eval()
+    prec = policy(rt.device, amp)  # inference policy: what the report and the bundle will see
+    prec.model(model)
     total, count = 0.0, 0
     for batch in loader:
-        x = batch[0].contiguous(memory_format=torch.channels_last) if rt.cuda else batch[0]
-        with torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=amp and rt.cuda):
-            logits = model(x)
+        with prec.autocast():
+            logits = model(prec.input(batch[0]))
         s, n = metric(logits.float(), batch)
         total, count = total + s, count + n
     if rt.distributed:
@@ -155,9 +158,8 @@ def fit(stage: Stage, cfg: TrainConfig, rt: Runtime, command: str) -> dict:
     out = stage.out_dir
     resume = prepare_out_dir(out, cfg, command, stage.card)
     rt.barrier()  # every rank has passed the guard before rank 0 writes anything
-    raw = stage.model.to(rt.device)
-    if rt.cuda:
-        raw = raw.to(memory_format=torch.channels_last)
+    prec = policy(rt.device, cfg.amp, training=True)
+    raw = prec.model(stage.model)
     optimizer = create_optimizer_v2(raw, opt=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                     momentum=cfg.momentum)
     steps = len(stage.train_loader)
@@ -193,9 +195,8 @@ def fit(stage: Stage, cfg: TrainConfig, rt: Runtime, command: str) -> dict:
         bar = tqdm(stage.train_loader, desc=f"{stage.role} {epoch + 1}/{cfg.epochs}", leave=False,
                    disable=not show_progress(rt), unit="batch")
         for batch in bar:
-            x = batch[0].contiguous(memory_format=torch.channels_last) if rt.cuda else batch[0]
-            with torch.autocast(rt.device.type, dtype=torch.bfloat16, enabled=cfg.amp and rt.cuda):
-                logits = model(x)
+            with prec.autocast():
+                logits = model(prec.input(batch[0]))
             loss = stage.objective(logits.float(), batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -223,7 +224,7 @@ def fit(stage: Stage, cfg: TrainConfig, rt: Runtime, command: str) -> dict:
             f"train_{stage.metric_name}": train_stats[1].item() / train_stats[2].item(),
             f"select_{stage.metric_name}": select_metric, "best_epoch": best_epoch + 1,
             "seconds": round(seconds, 3), "images_per_s": round(train_stats[2].item() / seconds, 1),
-            "world_size": rt.world,
+            "world_size": rt.world, "precision": prec.name,
         }
         history.append(record)
         if rt.is_main:

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from moskd.checkpoint import read_checkpoint_file, save_checkpoint
 from moskd.data import AugSpec, DataBundle, apply_views, normalize, sample_views
 from moskd.errors import MoskdError
+from moskd.precision import policy
 from moskd.runtime import Runtime, log, show_progress
 
 CACHE_FORMAT = 1  # bump when the file layout changes: old files then rebuild
@@ -76,7 +77,8 @@ def teacher_logits(teacher: nn.Module, data: DataBundle, views: torch.Tensor, ba
     n, k, _ = views.shape
     mean = torch.tensor(data.mean, device=device)
     std = torch.tensor(data.std, device=device)
-    teacher.eval().to(device)
+    prec = policy(device, amp, training=True)  # the cache is training input: the training policy's speed
+    prec.model(teacher.eval())
     out = torch.empty(n * k, data.num_classes, dtype=torch.float16)
     flat_views = views.reshape(n * k, 3)
     bar = tqdm(range(0, n * k, batch_size), desc="teacher cache", unit="batch", leave=False,
@@ -84,10 +86,8 @@ def teacher_logits(teacher: nn.Module, data: DataBundle, views: torch.Tensor, ba
     for start in bar:
         j = torch.arange(start, min(start + batch_size, n * k))
         x = apply_views(images[j // k].to(device), flat_views[j], data.aug.pad)
-        x = normalize(x, mean, std)
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
+        x = prec.input(normalize(x, mean, std))
+        with prec.autocast():
             out[j] = teacher(x).float().to("cpu", torch.float16)
     return out.view(n, k, data.num_classes)
 

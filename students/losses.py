@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from moskd.engine import Objective
+from moskd.precision import policy
 
 KD_LOSSES = ("kl", "mse")
 
@@ -66,19 +67,16 @@ def online_objective(teacher: nn.Module, alpha: float, temperature: float, kd_lo
                      label_smoothing: float = 0.0, amp: bool = True) -> Objective:
     """Distil from the teacher run on the same augmented batch each step (eval mode, no autograd).
 
-    The teacher follows the engine's autocast policy: bf16 on CUDA when amp is on, fp32 on the CPU.
+    The teacher follows the training precision policy (moskd.precision), as the student does.
     """
     teacher.eval()
 
     def objective(logits: torch.Tensor, batch) -> torch.Tensor:
         if alpha >= 1.0:  # the soft term has no weight: skip the teacher's forward pass
             return F.cross_entropy(logits, batch[1], label_smoothing=label_smoothing)
-        x = batch[0]
-        with torch.inference_mode(), torch.autocast(x.device.type, dtype=torch.bfloat16,
-                                                    enabled=amp and x.device.type == "cuda"):
-            if x.device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
-            t = teacher(x).float()
+        prec = policy(batch[0].device, amp, training=True)
+        with torch.inference_mode(), prec.autocast():
+            t = teacher(prec.input(batch[0])).float()
         # inference tensors cannot be saved for backward; a clone outside inference_mode can
         t = t.clone()
         return distillation_loss(logits, t, batch[1], alpha=alpha, temperature=temperature,

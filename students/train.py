@@ -26,6 +26,7 @@ from moskd.data import DataBundle, data_from_config, make_loader
 from moskd.engine import Stage, TrainConfig, cross_entropy, finish, fit, prepare_out_dir
 from moskd.errors import MoskdError, cli_entry
 from moskd.models import SEED_STUDENTS, adapt_input, available_models, create_model, stem_kwargs, unwrap
+from moskd.precision import policy
 from moskd.profile import model_cost
 from moskd.runtime import Runtime, log, stage_main
 from students.cache import cache_file, cache_key, load_or_build
@@ -161,10 +162,8 @@ def run(cfg: StudentConfig, rt: Runtime, out_dir: Path | None = None, data: Data
 
     views, teacher_cost = None, None
     if uses_teacher:
-        teacher = load_teacher(tpath, data, cfg.run_dir).to(rt.device)
+        teacher = policy(rt.device, cfg.amp, training=True).model(load_teacher(tpath, data, cfg.run_dir))
         check_same_split(tpath, cfg)
-        if rt.cuda:
-            teacher = teacher.to(memory_format=torch.channels_last)
         teacher_cost = model_cost(unwrap(teacher), data.input_size)
         if cfg.teacher_cache > 0:
             key = cache_key(tpath, data, cfg.teacher_cache, cfg.cache_seed)
