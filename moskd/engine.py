@@ -30,12 +30,36 @@ from moskd.config import field, to_dict, write_config
 from moskd.data import TensorLoader
 from moskd.errors import MoskdError
 from moskd.plots import plot_curves
-from moskd.precision import policy
+from moskd.precision import Precision, policy
 from moskd.runtime import Runtime, log, show_progress
 
 Batch = tuple  # (images, targets, *extras), already on the device
-Objective = Callable[[torch.Tensor, Batch], torch.Tensor]  # (logits fp32, batch) -> scalar loss
 Metric = Callable[[torch.Tensor, Batch], tuple[float, int]]  # (logits, batch) -> (sum of scores, count)
+
+
+@dataclass
+class LossOutput:
+    """What an objective returns: the logits it computed (for the training metric) and its loss
+    parts. parts["loss"] is what is minimised; every other entry (e.g. "ce", "kd") is a named
+    component, logged per epoch as train_loss_<name> in metrics.jsonl and drawn in curves.png."""
+    logits: torch.Tensor
+    parts: dict[str, torch.Tensor]
+
+
+# The objective owns the forward pass: (model, batch, precision policy) -> LossOutput. So the loop
+# never knows the method: a feature-level loss hooks the model itself, a KD loss runs its teacher.
+Objective = Callable[[nn.Module, Batch, Precision], LossOutput]
+
+
+def on_logits(loss: Callable[[torch.Tensor, Batch], torch.Tensor | dict]) -> Objective:
+    """The objective whose forward pass is the plain model call; `loss(logits fp32, batch)` gives
+    the loss, or a dict of parts holding "loss"."""
+    def objective(model: nn.Module, batch: Batch, prec: Precision) -> LossOutput:
+        logits = prec.forward(model, batch[0])
+        parts = loss(logits, batch)
+        return LossOutput(logits, parts if isinstance(parts, dict) else {"loss": parts})
+
+    return objective
 
 
 @dataclass
@@ -104,7 +128,7 @@ def top1(logits: torch.Tensor, batch: Batch) -> tuple[float, int]:
 
 
 def cross_entropy(label_smoothing: float = 0.0) -> Objective:
-    return lambda logits, batch: F.cross_entropy(logits, batch[1], label_smoothing=label_smoothing)
+    return on_logits(lambda logits, batch: F.cross_entropy(logits, batch[1], label_smoothing=label_smoothing))
 
 
 def _scheduler(cfg: TrainConfig, optimizer, steps_per_epoch: int):
@@ -190,14 +214,13 @@ def fit(stage: Stage, cfg: TrainConfig, rt: Runtime, command: str) -> dict:
         torch.manual_seed(cfg.seed * 1_000_003 + epoch * 1009 + rt.rank)  # dropout etc.: per-epoch, resumable
         stage.train_loader.set_epoch(epoch)
         model.train()
-        loss_sum = torch.zeros((), device=rt.device)
+        part_sums: dict[str, torch.Tensor] = {}  # loss parts summed over images (kept on the device)
         score_sum, seen = 0.0, 0
         bar = tqdm(stage.train_loader, desc=f"{stage.role} {epoch + 1}/{cfg.epochs}", leave=False,
                    disable=not show_progress(rt), unit="batch")
         for batch in bar:
-            with prec.autocast():
-                logits = model(prec.input(batch[0]))
-            loss = stage.objective(logits.float(), batch)
+            result = stage.objective(model, batch, prec)
+            loss = result.parts["loss"]
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -206,24 +229,29 @@ def fit(stage: Stage, cfg: TrainConfig, rt: Runtime, command: str) -> dict:
             if ema is not None:
                 ema.update(raw, step=num_updates)
             n = len(batch[1])
-            loss_sum += loss.detach() * n
-            s, _ = stage.metric(logits.detach().float(), batch)
+            for name, value in result.parts.items():
+                part_sums[name] = part_sums.get(name, 0) + value.detach().float() * n
+            s, _ = stage.metric(result.logits.detach().float(), batch)
             score_sum, seen = score_sum + s, seen + n
         scheduler.step(epoch + 1)
-        train_stats = torch.tensor([loss_sum.item(), score_sum, seen], dtype=torch.float64, device=rt.device)
+        names = list(part_sums)  # same order on every rank: the objective builds the dict the same way
+        train_stats = torch.tensor([score_sum, seen] + [part_sums[k].item() for k in names],
+                                   dtype=torch.float64, device=rt.device)
         if rt.distributed:
             dist.all_reduce(train_stats)
+        count = train_stats[1].item()
+        losses = {("train_loss" if k == "loss" else f"train_loss_{k}"): train_stats[2 + i].item() / count
+                  for i, k in enumerate(names)}
         select_metric = evaluate(eval_model, stage.select_loader, stage.metric, rt, cfg.amp)
         seconds = time.perf_counter() - t0
         improved = select_metric > best
         if improved:
             best, best_epoch = select_metric, epoch
         record = {
-            "epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
-            "train_loss": train_stats[0].item() / train_stats[2].item(),
-            f"train_{stage.metric_name}": train_stats[1].item() / train_stats[2].item(),
+            "epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], **losses,
+            f"train_{stage.metric_name}": train_stats[0].item() / count,
             f"select_{stage.metric_name}": select_metric, "best_epoch": best_epoch + 1,
-            "seconds": round(seconds, 3), "images_per_s": round(train_stats[2].item() / seconds, 1),
+            "seconds": round(seconds, 3), "images_per_s": round(count / seconds, 1),
             "world_size": rt.world, "precision": prec.name,
         }
         history.append(record)

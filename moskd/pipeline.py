@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Optional
 
 from moskd.config import field, parse_config
-from moskd.errors import cli_entry
+from moskd.errors import MoskdError, cli_entry
 from moskd.models import SEED_STUDENTS
 from moskd.seeds import aggregate_seeds
 
@@ -47,7 +47,12 @@ class PipelineConfig:
     force: bool = field(False, "redo every stage even if finished")
     seeds: list[int] = field([], "run once per seed into RUN/seed<k>/ and write RUN/seeds.{json,md} "
                                  "(mean and std of every row); overrides --seed")
+    complementary: Optional[str] = field(None, "train the distilled students as complementary specialists: none | "
+                                               "clusters (StudentTrain --complementary; default: the recipe's "
+                                               "setting, else none); baselines stay plain")
     shared_teacher: bool = field(True, "with --seeds: train the teacher once (first seed) and share it")
+    teacher_from: Optional[str] = field(None, "a finished teacher folder (e.g. runs/a/seed0/teacher) to hard-link "
+                                              "into this run instead of training one: compare methods on one teacher")
     keep_last: str = field("yes", "keep each finished stage's last.pt (optimizer state); no = drop it once the "
                                   "stage has finished, as `moskd clean RUN` does (a digits run shrinks ~4x)",
                            choices=["yes", "no"])
@@ -105,7 +110,8 @@ def run(cfg: PipelineConfig, config: Optional[str] = None) -> dict:
               # always run: reuses a valid cache in a second, rebuilds a stale one
               ("teacher-logit cache", "students.train", train + ["--cache-only"], None)]
     for key, arch in SEED_STUDENTS.items():
-        stages.append((f"student {arch} (distilled)", "students.train", train + ["--model", key],
+        mode = ["--complementary", cfg.complementary] if cfg.complementary else []
+        stages.append((f"student {arch} (distilled)", "students.train", train + ["--model", key, *mode],
                        run_dir / "students" / arch))
         if cfg.baselines:
             stages.append((f"student {arch} (baseline, no teacher)", "students.train",
@@ -147,16 +153,30 @@ def share_teacher(source: Path, target: Path) -> None:
                 shutil.copy2(f, dest)
 
 
+def borrowed_teacher(cfg: PipelineConfig) -> Optional[Path]:
+    """--teacher-from, checked: a teacher folder that has finished (summary.json and best.pt)."""
+    if not cfg.teacher_from:
+        return None
+    src = Path(cfg.teacher_from)
+    if not ((src / "summary.json").is_file() and (src / "best.pt").is_file()):
+        raise MoskdError(f"--teacher-from {src}: not a finished teacher folder (needs best.pt and summary.json); "
+                         f"pass RUN/teacher of a run whose teacher has finished")
+    return src
+
+
 def run_seeds(cfg: PipelineConfig, config: Optional[str] = None, command: str = "") -> dict:
     root = Path(cfg.run_dir)
     first = root / f"seed{cfg.seeds[0]}"
+    source = borrowed_teacher(cfg)
     for k in cfg.seeds:
         seed_dir = root / f"seed{k}"
         print(f"\n##### seed {k} -> {seed_dir}", flush=True)
-        if cfg.shared_teacher and k != cfg.seeds[0] and (first / "teacher" / "summary.json").is_file():
+        if source is not None:
+            share_teacher(source, seed_dir / "teacher")
+        elif cfg.shared_teacher and k != cfg.seeds[0] and (first / "teacher" / "summary.json").is_file():
             share_teacher(first / "teacher", seed_dir / "teacher")
         run(dataclasses.replace(cfg, run_dir=str(seed_dir), seed=k, seeds=[]), config)
-    summary = aggregate_seeds(root, cfg.seeds, teacher_shared=cfg.shared_teacher, command=command)
+    summary = aggregate_seeds(root, cfg.seeds, teacher_shared=cfg.shared_teacher or source is not None, command=command)
     print(f"\nseeds: {root / 'seeds.json'}, {root / 'seeds.md'}")
     return summary
 
@@ -170,6 +190,9 @@ def main(argv=None):
     if cfg.seeds:
         run_seeds(cfg, config, command=" ".join(["moskd pipeline", *(sys.argv[2:] if argv is None else argv)]))
     else:
+        source = borrowed_teacher(cfg)
+        if source is not None:
+            share_teacher(source, Path(cfg.run_dir) / "teacher")
         run(cfg, config)
 
 

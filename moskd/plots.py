@@ -15,7 +15,7 @@ def read_metrics(stage_dir: str | Path) -> list[dict]:
 
 
 def plot_curves(stage_dir: str | Path, out: str | Path | None = None) -> Path:
-    """Write curves.png (train loss; train and select metric per epoch) next to metrics.jsonl."""
+    """Write curves.png (train loss and its named parts; train and select metric per epoch) next to metrics.jsonl."""
     from matplotlib.figure import Figure
 
     stage_dir = Path(stage_dir)
@@ -27,7 +27,10 @@ def plot_curves(stage_dir: str | Path, out: str | Path | None = None) -> Path:
 
     fig = Figure(figsize=(9, 3.5), layout="constrained")
     ax_loss, ax_metric = fig.subplots(1, 2)
-    ax_loss.plot(epochs, [r["train_loss"] for r in rows], marker="o", label="train")
+    ax_loss.plot(epochs, [r["train_loss"] for r in rows], marker="o", label="train (total)")
+    parts = sorted({k for r in rows for k in r if k.startswith("train_loss_")})  # named parts: ce, kd, ...
+    for key in parts:
+        ax_loss.plot(epochs, [r.get(key) for r in rows], "--", marker=".", label=key[len("train_loss_"):])
     ax_loss.set(xlabel="epoch", ylabel="loss", title="training loss")
     for name in metrics:
         for split, style in (("train", "--"), ("select", "-")):

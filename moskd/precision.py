@@ -52,6 +52,11 @@ class Precision:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)
 
+    def forward(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """model(x) under the policy, as fp32 logits (losses and metrics are computed in fp32)."""
+        with self.autocast():
+            return model(self.input(x)).float()
+
     @property
     def name(self) -> str:
         dtype = "bf16" if self.dtype == torch.bfloat16 else "fp32"

@@ -53,6 +53,19 @@ def environment() -> dict:
             "python": platform.python_version()}
 
 
+def complementary_method(run_dir: Path) -> str:
+    """How the run's distilled students were trained (StudentTrain --complementary), from their
+    resolved configs; "none" when they do not say (runs from before the option existed)."""
+    import yaml
+
+    methods = set()
+    for config in sorted(Path(run_dir).glob("students/*/config.yaml")):
+        cfg = yaml.safe_load(config.read_text()) or {}
+        if cfg.get("alpha", 1.0) < 1.0 and not cfg.get("no_teacher"):  # distilled, not a baseline
+            methods.add(cfg.get("complementary", "none"))
+    return methods.pop() if len(methods) == 1 else ("mixed" if methods else "none")
+
+
 def aggregate_seeds(root: Path, seeds: list[int], teacher_shared: bool, command: str = "") -> dict:
     per_seed = []
     for k in seeds:
@@ -72,6 +85,7 @@ def aggregate_seeds(root: Path, seeds: list[int], teacher_shared: bool, command:
                       "std": float(arr.std(ddof=1)) if len(arr) > 1 else 0.0}
     first = json.loads((Path(root) / f"seed{seeds[0]}" / "report.json").read_text())
     out = {"seeds": list(seeds), "teacher_shared": teacher_shared, "dataset": first["dataset"],
+           "complementary": complementary_method(Path(root) / f"seed{seeds[0]}"),
            "num_images": first["num_images"], "input_size": first["input_size"], "command": command,
            "environment": environment(),
            "rows": rows}

@@ -118,6 +118,27 @@ def collect_logits(models: list[nn.Module], loader: TensorLoader, desc: str = ""
     return torch.cat(logits), torch.cat(targets)
 
 
+def complementary_partition(students: list[Student]) -> dict | None:
+    """The class -> owner map the students were trained to specialise on (StudentTrain --complementary),
+    when every student shares one; None for independent students."""
+    found = [(s.card.get("distillation") or {}).get("complementary") or {} for s in students]
+    owners = {tuple(f.get("class_owner") or ()) for f in found}
+    if len(owners) != 1 or not next(iter(owners)) or any(f.get("method", "none") == "none" for f in found):
+        return None
+    return {"method": found[0]["method"], "class_owner": list(next(iter(owners)))}
+
+
+def owner_targets(targets: torch.Tensor, class_owner: list[str], students: list[str]) -> torch.Tensor:
+    """(N, S) one-hot: which of `students` (in routing order) owns each image's class; a class owned by
+    a student that is not routed to gets no owner (all zeros)."""
+    index = torch.tensor([students.index(o) if o in students else -1 for o in class_owner])
+    owner = index[targets.long()]
+    out = torch.zeros(len(targets), len(students))
+    rows = (owner >= 0).nonzero().flatten()
+    out[rows, owner[rows]] = 1.0
+    return out
+
+
 def preferred_routes(correct: torch.Tensor) -> torch.Tensor:
     """(N,) index of the cheapest correct student (columns are cheapest first), -1 where none is right."""
     first = correct.to(torch.uint8).argmax(1)  # argmax returns the first maximum

@@ -14,6 +14,7 @@ with the best routed accuracy, ties to fewer MACs. `test` is never read.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass
@@ -25,12 +26,13 @@ import torch.nn.functional as F
 from moskd.checkpoint import inference_weights, load_checkpoint, save_checkpoint
 from moskd.config import field
 from moskd.data import DataBundle, TensorLoader, data_from_config
-from moskd.engine import Stage, TrainConfig, drop_last, fit, prepare_out_dir
+from moskd.engine import Stage, TrainConfig, drop_last, fit, on_logits, prepare_out_dir
 from moskd.errors import MoskdError, cli_entry
 from moskd.models import create_model
 from moskd.profile import count_macs
 from moskd.runtime import Runtime, log, show_progress, stage_main
-from selector.labels import SPLIT_KEYS, describe, label_split, load_students, save_labels
+from selector.labels import (SPLIT_KEYS, complementary_partition, describe, label_split, load_students,
+                             owner_targets, save_labels)
 from selector.model import MAC_BUDGET, knob_grid, relative_costs, route_from_scores
 
 
@@ -49,8 +51,10 @@ class SelectorConfig(TrainConfig):
     holdout_fraction: float = field(0.3, "share of `select` held out to choose the selector checkpoint (0..1)")
     tie_margin: float = field(0.05, "scores within this of the best count as a tie, won by the cheaper student")
     augment: bool = field(False, "shift/flip images while training (labels were computed on unshifted ones)")
-    target: str = field("prob", "what the selector learns per student: prob (its softmax probability of the "
-                                "true class) | correct (0/1 correctness)")
+    target: str = field("auto", "what the selector learns per student: prob (its softmax probability of the "
+                                "true class) | correct (0/1 correctness) | owner (1 for the student that owns the "
+                                "image's class under --complementary, else 0) | auto (owner for complementary "
+                                "students, else prob)")
     calibrate: bool = field(True, "Platt-scale each student's score on the held-out part of `select`")
 
 
@@ -65,7 +69,8 @@ def holdout_split(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, tor
     return order[held:].sort().values, order[:held].sort().values
 
 
-TARGETS = ("prob", "correct")
+TARGETS = ("auto", "prob", "correct", "owner")
+TARGET_LABELS = {"prob": "true_prob", "correct": "correct", "owner": "owner"}  # --target -> labels key
 
 
 def bce_on_target(logits: torch.Tensor, batch) -> torch.Tensor:
@@ -94,10 +99,20 @@ def routed_accuracy(tie_margin: float):
     return metric
 
 
+def resolve_target(cfg: SelectorConfig, partition: dict | None) -> SelectorConfig:
+    """--target auto -> owner for complementary students, prob otherwise; owner needs a partition."""
+    if cfg.target == "auto":
+        return dataclasses.replace(cfg, target="owner" if partition else "prob")
+    if cfg.target == "owner" and partition is None:
+        raise MoskdError("--target owner: these students were trained independently (no --complementary "
+                         "partition on their cards); pass --target prob or correct")
+    return cfg
+
+
 def _loader(data: DataBundle, card: dict, idx: torch.Tensor, labels: dict, cfg: SelectorConfig,
             rt: Runtime, train: bool) -> TensorLoader:
     s = data.splits["select"]
-    target = labels["true_prob"] if cfg.target == "prob" else labels["correct"]
+    target = labels[TARGET_LABELS[cfg.target]]
     return TensorLoader(
         s.images[idx], s.targets[idx], mean=card["mean"], std=card["std"],
         batch_size=cfg.batch_size if train else cfg.eval_batch_size, device=rt.device, train=train,
@@ -228,6 +243,13 @@ def run(cfg: SelectorConfig, rt: Runtime) -> dict:
 
     labels = label_split(students, data, "select", cfg.eval_batch_size, rt.device, show_progress(rt))
     log(rt, describe(labels["stats"]))
+    partition = complementary_partition(students)
+    cfg = resolve_target(cfg, partition)
+    if partition is not None:
+        labels["owner"] = owner_targets(data.splits["select"].targets, partition["class_owner"], names)
+    card["target"] = cfg.target
+    log(rt, f"selector target: {cfg.target}"
+            + (f" (students specialise: --complementary {partition['method']})" if partition else ""))
     if rt.is_main:
         save_labels(labels, out / "labels.pt")
     del students  # only their labels are needed from here on
@@ -237,7 +259,7 @@ def run(cfg: SelectorConfig, rt: Runtime) -> dict:
         role="selector", out_dir=out, model=model,
         train_loader=_loader(data, card, tr, labels, cfg, rt, train=True),
         select_loader=_loader(data, card, held, labels, cfg, rt, train=False),
-        objective=bce_on_target, card=card,
+        objective=on_logits(bce_on_target), card=card,
         metric=routed_accuracy(cfg.tie_margin), metric_name="routed_acc",
     )
     summary = fit(stage, cfg, rt, "trainSelector")

@@ -1,17 +1,15 @@
-"""Distillation losses and the objectives the engine trains students on.
+"""The objectives students train on: labels plus a distillation term, optionally weighted per image.
 
-Hinton et al. (2015): loss = alpha * CE(s, y) + (1 - alpha) * T^2 * KL(softmax(t/T) || softmax(s/T)).
-The T^2 factor keeps the soft term's gradient scale independent of T (its gradient shrinks as 1/T^2),
-so alpha means the same thing at every temperature. KL uses reduction="batchmean", the true KL per
-image (reduction="mean" would also divide by the class count).
+loss = alpha * CE(s, y) + (1 - alpha) * KD(s, t), where KD is any loss registered in students.kd
+(kl: Hinton et al. 2015 soft targets with the T^2 factor; mse: Ba & Caruana 2014 logit matching).
+Both terms are computed per image and averaged with weights w: sum(w * l) / sum(w). Without
+weights this is the plain batch mean (KL's "batchmean"); complementary students
+(students.complementary) weigh the images their student owns higher.
 
-Logit matching (Ba & Caruana, 2014) regresses the student's logits onto the teacher's:
-loss = alpha * CE(s, y) + (1 - alpha) * MSE(s, t), MSE averaged over images and classes. No
-temperature: raw logits are matched.
-
-An objective has the engine's signature (logits, batch) -> loss with batch = (images, targets,
-*extras). With the teacher cache the teacher's logits for the batch's views arrive as the last
-extra; online, the teacher is run on batch[0] inside the objective.
+Each objective owns its forward pass (moskd.engine.Objective) and returns its parts, "ce" and
+"kd", beside the total. Batches are (images, targets, *extras): with the teacher cache the
+teacher's logits for the batch's views arrive as the last extra; online, the teacher is run on
+batch[0] inside the objective; per-image weights, when used, come as the first extra.
 """
 from __future__ import annotations
 
@@ -19,67 +17,84 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from moskd.engine import Objective
-from moskd.precision import policy
+from moskd.engine import LossOutput, Objective
+from moskd.precision import Precision
+from students.kd import get_kd_loss, kd_losses
 
-KD_LOSSES = ("kl", "mse")
-
-
-def kd_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
-    """T^2 * KL(softmax(t/T) || softmax(s/T)), averaged over the batch."""
-    log_p_s = F.log_softmax(student / temperature, dim=1)
-    log_p_t = F.log_softmax(teacher / temperature, dim=1)
-    return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * temperature**2
+KD_LOSSES = kd_losses()
 
 
-def kd_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """Mean squared difference of raw logits (over images and classes)."""
-    return F.mse_loss(student, teacher)
+def weighted_mean(values: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    if weights is None:
+        return values.mean()
+    weights = weights.to(values.dtype)
+    return (values * weights).sum() / weights.sum()
 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor | None, targets: torch.Tensor, *,
                       alpha: float, temperature: float = 1.0, kd_loss: str = "kl",
-                      label_smoothing: float = 0.0) -> torch.Tensor:
-    """alpha * CE(student, targets) + (1 - alpha) * soft term; teacher may be None only when alpha == 1."""
-    if kd_loss not in KD_LOSSES:
-        raise ValueError(f"kd_loss must be one of {KD_LOSSES}, got {kd_loss!r}")
-    hard = F.cross_entropy(student, targets, label_smoothing=label_smoothing)
+                      label_smoothing: float = 0.0, weights: torch.Tensor | None = None) -> dict:
+    """{"loss": alpha * CE + (1 - alpha) * KD, "ce": CE, "kd": KD}, each a weighted mean over images.
+
+    teacher may be None only when alpha == 1 (then "kd" is absent); at alpha == 0 the labels are not used.
+    """
+    kd_fn = get_kd_loss(kd_loss)
+    parts = {}
+    if alpha > 0.0:
+        hard = F.cross_entropy(student, targets, label_smoothing=label_smoothing, reduction="none")
+        parts["ce"] = weighted_mean(hard, weights)
     if alpha >= 1.0:  # no soft term: do not even look at the teacher
-        return hard
+        return {"loss": parts["ce"], **parts}
     teacher = teacher.to(student.dtype)  # fp16 cached logits compute in the student's precision
-    soft = kd_kl(student, teacher, temperature) if kd_loss == "kl" else kd_mse(student, teacher)
-    if alpha <= 0.0:  # pure distillation: the labels are not used
-        return soft
-    return alpha * hard + (1.0 - alpha) * soft
+    parts["kd"] = weighted_mean(kd_fn(student, teacher, temperature), weights)
+    if alpha <= 0.0:
+        return {"loss": parts["kd"], **parts}
+    return {"loss": alpha * parts["ce"] + (1.0 - alpha) * parts["kd"], **parts}
 
 
-def cached_objective(alpha: float, temperature: float, kd_loss: str, label_smoothing: float = 0.0) -> Objective:
+def _weights(batch, weighted: bool) -> torch.Tensor | None:
+    return batch[2] if weighted else None
+
+
+def cached_objective(alpha: float, temperature: float, kd_loss: str, label_smoothing: float = 0.0,
+                     weighted: bool = False) -> Objective:
     """Distil from cached teacher logits: the loader appends them to the batch as its last extra."""
 
-    def objective(logits: torch.Tensor, batch) -> torch.Tensor:
-        return distillation_loss(logits, batch[-1], batch[1], alpha=alpha, temperature=temperature,
-                                 kd_loss=kd_loss, label_smoothing=label_smoothing)
+    def objective(model: nn.Module, batch, prec: Precision) -> LossOutput:
+        logits = prec.forward(model, batch[0])
+        return LossOutput(logits, distillation_loss(
+            logits, batch[-1], batch[1], alpha=alpha, temperature=temperature, kd_loss=kd_loss,
+            label_smoothing=label_smoothing, weights=_weights(batch, weighted)))
 
     return objective
 
 
 def online_objective(teacher: nn.Module, alpha: float, temperature: float, kd_loss: str,
-                     label_smoothing: float = 0.0, amp: bool = True) -> Objective:
-    """Distil from the teacher run on the same augmented batch each step (eval mode, no autograd).
-
-    The teacher follows the training precision policy (moskd.precision), as the student does.
-    """
+                     label_smoothing: float = 0.0, weighted: bool = False) -> Objective:
+    """Distil from the teacher run on the same augmented batch each step (eval mode, no autograd),
+    under the same precision policy as the student."""
     teacher.eval()
 
-    def objective(logits: torch.Tensor, batch) -> torch.Tensor:
-        if alpha >= 1.0:  # the soft term has no weight: skip the teacher's forward pass
-            return F.cross_entropy(logits, batch[1], label_smoothing=label_smoothing)
-        prec = policy(batch[0].device, amp, training=True)
-        with torch.inference_mode(), prec.autocast():
-            t = teacher(prec.input(batch[0])).float()
-        # inference tensors cannot be saved for backward; a clone outside inference_mode can
-        t = t.clone()
-        return distillation_loss(logits, t, batch[1], alpha=alpha, temperature=temperature,
-                                 kd_loss=kd_loss, label_smoothing=label_smoothing)
+    def objective(model: nn.Module, batch, prec: Precision) -> LossOutput:
+        logits = prec.forward(model, batch[0])
+        t = None
+        if alpha < 1.0:  # the soft term has weight: run the teacher
+            with torch.inference_mode():
+                t = prec.forward(teacher, batch[0])
+            t = t.clone()  # inference tensors cannot be saved for backward; a clone outside inference_mode can
+        return LossOutput(logits, distillation_loss(
+            logits, t, batch[1], alpha=alpha, temperature=temperature, kd_loss=kd_loss,
+            label_smoothing=label_smoothing, weights=_weights(batch, weighted)))
+
+    return objective
+
+
+def label_objective(label_smoothing: float = 0.0, weighted: bool = False) -> Objective:
+    """Labels only (the no-teacher baseline), optionally weighted per image."""
+    def objective(model: nn.Module, batch, prec: Precision) -> LossOutput:
+        logits = prec.forward(model, batch[0])
+        ce = weighted_mean(F.cross_entropy(logits, batch[1], label_smoothing=label_smoothing, reduction="none"),
+                           _weights(batch, weighted))
+        return LossOutput(logits, {"loss": ce, "ce": ce})
 
     return objective

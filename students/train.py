@@ -23,14 +23,17 @@ from torch import nn
 from moskd.checkpoint import build_model_from_checkpoint, load_checkpoint, read_checkpoint_file
 from moskd.config import field
 from moskd.data import DataBundle, data_from_config, make_loader
-from moskd.engine import Stage, TrainConfig, cross_entropy, finish, fit, prepare_out_dir
+from moskd.engine import Stage, TrainConfig, finish, fit, prepare_out_dir
 from moskd.errors import MoskdError, cli_entry
 from moskd.models import SEED_STUDENTS, adapt_input, available_models, create_model, stem_kwargs, unwrap
 from moskd.precision import policy
 from moskd.profile import model_cost
 from moskd.runtime import Runtime, log, stage_main
 from students.cache import cache_file, cache_key, load_or_build
-from students.losses import KD_LOSSES, cached_objective, online_objective
+from students.cache import file_sha256
+from students.complementary import (METHODS, build_partition, image_weights, load_partition,
+                                    partition_file, save_partition)
+from students.losses import KD_LOSSES, cached_objective, label_objective, online_objective
 
 STUDENTS = SEED_STUDENTS
 
@@ -51,6 +54,12 @@ class StudentConfig(TrainConfig):
                                    "RUN/teacher/cache/ (0 = run the teacher online every step)")
     cache_seed: int = field(0, "seed of the cached views (shared by every student reading the cache)")
     cache_only: bool = field(False, "build (or validate) the teacher-logit cache, then stop without training")
+    complementary: str = field("none", "none (independent students) | clusters (specialists on the teacher's "
+                                       "confusable class clusters; students.complementary)")
+    owners: list[str] = field(["1", "2"], "with --complementary: the students the class clusters go to, hardest "
+                                          "cluster first (1 = densenet121, 2 = googlenet, or names)")
+    other_weight: float = field(0.25, "with --complementary clusters: loss weight of images outside the "
+                                      "student's own classes (0 < w <= 1; own classes weigh 1)")
     stem: str = field("cifar", "input stem: cifar (3x3 stride 1, for 8x8/32x32) | imagenet (torchvision's "
                                "strided stem: /4, GoogLeNet /8; for 28x28 and larger)")
 
@@ -85,6 +94,13 @@ def check_config(cfg: StudentConfig) -> None:
         raise MoskdError(f"--kd-loss {cfg.kd_loss}: choose one of {', '.join(KD_LOSSES)}")
     if cfg.teacher_cache < 0:
         raise MoskdError(f"--teacher-cache {cfg.teacher_cache}: must be >= 0 (0 = online teacher)")
+    if cfg.complementary not in METHODS:
+        raise MoskdError(f"--complementary {cfg.complementary}: choose one of {', '.join(METHODS)}")
+    if not 0.0 < cfg.other_weight <= 1.0:
+        raise MoskdError(f"--other-weight {cfg.other_weight}: must lie in (0, 1] (1 = no specialisation)")
+    if cfg.complementary != "none" and (cfg.no_teacher or cfg.alpha >= 1.0):
+        raise MoskdError(f"--complementary {cfg.complementary} partitions the data with the teacher; "
+                         f"drop --no-teacher (and keep --alpha below 1), or pass --complementary none")
 
 
 def teacher_path(cfg: StudentConfig) -> Path:
@@ -152,6 +168,8 @@ def run(cfg: StudentConfig, rt: Runtime, out_dir: Path | None = None, data: Data
         "temperature": cfg.temperature if uses_teacher and cfg.kd_loss == "kl" else None,
         "teacher": str(tpath) if uses_teacher else None,
         "teacher_cache": cfg.teacher_cache if uses_teacher else 0,
+        "complementary": {"method": cfg.complementary}
+        if cfg.complementary == "none" else None,  # filled in once the partition is known
     }
     card = {"role": "student", "arch": arch, **data.card(), "distillation": distillation,
             "model_kwargs": model_kwargs}
@@ -160,11 +178,25 @@ def run(cfg: StudentConfig, rt: Runtime, out_dir: Path | None = None, data: Data
     if not cfg.resume and not cfg.cache_only:
         prepare_out_dir(out, cfg, "StudentTrain", card)  # refuse to clobber before paying for a teacher
 
-    views, teacher_cost = None, None
+    views, teacher_cost, weights = None, None, None
     if uses_teacher:
         teacher = policy(rt.device, cfg.amp, training=True).model(load_teacher(tpath, data, cfg.run_dir))
         check_same_split(tpath, cfg)
         teacher_cost = model_cost(unwrap(teacher), data.input_size)
+        if cfg.complementary != "none" and not cfg.cache_only:
+            partition = ensure_partition(cfg, tpath, teacher, data, rt)
+            if arch not in partition["owners"]:
+                raise MoskdError(f"--complementary {cfg.complementary}: {arch} owns no part of the partition "
+                                 f"(owners: {', '.join(partition['owners'])}); train those students or pass "
+                                 f"--complementary none")
+            weights = image_weights(data.splits["train"].targets, partition["class_owner"], arch, cfg.other_weight)
+            distillation["complementary"] = {
+                "method": cfg.complementary, "other_weight": cfg.other_weight,
+                "partition": str(partition_file(cfg.run_dir, cfg.complementary)),
+                "class_owner": partition["class_owner"],
+                "owns": [n for n, o in zip(data.class_names, partition["class_owner"]) if o == arch]}
+            log(rt, f"complementary {cfg.complementary}: {arch} owns {', '.join(distillation['complementary']['owns'])}"
+                    f" (weight 1; other images {cfg.other_weight})")
         if cfg.teacher_cache > 0:
             key = cache_key(tpath, data, cfg.teacher_cache, cfg.cache_seed)
             views = load_or_build(cache_file(cfg.run_dir, cfg.teacher_cache), key, teacher, data,
@@ -172,14 +204,15 @@ def run(cfg: StudentConfig, rt: Runtime, out_dir: Path | None = None, data: Data
             del teacher  # the cache stands in for it from here on
             if cfg.cache_only:
                 return {"cache": str(cache_file(cfg.run_dir, cfg.teacher_cache)), "views": int(views[0].shape[1])}
-            objective = cached_objective(cfg.alpha, cfg.temperature, cfg.kd_loss, cfg.label_smoothing)
+            objective = cached_objective(cfg.alpha, cfg.temperature, cfg.kd_loss, cfg.label_smoothing,
+                                         weighted=weights is not None)
         else:
             objective = online_objective(teacher, cfg.alpha, cfg.temperature, cfg.kd_loss,
-                                         cfg.label_smoothing, cfg.amp)
+                                         cfg.label_smoothing, weighted=weights is not None)
     else:
         if not cfg.no_teacher:
             log(rt, "alpha = 1: the teacher term has no weight; training on labels only, no teacher loaded")
-        objective = cross_entropy(cfg.label_smoothing)
+        objective = label_objective(cfg.label_smoothing)
 
     cost = model_cost(model, data.input_size)
     log(rt, f"student {arch}: {describe_cost(cost)}"
@@ -188,13 +221,45 @@ def run(cfg: StudentConfig, rt: Runtime, out_dir: Path | None = None, data: Data
                                              world=rt.world, **kw)
     stage = Stage(
         role="student", out_dir=out, model=model,
-        train_loader=loader("train", batch_size=cfg.batch_size, train=True, views=views),
+        train_loader=loader("train", batch_size=cfg.batch_size, train=True, views=views,
+                            extras=() if weights is None else (weights,)),
         select_loader=loader("select", batch_size=cfg.eval_batch_size),
         objective=objective, card=card,
     )
     summary = fit(stage, cfg, rt, "StudentTrain")
     summary.update(arch=arch, cost=cost, teacher_cost=teacher_cost, distillation=distillation)
     return finish(stage, cfg, rt, summary, make_loader(data, "test", cfg.eval_batch_size, device=rt.device))
+
+
+@torch.inference_mode()
+def train_logits(teacher: nn.Module, data: DataBundle, batch_size: int, rt: Runtime, amp: bool) -> torch.Tensor:
+    """The teacher's logits on every `train` image, unaugmented, in split order (on the CPU)."""
+    prec = policy(rt.device, amp, training=True)
+    loader = make_loader(data, "train", batch_size, device=rt.device)
+    return torch.cat([prec.forward(teacher.eval(), batch[0]).cpu() for batch in loader])
+
+
+def ensure_partition(cfg: StudentConfig, tpath: Path, teacher: nn.Module, data: DataBundle, rt: Runtime) -> dict:
+    """The run's partition for --complementary: read it when it was made from this teacher, else make it
+    (rank 0 writes; every rank computes the same deterministic result)."""
+    path = partition_file(cfg.run_dir, cfg.complementary)
+    sha = file_sha256(tpath)
+    found = load_partition(path)
+    owners = [resolve_arch(o) for o in cfg.owners]
+    if found is not None and found.get("teacher_sha256") == sha and found.get("method") == cfg.complementary \
+            and found.get("owners") == owners and found.get("temperature") == cfg.temperature:
+        log(rt, f"complementary {cfg.complementary}: partition reused from {path}")
+        return found
+    logits = train_logits(teacher, data, cfg.eval_batch_size, rt, cfg.amp)
+    if len(set(owners)) < 2:
+        raise MoskdError(f"--owners {' '.join(cfg.owners)}: name at least two different students")
+    partition = build_partition(logits, data.splits["train"].targets, data.num_classes, owners,
+                                cfg.temperature, sha, data.class_names)
+    if rt.is_main:
+        save_partition(partition, path)
+    log(rt, f"complementary {cfg.complementary}: partition of the classes from the teacher -> {path}: "
+            + "; ".join(f"{o}: {', '.join(c)}" for o, c in partition["clusters"].items()))
+    return partition
 
 
 @cli_entry("StudentTrain")

@@ -199,3 +199,29 @@ def test_training_flags_reach_the_optimizer_and_the_objective(tmp_path, monkeypa
     assert isinstance(opt, torch.optim.SGD) and opt.defaults["momentum"] == 0.8
     assert max(g["weight_decay"] for g in opt.param_groups) == 0.01
     assert smoothing == [0.15]
+
+
+def test_objective_owns_the_forward_and_its_named_parts_are_logged(tmp_path):
+    """The loop minimises parts["loss"] and logs every other part per epoch as train_loss_<name>,
+    the image-weighted mean over the epoch's batches."""
+    torch.manual_seed(0)
+    data = load_data("digits", limit=32)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    seen = []
+
+    def objective(m, batch, prec):
+        logits = prec.forward(m, batch[0])
+        ce = torch.nn.functional.cross_entropy(logits, batch[1])
+        seen.append(len(batch[1]))
+        return moskd.engine.LossOutput(logits, {"loss": 2 * ce, "ce": ce, "const": torch.tensor(float(len(seen)))})
+
+    cfg = TrainConfig(run_dir=str(tmp_path), epochs=1, limit=32, batch_size=20, eval_batch_size=32, lr=0.05,
+                      warmup_epochs=0, device="cpu")
+    stage = Stage(role="teacher", out_dir=tmp_path / "t", model=model,
+                  train_loader=make_loader(data, "train", 20, train=True), select_loader=make_loader(data, "select", 32),
+                  objective=objective, card={"role": "teacher", "arch": "linear", **data.card()})
+    fit(stage, cfg, Runtime(torch.device("cpu")), "test")
+    row = json.loads((tmp_path / "t/metrics.jsonl").read_text().splitlines()[0])
+    assert seen == [20, len(data.splits["train"].targets) - 20]
+    assert row["train_loss"] == pytest.approx(2 * row["train_loss_ce"], rel=1e-6)
+    assert row["train_loss_const"] == pytest.approx((1 * 20 + 2 * seen[1]) / sum(seen))

@@ -86,3 +86,24 @@ def test_pipeline_keep_last_no_leaves_only_slim_checkpoints(tmp_path, monkeypatc
     for best in run.rglob("best.pt"):
         assert not {"optimizer", "scheduler"} & load_checkpoint(best).keys(), best
     assert json.loads((run / "report.json").read_text())["num_images"] == 48
+
+
+def test_pipeline_complementary_on_a_borrowed_teacher(tmp_path, monkeypatch, cli):
+    """--teacher-from links a finished teacher in (not retrained); --complementary clusters reaches both
+    distilled students, and the selector then learns which student owns each image."""
+    small = small_seed_models(monkeypatch, tmp_path)
+    first = tmp_path / "a"
+    code, _, err = cli(pipeline_main, ["--run-dir", str(first), *SMALL, *small])
+    assert code == 0, err
+    run = tmp_path / "b"
+    code, out, err = cli(pipeline_main, ["--run-dir", str(run), *SMALL, *small, "--teacher-from",
+                                         str(first / "teacher"), "--complementary", "clusters"])
+    assert code == 0, err
+    assert "teacher: skipped (finished)" in out
+    assert (run / "teacher/best.pt").stat().st_ino == (first / "teacher/best.pt").stat().st_ino
+    for arch in ("densenet121", "googlenet"):
+        card = load_checkpoint(run / f"students/{arch}/best.pt")["card"]
+        assert card["distillation"]["complementary"]["method"] == "clusters"
+    assert load_checkpoint(run / "selector/best.pt")["card"]["target"] == "owner"
+    code, _, err = cli(pipeline_main, ["--run-dir", str(tmp_path / "c"), *SMALL, "--teacher-from", str(tmp_path)])
+    assert code == 2 and "--teacher-from" in err and err.count("\n") == 1

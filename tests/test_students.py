@@ -83,7 +83,7 @@ def _ce_reference(smoothing=0.0):
 
 def _loss(**kw):  # float64: at T = 20 the KL is tiny and float32 rounding would show after the T^2
     return distillation_loss(torch.tensor(S, dtype=torch.float64), torch.tensor(T_, dtype=torch.float64),
-                             torch.tensor(Y), **kw).item()
+                             torch.tensor(Y), **kw)["loss"].item()
 
 
 @pytest.mark.parametrize("temperature", [1.0, 4.0, 20.0])
@@ -98,8 +98,8 @@ def test_alpha_mixes_hard_and_soft_terms():
 
 
 def test_alpha_one_ignores_the_teacher_and_smoothing_applies_to_ce():
-    loss = distillation_loss(torch.tensor(S), None, torch.tensor(Y), alpha=1.0, label_smoothing=0.1)
-    assert loss.item() == pytest.approx(_ce_reference(0.1), rel=1e-6)
+    parts = distillation_loss(torch.tensor(S), None, torch.tensor(Y), alpha=1.0, label_smoothing=0.1)
+    assert parts["loss"].item() == pytest.approx(_ce_reference(0.1), rel=1e-6) and "kd" not in parts
 
 
 def test_mse_variant_matches_raw_logits():
@@ -108,9 +108,41 @@ def test_mse_variant_matches_raw_logits():
     assert _loss(alpha=0.5, kd_loss="mse") == pytest.approx(0.5 * _ce_reference() + 0.5 * mse, rel=1e-6)
 
 
+def test_loss_parts_are_reported_apart():
+    parts = distillation_loss(torch.tensor(S, dtype=torch.float64), torch.tensor(T_, dtype=torch.float64),
+                              torch.tensor(Y), alpha=0.3, temperature=4.0)
+    assert parts["ce"].item() == pytest.approx(_ce_reference(), rel=1e-6)
+    assert parts["kd"].item() == pytest.approx(_kl_reference(4.0), rel=1e-5)
+
+
+def test_per_image_weights_give_the_weighted_mean_of_each_term():
+    """sum(w * l) / sum(w) for CE and KD, by hand: image 0 weighs 1, image 1 weighs 0.25."""
+    w = [1.0, 0.25]
+    ce = [-math.log(_softmax(s, 1.0)[y]) for s, y in zip(S, Y)]
+    kl = [16 * sum(b * math.log(b / a) for a, b in zip(_softmax(s, 4.0), _softmax(t, 4.0))) for s, t in zip(S, T_)]
+    mean = lambda v: sum(a * b for a, b in zip(w, v)) / sum(w)  # noqa: E731
+    parts = distillation_loss(torch.tensor(S, dtype=torch.float64), torch.tensor(T_, dtype=torch.float64),
+                              torch.tensor(Y), alpha=0.4, temperature=4.0, weights=torch.tensor(w))
+    assert parts["ce"].item() == pytest.approx(mean(ce), rel=1e-6)
+    assert parts["kd"].item() == pytest.approx(mean(kl), rel=1e-5)
+    assert parts["loss"].item() == pytest.approx(0.4 * mean(ce) + 0.6 * mean(kl), rel=1e-5)
+    uniform = distillation_loss(torch.tensor(S), torch.tensor(T_), torch.tensor(Y), alpha=0.4, temperature=4.0,
+                                weights=torch.tensor([0.5, 0.5]))["loss"]
+    plain = distillation_loss(torch.tensor(S), torch.tensor(T_), torch.tensor(Y), alpha=0.4, temperature=4.0)["loss"]
+    assert uniform.item() == pytest.approx(plain.item(), rel=1e-6)
+
+
+def test_kd_losses_come_from_the_registry():
+    from students.kd import get_kd_loss, kd_losses
+
+    assert {"kl", "mse"} <= set(kd_losses())
+    with pytest.raises(ValueError, match="kd_loss must be one of"):
+        get_kd_loss("dkd-typo")
+
+
 def test_kl_gradient_reaches_the_student_only():
     s = torch.tensor(S, requires_grad=True)
-    distillation_loss(s, torch.tensor(T_), torch.tensor(Y), alpha=0.0, temperature=2.0).backward()
+    distillation_loss(s, torch.tensor(T_), torch.tensor(Y), alpha=0.0, temperature=2.0)["loss"].backward()
     # d/ds of T^2 KL(p_t || softmax(s/T)) averaged over B rows = T (softmax(s/T) - p_t) / B
     want = 2.0 * (F.softmax(torch.tensor(S) / 2, 1) - F.softmax(torch.tensor(T_) / 2, 1)) / 2
     assert torch.allclose(s.grad, want, atol=1e-6)
