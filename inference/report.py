@@ -28,6 +28,7 @@ from inference.router import TEACHER, RunModels, load_router
 from inference.summary import SELECTOR, summarize
 from moskd.data import TensorLoader, load_data
 from moskd.errors import MoskdError, cli_entry
+from moskd.precision import policy
 from moskd.profile import model_cost
 from selector.labels import adapt_input, discover, load_student, unwrap
 
@@ -46,15 +47,16 @@ def collect(run: RunModels, extras: dict, loader: TensorLoader, progress: bool =
         m.eval()
     parts: dict[str, list] = {k: [] for k in ("labels", "selector_scores", "routed_logits", "route",
                                               *[f"logits_{m}" for m in models])}
+    prec = run.router.precision or policy(loader.device)
     for batch in tqdm(loader, desc=f"evaluate {desc}", leave=False, disable=not progress, unit="batch"):
-        x = batch[0]
+        x = prec.input(batch[0])
         routed = run.router(x)
         parts["routed_logits"].append(routed.logits.float().cpu())
         parts["route"].append(routed.routes.cpu())
         parts["selector_scores"].append(routed.scores.float().cpu())
         parts["labels"].append(batch[1].cpu())
         for name, m in models.items():
-            parts[f"logits_{name}"].append(m(x).float().cpu())
+            parts[f"logits_{name}"].append(prec.forward(m, x).cpu())
     return {k: torch.cat(v).numpy() for k, v in parts.items()}
 
 

@@ -17,6 +17,7 @@ Scores lie in [0, 1], so TAU = 0 never escalates and TAU > 1 sends every image t
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Sequence
@@ -27,6 +28,7 @@ from torch import nn
 import selector.model  # noqa: F401  (registers selector_cnn for build_model_from_checkpoint)
 from moskd.checkpoint import build_model_from_checkpoint, load_checkpoint
 from moskd.errors import MoskdError
+from moskd.precision import Precision, policy
 from selector.labels import Student, adapt_input, load_student
 from selector.model import relative_costs, route_from_scores
 
@@ -53,6 +55,7 @@ class Router(nn.Module):
         self.costs = costs  # (S,) MACs relative to the dearest student; None = knob has no effect
         self.names = list(names) if names is not None else [f"student{i}" for i in range(len(students))]
         self.route_names = self.names + [TEACHER]  # route len(students) = the teacher
+        self.precision: Precision | None = None  # set by load_router: layout and autocast of every forward
 
     def _route_models(self) -> list[nn.Module]:
         return [*self.students, *([self.teacher] if self.teacher is not None else [])]
@@ -87,9 +90,13 @@ class Router(nn.Module):
 
     @torch.inference_mode()
     def forward(self, x: torch.Tensor) -> Routed:
-        scores = self.scores(x)
-        routes = self.routes(scores)
-        return Routed(self.dispatch(x, routes), routes, scores)
+        prec = self.precision
+        if prec is not None:
+            x = prec.input(x)
+        with prec.autocast() if prec is not None else contextlib.nullcontext():
+            scores = self.scores(x)
+            routes = self.routes(scores)
+            return Routed(self.dispatch(x, routes).float(), routes, scores)
 
 
 # ---------------------------------------------------------------- loading a run
@@ -165,4 +172,8 @@ def load_router(run_dir: str | Path, escalate: float | None = None, device="cpu"
                     escalate, float(card.get("tie_margin", 0.0)), [s.name for s in students],
                     knob=float(card.get("knob", 0.0)), costs=relative_costs([s.macs for s in students]))
     teacher = teacher.eval() if teacher is not None else None
+    router.precision = prec = policy(device)  # inference policy: fp32 on the CPU, as the bundle runs
+    prec.model(router)
+    if teacher is not None:
+        prec.model(teacher)
     return RunModels(router, card, sel.get("config") or {}, students, teacher, teacher_card)

@@ -4,12 +4,13 @@ Training, the teacher cache, the online teacher, selector labels, the router and
 this module instead of deciding for themselves, so a change of policy is one edit.
 
 - CUDA: bf16 autocast (when `amp`) and channels_last, for training and for inference.
-- CPU: channels_last always (oneDNN's convolutions are faster on NHWC: measured 1.2-1.4x for
-  DenseNet121 and GoogLeNet training at 28x28, benchmarks/bench_precision.py). bf16 autocast only
-  while *training* or building the teacher cache, and only where the CPU has native bf16 units
-  (AVX512-BF16 or AMX): there it is 1.3-2x faster; elsewhere it is emulated and slower. Reported
-  numbers (selector labels, router, report) stay fp32 on the CPU because the CPU deployment paths
-  (bundle, `inference --fast`) run fp32: the report measures what ships.
+- CPU, training and the teacher cache: channels_last (oneDNN's convolutions are faster on NHWC)
+  and, where the CPU has native bf16 units (AVX512-BF16 or AMX), bf16 autocast; elsewhere bf16 is
+  emulated and slower, so it stays off. Measured side by side: benchmarks/bench_precision.py.
+- CPU, inference (selector labels, router, report): fp32 in the default layout, exactly what the
+  exported bundle runs, so the report measures what ships and a bundle reproduces the run's routes
+  bit for bit (a near-tie between two students' scores can flip on a last-bit difference).
+  `inference --fast` has its own measured CPU path (moskd.fold).
 """
 from __future__ import annotations
 
@@ -69,6 +70,7 @@ def policy(device: torch.device | str, amp: bool = True, training: bool = False)
     if device.type == "cuda":
         return Precision(device, torch.bfloat16 if amp else None)
     if device.type == "cpu":
-        native = amp and training and cpu_has_native_bf16()
-        return Precision(device, torch.bfloat16 if native else None)
+        if not training:
+            return Precision(device, None, channels_last=False)
+        return Precision(device, torch.bfloat16 if amp and cpu_has_native_bf16() else None)
     return Precision(device, None, channels_last=False)

@@ -20,6 +20,7 @@ from tqdm import tqdm
 from moskd.checkpoint import build_model_from_checkpoint, load_checkpoint, save_checkpoint
 from moskd.data import DataBundle, TensorLoader
 from moskd.errors import MoskdError
+from moskd.precision import policy
 from moskd.models import Renormalized, adapt_input, same_normalisation, unwrap  # noqa: F401  (re-exported)
 from moskd.profile import count_macs
 
@@ -109,11 +110,12 @@ def load_students(run_dir: str | Path, names: list[str] | None = None, **kw) -> 
 def collect_logits(models: list[nn.Module], loader: TensorLoader, desc: str = "", progress: bool = False
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """((N, S, C) float logits of every model, (N,) targets) over a non-shuffled loader, on the CPU."""
+    prec = policy(loader.device)  # the inference policy: labels describe the students as they will run
     for m in models:
-        m.eval()
+        prec.model(m.eval())
     logits, targets = [], []
     for batch in tqdm(loader, desc=desc, leave=False, disable=not progress, unit="batch"):
-        logits.append(torch.stack([m(batch[0]).float() for m in models], 1).cpu())
+        logits.append(torch.stack([prec.forward(m, batch[0]) for m in models], 1).cpu())
         targets.append(batch[1].cpu())
     return torch.cat(logits), torch.cat(targets)
 
