@@ -13,13 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-from pathlib import Path
 
 from moskd.pipeline import PipelineConfig, run
+from moskd.run import RunDir, StageDir
 
 
-def epoch_throughput(stage_dir: Path) -> str:
-    metrics = stage_dir / "metrics.jsonl"
+def epoch_throughput(stage: StageDir) -> str:
+    metrics = stage.metrics
     if not metrics.exists():
         return ""
     rows = [json.loads(line) for line in metrics.read_text().splitlines()]
@@ -37,11 +37,11 @@ def main() -> None:
     timings = run(PipelineConfig(run_dir=args.run_dir, dataset=args.dataset, limit=args.limit,
                                  epochs=args.epochs, force=args.force))
     total, teacher = sum(timings.values()), timings.get("teacher") or float("nan")
-    run_dir = Path(args.run_dir)
-    dirs = {"teacher": run_dir / "teacher", "selector": run_dir / "selector"}
+    run_dir = RunDir(args.run_dir)
+    dirs = {"teacher": run_dir.teacher, "selector": run_dir.selector}
     for name in timings:
         if name.startswith("student "):
-            dirs[name] = run_dir / "students" / name.split()[1]
+            dirs[name] = run_dir.student(run_dir.student_name(name.split()[1], baseline="baseline" in name))
     print(f"\n{'stage':<36} {'seconds':>8} {'share':>7} {'x teacher':>10}  training throughput")
     for name, sec in timings.items():
         print(f"{name:<36} {sec:>8.1f} {sec / total:>7.1%} {sec / teacher:>10.2f}  "

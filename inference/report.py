@@ -1,12 +1,16 @@
 """Evaluation of a run: RUN/report.json, RUN/report.md, RUN/plots/*.png and RUN/eval/<split>.npz.
 
-    moskd report RUN [--escalate TAU] [--from-eval]     (also: inference --run-dir RUN --split test)
+    moskd report --run-dir RUN [--escalate TAU] [--from-eval] [--limit N]
+                                                        (also: inference --run-dir RUN --split test)
+
+With --limit N (fewer test images than the run's own) everything goes to RUN/report-limit<N>/
+instead, beside the full report, never over it (moskd.run.RunDir.report).
 
 Every model (teacher, each routed student, baseline students) runs alone over `select` and `test`;
 the routed answers on `test` come from the real Router dispatch. The per-image outputs are saved
 to RUN/eval/<split>.npz, and every number of the report is computed from those arrays by
 `summarize` (pure: arrays in, dict out; inference.curves does the curves and CIs), so a later
-`moskd report RUN --from-eval` rebuilds the report without running a model.
+`moskd report --run-dir RUN --from-eval` rebuilds the report without running a model.
 
 Choices are made on `select`, never on `test`: the best single student, and the cascade compared
 with the router at the router's MACs (its threshold: the most accurate one on `select` whose MACs
@@ -15,7 +19,8 @@ stay within the router's MACs on the selector's held-out `select` images). `test
 from __future__ import annotations
 
 import argparse
-import json
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +33,10 @@ from inference.router import TEACHER, RunModels, load_router
 from inference.summary import SELECTOR, summarize
 from moskd.data import TensorLoader, load_data
 from moskd.errors import MoskdError, cli_entry
+from moskd.models import adapt_input, unwrap
 from moskd.precision import policy
 from moskd.profile import model_cost
-from selector.labels import adapt_input, discover, load_student, unwrap
+from moskd.run import ReportDir, RunDir, read_json, run_dir_argument, write_json, write_text
 
 SPLITS = ("select", "test")
 
@@ -61,15 +67,21 @@ def collect(run: RunModels, extras: dict, loader: TensorLoader, progress: bool =
 
 
 def save_eval(path: Path, arrays: dict) -> None:
+    """The arrays as .npz, atomically (numpy writes through a path: a temporary one, then rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.npz")
-    np.savez_compressed(tmp, **{k: v for k, v in arrays.items() if k != "routed_logits"})
-    tmp.replace(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp.npz")
+    os.close(fd)
+    try:
+        np.savez_compressed(tmp, **{k: v for k, v in arrays.items() if k != "routed_logits"})
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def load_eval(path: Path) -> dict:
     if not path.is_file():
-        raise MoskdError(f"{path} not found; run `moskd report RUN` without --from-eval first")
+        raise MoskdError(f"{path} not found; run `moskd report --run-dir RUN` without --from-eval first")
     with np.load(path, allow_pickle=False) as f:
         return {k: f[k] for k in f.files}
 
@@ -105,18 +117,19 @@ def evaluate_run(run_dir: str | Path, *, dataset: str | None = None, data_dir: s
                  download: bool = False, limit: int | None = None, escalate: float | None = None,
                  device="cpu", batch_size: int = 256, progress: bool = False) -> dict:
     """Run every model of a run over `select` and `test`, save RUN/eval/{select,test}.npz and
-    RUN/eval/meta.json (under eval-limit<N>/ with --limit), and return report.json's content."""
-    run_dir = Path(run_dir)
-    run = load_router(run_dir, escalate, device, with_teacher=True)
+    RUN/eval/meta.json (under report-limit<N>/ with --limit), and return report.json's content."""
+    run_dir = RunDir(run_dir)
+    run_dir.require("teacher", "students", "selector")
+    run = load_router(run_dir.root, escalate, device, with_teacher=True)
     data = load_data(**_data_settings(run, dataset, data_dir, download, limit))
     names = run.router.names
     classes = len(run.class_names)
     if data.num_classes != classes:
         raise MoskdError(f"{data.name} has {data.num_classes} classes, the run's models {classes}; "
                          f"evaluate on the run's dataset")
-    distilled, baselines = discover(run_dir)
+    distilled, baselines = run_dir.discover_students()
     extra = [k for k in distilled + baselines if k not in names]  # baselines, unrouted students
-    extras = {k: load_student(run_dir, k, dataset=data.name, num_classes=classes, device=device) for k in extra}
+    extras = {k: run_dir.load_student(k, dataset=data.name, num_classes=classes, device=device) for k in extra}
     card = run.card
     for st in extras.values():
         st.model = adapt_input(st.model, st.card, card, st.path)
@@ -132,10 +145,10 @@ def evaluate_run(run_dir: str | Path, *, dataset: str | None = None, data_dir: s
             "knob": run.router.knob, "escalate": escalate, "heldout": heldout,
             "meta": {"dataset": data.name, "split": "test", "input_size": list(size),
                      "class_names": run.class_names}}
-    folder = eval_dir(run_dir, limit)
+    out = run_dir.report(limit)
     for split in SPLITS:
-        save_eval(folder / f"{split}.npz", arrays[split])
-    _atomic_write(folder / "meta.json", json.dumps(meta, indent=2) + "\n")
+        save_eval(out.eval_arrays(split), arrays[split])
+    write_json(out.eval_meta, meta)
     report = summarize(arrays["test"], arrays["select"], meta["costs"], names=names, tie_margin=meta["tie_margin"],
                        knob=meta["knob"], escalate=escalate, heldout=heldout, meta=meta["meta"])
     # the router's scattered outputs must equal each model run alone on the full batch
@@ -146,19 +159,21 @@ def evaluate_run(run_dir: str | Path, *, dataset: str | None = None, data_dir: s
     return report
 
 
-def eval_dir(run_dir: Path, limit: int | None = None) -> Path:
+def eval_dir(run_dir: str | Path, limit: int | None = None) -> Path:
     """RUN/eval for the full splits; a --limit evaluation's arrays go beside it, never over it."""
-    return Path(run_dir) / ("eval" if limit is None else f"eval-limit{limit}")
+    return RunDir(run_dir).report(limit).eval
 
 
 def report_from_eval(run_dir: str | Path, limit: int | None = None) -> dict:
     """report.json's content from the saved RUN/eval arrays, without running a model."""
-    folder = eval_dir(Path(run_dir), limit)
-    meta_path = folder / "meta.json"
-    if not meta_path.is_file():
-        raise MoskdError(f"{meta_path} not found; run `moskd report {run_dir}` without --from-eval first")
-    meta = json.loads(meta_path.read_text())
-    test, select = (load_eval(folder / f"{split}.npz") for split in ("test", "select"))
+    run = RunDir(run_dir)
+    run.require()  # the run directory itself must exist
+    out = run.report(limit)
+    if not out.eval_meta.is_file():
+        raise MoskdError(f"{out.eval_meta} not found; run `moskd report --run-dir {run_dir}"
+                         f"{f' --limit {limit}' if limit else ''}` without --from-eval first")
+    meta = read_json(out.eval_meta)
+    test, select = (load_eval(out.eval_arrays(split)) for split in ("test", "select"))
     return summarize(test, select, meta["costs"], names=meta["names"], tie_margin=meta["tie_margin"],
                      knob=meta["knob"], escalate=meta["escalate"], heldout=meta["heldout"], meta=meta["meta"])
 
@@ -166,19 +181,11 @@ def report_from_eval(run_dir: str | Path, limit: int | None = None) -> dict:
 # ---------------------------------------------------------------- writing
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
-def write_report(run_dir: str | Path, report: dict) -> list[Path]:
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    paths = [run_dir / "report.json", run_dir / "report.md", run_dir / "plots" / "accuracy_vs_macs.png",
-             run_dir / "plots" / "confusion.png"]
-    _atomic_write(paths[0], json.dumps(report, indent=2) + "\n")
-    _atomic_write(paths[1], render_markdown(report))
+def write_report(out: ReportDir, report: dict) -> list[Path]:
+    """report.json, report.md and the plots into `out` (RUN, or RUN/report-limit<N>)."""
+    paths = [out.json, out.md, out.plot("accuracy_vs_macs"), out.plot("confusion")]
+    write_json(paths[0], report)
+    write_text(paths[1], render_markdown(report))
     plot_accuracy_vs_macs(report, paths[2])
     plot_confusions(report, paths[3])
     return paths
@@ -187,7 +194,7 @@ def write_report(run_dir: str | Path, report: dict) -> list[Path]:
 def report_run(run_dir, from_eval: bool = False, **kw) -> dict:
     """Evaluate, write report.json/report.md/plots, print the tables; what the CLIs and the pipeline call."""
     report = report_from_eval(run_dir, kw.get("limit")) if from_eval else evaluate_run(run_dir, **kw)
-    paths = write_report(run_dir, report)
+    paths = write_report(RunDir(run_dir).report(kw.get("limit")), report)
     print(render_markdown(report))
     print(headline(report))
     print("wrote " + ", ".join(str(p) for p in paths))
@@ -198,18 +205,22 @@ def report_run(run_dir, from_eval: bool = False, **kw) -> dict:
 def main(argv=None):
     p = argparse.ArgumentParser(prog="moskd report", description=__doc__, allow_abbrev=False,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run_dir", metavar="RUN", help="run directory holding teacher/, students/ and selector/")
+    p.add_argument("run", metavar="RUN", nargs="?", help="the run directory, as --run-dir RUN (kept for older scripts)")
+    p.add_argument("--run-dir", default=None, help="run directory holding teacher/, students/ and selector/ "
+                                                   "(default: runs/digits)")
     p.add_argument("--escalate", type=float, default=None, metavar="TAU",
                    help="send images whose best student score < TAU to the teacher (0 = never, >1 = always)")
     p.add_argument("--dataset", default=None, help="must be the run's dataset (default: read from the run)")
     p.add_argument("--data-dir", default=None, help="where fashion-mnist/CIFAR files live (default: the run's)")
     p.add_argument("--download", action="store_true", help="download fashion-mnist/CIFAR (needs network)")
-    p.add_argument("--limit", type=int, default=None, help="use at most N test images")
+    p.add_argument("--limit", type=int, default=None,
+                   help="use at most N test images; the report then goes to RUN/report-limit<N>/, beside the full one")
     p.add_argument("--batch-size", type=int, default=256, help="images per evaluation step")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--from-eval", action="store_true",
                    help="rebuild the report from RUN/eval/*.npz and meta.json without running any model")
     a = p.parse_args(argv)
+    a.run_dir = run_dir_argument(a.run, a.run_dir, default="runs/digits")
     from moskd.runtime import setup_runtime, show_progress
 
     if a.from_eval:

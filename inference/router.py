@@ -25,11 +25,10 @@ from typing import NamedTuple, Sequence
 import torch
 from torch import nn
 
-import selector.model  # noqa: F401  (registers selector_cnn for build_model_from_checkpoint)
-from moskd.checkpoint import build_model_from_checkpoint, load_checkpoint
 from moskd.errors import MoskdError
+from moskd.models import adapt_input, build_model_from_checkpoint
 from moskd.precision import Precision, policy
-from selector.labels import Student, adapt_input, load_student
+from moskd.run import RunDir, Student
 from selector.model import relative_costs, route_from_scores
 
 TEACHER = "teacher"
@@ -47,7 +46,7 @@ class Router(nn.Module):
                  knob: float = 0.0, costs: torch.Tensor | None = None):
         super().__init__()
         if escalate is not None and teacher is None:
-            raise MoskdError("--escalate needs the teacher: RUN/teacher/best.pt (run teacherTrain first)")
+            raise MoskdError("--escalate needs the teacher; run teacherTrain --run-dir RUN first")
         self.selector = selector.eval()
         self.students = nn.ModuleList(students).eval()
         self.teacher = teacher.eval() if teacher is not None else None
@@ -122,51 +121,30 @@ class RunModels:
         return self.selector_card
 
 
-def load_teacher(run_dir: Path, *, dataset: str | None = None, num_classes: int | None = None,
-                 device="cpu") -> tuple[nn.Module, dict]:
-    path = run_dir / "teacher" / "best.pt"
-    if not path.is_file():
-        raise MoskdError(f"{path} not found; run teacherTrain --run-dir {run_dir} first")
-    ckpt = load_checkpoint(path, role="teacher", dataset=dataset, num_classes=num_classes,
-                           hint="use the teacher of this run")
-    return build_model_from_checkpoint(ckpt).to(device), ckpt["card"]
-
-
-def load_selector(run_dir: Path) -> dict:
-    path = run_dir / "selector" / "best.pt"
-    if not path.is_file():
-        raise MoskdError(f"{path} not found; run trainSelector --run-dir {run_dir} first")
-    ckpt = load_checkpoint(path, role="selector", arch="selector_cnn", hint="rerun trainSelector")
-    if not ckpt["card"].get("students"):
-        raise MoskdError(f"{path}: selector card names no students; rerun trainSelector --run-dir {run_dir} --force")
-    return ckpt
-
-
 def load_router(run_dir: str | Path, escalate: float | None = None, device="cpu", with_teacher: bool = False
                 ) -> RunModels:
     """The run's selector and its students (route order from the selector card); the teacher when
     escalating or when asked for (evaluation)."""
-    run_dir = Path(run_dir)
-    sel = load_selector(run_dir)
+    run = RunDir(run_dir)
+    sel = run.load_selector()
     card = sel["card"]
-    students = [load_student(run_dir, n, dataset=card["dataset"], device=device) for n in card["students"]]
+    students = [run.load_student(n, dataset=card["dataset"], device=device) for n in card["students"]]
     for s, macs in zip(students, card.get("student_macs", [])):
         if s.macs != macs:  # another architecture now sits in that folder: the selector's labels are stale
             raise MoskdError(f"{s.path} changed since the selector was trained ({s.macs:,} MACs, selector knew "
-                             f"{macs:,}); rerun trainSelector --run-dir {run_dir} --force")
+                             f"{macs:,}); rerun trainSelector --run-dir {run.root} --force")
     classes = students[0].card["num_classes"]
     for s in students[1:]:
         if s.card["num_classes"] != classes:
             raise MoskdError(f"{s.path}: {s.card['num_classes']} classes, {students[0].path} has {classes}; "
                              f"retrain the students on one dataset")
     teacher, teacher_card = None, None
-    if escalate is not None or with_teacher:
-        teacher, teacher_card = load_teacher(run_dir, dataset=card["dataset"], num_classes=classes, device=device)
     # every model gets the batch preprocessed per the selector card (= its cheapest student's)
+    if escalate is not None or with_teacher:
+        teacher, teacher_card = run.load_teacher(dataset=card["dataset"], num_classes=classes, like=card,
+                                                 device=device)
     for s in students:
         s.model = adapt_input(s.model, s.card, card, s.path)
-    if teacher is not None:
-        teacher = adapt_input(teacher, teacher_card, card, run_dir / "teacher" / "best.pt")
     selector_model = build_model_from_checkpoint(sel).to(device)
     router = Router(selector_model, [s.model for s in students], teacher if escalate is not None else None,
                     escalate, float(card.get("tie_margin", 0.0)), [s.name for s in students],

@@ -76,13 +76,3 @@ def inference_weights(ckpt: dict) -> dict:
     """The weights to predict with: the EMA copy when training kept one."""
     return ckpt.get("ema") or ckpt["model"]
 
-
-def build_model_from_checkpoint(ckpt: dict) -> torch.nn.Module:
-    """Recreate the model its card describes, load its inference weights, eval mode."""
-    from moskd.models import create_model
-
-    card = ckpt["card"]
-    model = create_model(card["arch"], num_classes=card["num_classes"], in_chans=card["in_chans"],
-                         **card.get("model_kwargs", {}))
-    model.load_state_dict(inference_weights(ckpt))
-    return model.eval()

@@ -1,4 +1,4 @@
-"""`moskd clean RUN`: shrink a run directory to what inference and reports need.
+"""`moskd clean --run-dir RUN` (or `moskd clean RUN`): shrink a run directory to what inference and reports need.
 
 A finished stage (one with summary.json) needs its last.pt only to be resumed, which a finished
 stage never is, so it is deleted; a best.pt written before checkpoints were slim (it still holds
@@ -14,6 +14,7 @@ from pathlib import Path
 from moskd.checkpoint import read_checkpoint_file, save_checkpoint
 from moskd.engine import drop_last, slim
 from moskd.errors import MoskdError, cli_entry
+from moskd.run import StageDir, run_dir_argument
 
 PROG = "moskd clean"
 
@@ -24,15 +25,16 @@ def clean_run(run_dir: str | Path, dry_run: bool = False, log=print) -> int:
     if not run_dir.is_dir():
         raise MoskdError(f"{run_dir}: no such run directory; pass the folder given to --run-dir")
     freed = 0
-    for summary in sorted(run_dir.rglob("summary.json")):
-        stage = summary.parent
-        last = stage / "last.pt"
+    marker = StageDir(run_dir).summary.name  # every finished stage folder holds one, at any depth
+    for summary in sorted(run_dir.rglob(marker)):
+        stage = StageDir(summary.parent)
+        last = stage.last
         if last.is_file():
             size = last.stat().st_size
-            if dry_run or drop_last(stage):
+            if dry_run or drop_last(stage.path):
                 freed += size
                 log(f"{'would drop' if dry_run else 'dropped'} {last} ({size / 1e6:.1f} MB)")
-        best = stage / "best.pt"
+        best = stage.best
         ckpt = read_checkpoint_file(best) if best.is_file() else None
         if isinstance(ckpt, dict) and "card" in ckpt and slim(ckpt).keys() != ckpt.keys():
             before = best.stat().st_size
@@ -50,9 +52,11 @@ def clean_run(run_dir: str | Path, dry_run: bool = False, log=print) -> int:
 def main(argv=None):
     p = argparse.ArgumentParser(prog=PROG, description=__doc__, allow_abbrev=False,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run_dir", metavar="RUN", help="run directory")
+    p.add_argument("run", metavar="RUN", nargs="?", help="run directory (the same as --run-dir RUN)")
+    p.add_argument("--run-dir", default=None, help="run directory")
     p.add_argument("--dry-run", action="store_true", help="only list what would be dropped")
     a = p.parse_args(argv)
+    a.run_dir = run_dir_argument(a.run, a.run_dir, PROG)
     freed = clean_run(a.run_dir, a.dry_run)
     print(f"{PROG}: {'would free' if a.dry_run else 'freed'} {freed / 1e6:.1f} MB in {a.run_dir}")
     return 0

@@ -1,41 +1,45 @@
-"""`moskd`: one umbrella command with a subcommand per stage. It only dispatches.
+"""`moskd`: one umbrella command with a subcommand per stage command. It only dispatches.
 
     moskd teacher   ...   = teacherTrain ...
     moskd student   ...   = StudentTrain ...
     moskd selector  ...   = trainSelector ...
     moskd inference ...   = inference ...
-    moskd report RUN      evaluation report of a finished run
+    moskd report    ...   evaluation report of a finished run (--run-dir RUN)
     moskd sweep     ...   temperature/alpha/seed grid for one student
-    moskd pipeline  ...   every stage in order on one run directory (--seeds 0 1 2: once per seed)
-    moskd results         README and docs/RESULTS.md tables from the committed seed files
     moskd export    ...   a finished run as a deployment bundle (torch.export or ONNX)
     moskd serve     ...   HTTP prediction server for a bundle or a run (needs the serve extra)
-    moskd clean RUN       drop optimizer state of finished stages (last.pt) to shrink a run
+    moskd pipeline  ...   every stage in order on one run directory (--seeds 0 1 2: once per seed)
+    moskd results         README and docs/RESULTS.md tables from the committed seed files
+    moskd clean     ...   drop optimizer state of finished stages (last.pt) to shrink a run
+
+The stage commands come from what the stages declare (moskd.stages); the last three are the
+core's own. A command's module is imported only when it is chosen, so `moskd --help` is instant.
 """
 from __future__ import annotations
 
+import difflib
 import importlib
 import sys
 
-COMMANDS = {  # subcommand -> (module, what it does); modules are imported only when chosen
-    "teacher": ("teacher.train", "stage 1: train the teacher (teacherTrain)"),
-    "student": ("students.train", "stage 2: distil the teacher into a student (StudentTrain)"),
-    "selector": ("selector.train", "stage 3: label select images and train the selector (trainSelector)"),
-    "inference": ("inference.predict", "stage 4: routed predictions for files, folders or a split (inference)"),
-    "report": ("inference.report", "evaluation report of a run: report.json, report.md, plots"),
-    "sweep": ("students.sweep", "grid of temperatures, alphas and seeds for one student"),
-    "pipeline": ("moskd.pipeline", "teacher -> cache -> students -> selector -> report, skipping finished stages"),
-    "results": ("moskd.results", "README and docs/RESULTS.md tables from docs/results/*/seeds.json"),
-    "export": ("inference.export", "a finished run as a deployment bundle: manifest.json + one program per model"),
-    "serve": ("inference.serve", "HTTP server: POST /predict, GET /health, GET /info (pip install -e '.[serve]')"),
-    "clean": ("moskd.clean", "drop last.pt of finished stages and slim old best.pt files"),
-}
+from moskd.stages import Command, commands
+
+CORE_COMMANDS = (
+    Command("pipeline", "moskd.pipeline",
+            "teacher -> cache -> students -> selector -> report, skipping finished stages"),
+    Command("results", "moskd.results", "README and docs/RESULTS.md tables from docs/results/*/seeds.json"),
+    Command("clean", "moskd.clean", "drop last.pt of finished stages and slim old best.pt files"),
+)
+
+
+def all_commands() -> dict[str, Command]:
+    return {**commands(), **{c.name: c for c in CORE_COMMANDS}}
 
 
 def usage() -> str:
-    width = max(map(len, COMMANDS))
+    table = all_commands()
+    width = max(map(len, table))
     lines = ["usage: moskd COMMAND [ARGS...]   (moskd COMMAND --help for its flags)", "", "commands:"]
-    lines += [f"  {name:<{width}}  {what}" for name, (_, what) in COMMANDS.items()]
+    lines += [f"  {name:<{width}}  {c.help}" for name, c in table.items()]
     return "\n".join(lines)
 
 
@@ -50,10 +54,13 @@ def main(argv=None) -> None:
         print(f"moskd {__version__}")
         return
     name, rest = argv[0], argv[1:]
-    if name not in COMMANDS:
-        print(f"moskd: error: unknown command '{name}'; choose one of {', '.join(COMMANDS)}", file=sys.stderr)
+    table = all_commands()
+    if name not in table:
+        close = difflib.get_close_matches(name, table, n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        print(f"moskd: error: unknown command '{name}'; {hint}choose one of {', '.join(table)}", file=sys.stderr)
         raise SystemExit(2)
-    module = importlib.import_module(COMMANDS[name][0])
+    module = importlib.import_module(table[name].module)
     module.main(rest)
 
 

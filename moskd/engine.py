@@ -31,6 +31,7 @@ from moskd.data import TensorLoader
 from moskd.errors import MoskdError
 from moskd.plots import plot_curves
 from moskd.precision import Precision, policy
+from moskd.run import StageDir, write_json
 from moskd.runtime import Runtime, log, show_progress
 
 Batch = tuple  # (images, targets, *extras), already on the device
@@ -144,16 +145,16 @@ def _scheduler(cfg: TrainConfig, optimizer, steps_per_epoch: int):
 
 def prepare_out_dir(out_dir: Path, cfg: TrainConfig, command: str, card: dict) -> Optional[dict]:
     """Guard what is already written; returns the checkpoint to resume from, if any."""
-    last = out_dir / "last.pt"
+    last = StageDir(out_dir).last
     if cfg.resume:
-        if not last.exists() and (out_dir / "summary.json").exists():
+        if not last.exists() and StageDir(out_dir).finished:
             raise MoskdError(f"nothing to resume: {out_dir} has finished and its last.pt was dropped "
                              f"(--keep-last no); pass --force to train it again")
         if not last.exists():
             raise MoskdError(f"nothing to resume: {last} does not exist; run {command} without --resume")
         return load_checkpoint(last, role=card["role"], arch=card["arch"], num_classes=card["num_classes"],
                                dataset=card["dataset"], hint=f"pass --force to start {out_dir} over")
-    finished = (out_dir / "summary.json").exists()  # last.pt may be gone (--keep-last no)
+    finished = StageDir(out_dir).finished  # last.pt may be gone (--keep-last no)
     if (last.exists() or finished) and not cfg.force:
         raise MoskdError(f"{out_dir} already holds a run; pass --resume to continue it or --force to start over")
     return None
@@ -204,8 +205,8 @@ def fit(stage: Stage, cfg: TrainConfig, rt: Runtime, command: str) -> dict:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[rt.device.index] if rt.cuda else None)
     if rt.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        write_config(cfg, out / "config.yaml")
-        with open(out / "metrics.jsonl", "w") as f:  # rewritten from the checkpoint's history on resume
+        write_config(cfg, StageDir(out).config)
+        with open(StageDir(out).metrics, "w") as f:  # rewritten from the checkpoint's history on resume
             f.writelines(json.dumps(h) + "\n" for h in history)
     eval_model = ema.module if ema is not None else raw
 
@@ -263,9 +264,9 @@ def fit(stage: Stage, cfg: TrainConfig, rt: Runtime, command: str) -> dict:
                 "history": history, "config": to_dict(cfg), "card": stage.card,
             }
             if improved:  # best.pt before last.pt: a last.pt on disk implies its best epoch's best.pt
-                save_checkpoint(slim(ckpt), out / "best.pt")
-            save_checkpoint(ckpt, out / "last.pt")
-            with open(out / "metrics.jsonl", "a") as f:
+                save_checkpoint(slim(ckpt), StageDir(out).best)
+            save_checkpoint(ckpt, StageDir(out).last)
+            with open(StageDir(out).metrics, "a") as f:
                 f.write(json.dumps(record) + "\n")
         log(rt, f"{stage.role} epoch {epoch + 1}/{cfg.epochs}  loss {record['train_loss']:.4f}  "
                 f"train {stage.metric_name} {record[f'train_{stage.metric_name}']:.4f}  "
@@ -284,8 +285,8 @@ def slim(ckpt: dict) -> dict:
 
 def drop_last(out_dir: Path) -> bool:
     """Delete a finished stage's last.pt (only --resume reads it); True when one was deleted."""
-    last = out_dir / "last.pt"
-    if not (out_dir / "summary.json").is_file() or not last.is_file():
+    last = StageDir(out_dir).last
+    if not StageDir(out_dir).finished or not last.is_file():
         return False
     last.unlink()
     return True
@@ -294,17 +295,17 @@ def drop_last(out_dir: Path) -> bool:
 def finish(stage: Stage, cfg: TrainConfig, rt: Runtime, summary: dict, test_loader: TensorLoader) -> dict:
     """Score best.pt once on `test` (reporting only: nothing is chosen on it); write summary.json."""
     if rt.is_main:
-        best = load_checkpoint(stage.out_dir / "best.pt", role=stage.role)
+        best = load_checkpoint(StageDir(stage.out_dir).best, role=stage.role)
         model = stage.model
         model.load_state_dict(inference_weights(best))
         summary[f"test_{stage.metric_name}"] = evaluate(model, test_loader, stage.metric,
                                                        Runtime(rt.device), cfg.amp)
-        (stage.out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_json(StageDir(stage.out_dir).summary, summary)  # atomic: summary.json marks the stage finished
         plot_curves(stage.out_dir)  # curves.png from metrics.jsonl
         if cfg.keep_last == "no":  # after summary.json: a crash before it leaves last.pt to resume from
             drop_last(stage.out_dir)
         log(rt, f"{stage.role}: best select {stage.metric_name} {summary['best_select']:.4f} "
                 f"(epoch {summary['best_epoch']}), test {stage.metric_name} "
-                f"{summary[f'test_{stage.metric_name}']:.4f} -> {stage.out_dir / 'best.pt'}")
+                f"{summary[f'test_{stage.metric_name}']:.4f} -> {StageDir(stage.out_dir).best}")
     rt.barrier()
     return summary

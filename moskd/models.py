@@ -4,7 +4,10 @@ The three seed architectures come from torchvision with a choice of stem (`stem=
 3x3 stride-1 first convolution and no early max-pool, so 8x8 digits and 32x32 CIFAR images are not
 shrunk to nothing before the first block; or `imagenet`, torchvision's strided stem, for 28x28
 and larger inputs. Any other torchvision classifier or timm model
-is created by name. Later stages register their own models with `@register_model`.
+is created by name. Stages register their own models with `@register_model` in the modules their
+declaration lists (moskd.stages: the selector's `selector_cnn`); `create_model` imports those on
+the first name it does not know, so importing this module is all it takes to build any built-in
+model, from a checkpoint's card too (`build_model_from_checkpoint`).
 """
 from __future__ import annotations
 
@@ -16,9 +19,26 @@ import torchvision
 from torch import nn
 from torchvision.models.googlenet import BasicConv2d
 
+from moskd.checkpoint import inference_weights, read_checkpoint_file
 from moskd.errors import MoskdError
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+
+def _load_declared_models() -> None:
+    """Import the model modules the stages declare (each registers its models on import), once."""
+    global _DECLARED_LOADED
+    if not _DECLARED_LOADED:
+        _DECLARED_LOADED = True
+        import importlib
+
+        from moskd.stages import model_modules
+
+        for module in model_modules():
+            importlib.import_module(module)
+
+
+_DECLARED_LOADED = False
 
 
 def register_model(name: str):
@@ -119,11 +139,14 @@ SEED_STUDENTS = {"1": "densenet121", "2": "googlenet"}
 
 
 def available_models() -> list[str]:
+    _load_declared_models()
     return sorted(_REGISTRY)
 
 
 def create_model(name: str, num_classes: int, in_chans: int = 3, pretrained: str | None = None, **kwargs) -> nn.Module:
     """Create `name` from the registry, else torchvision's classifiers, else timm; optional local weights."""
+    if name not in _REGISTRY:
+        _load_declared_models()
     if name in _REGISTRY:
         model = _REGISTRY[name](num_classes=num_classes, in_chans=in_chans, **kwargs)
     elif name in torchvision.models.list_models(module=torchvision.models):
@@ -145,8 +168,6 @@ def create_model(name: str, num_classes: int, in_chans: int = 3, pretrained: str
 def load_pretrained(model: nn.Module, path: str) -> None:
     """Load local weights (a moskd checkpoint or a bare state dict), skipping tensors whose shape
     differs (the classifier for another class count, a stem for other channels)."""
-    from moskd.checkpoint import read_checkpoint_file
-
     obj = read_checkpoint_file(path)
     state = obj.get("model", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -156,6 +177,15 @@ def load_pretrained(model: nn.Module, path: str) -> None:
     if not usable:
         raise MoskdError(f"{path}: no tensor matches this architecture; check --arch and --pretrained")
     model.load_state_dict(usable, strict=False)
+
+
+def build_model_from_checkpoint(ckpt: dict) -> nn.Module:
+    """Recreate the model a checkpoint's card describes, load its inference weights, eval mode."""
+    card = ckpt["card"]
+    model = create_model(card["arch"], num_classes=card["num_classes"], in_chans=card["in_chans"],
+                         **card.get("model_kwargs", {}))
+    model.load_state_dict(inference_weights(ckpt))
+    return model.eval()
 
 
 # ---------------------------------------------------------------- models from other data slices

@@ -1,9 +1,9 @@
 """`moskd pipeline`: teacher -> teacher-logit cache -> students -> selector -> report, on one run dir.
 
-It only dispatches: every stage runs through its own command's main() with the same flags a user
-would type, so the pipeline can do nothing the four commands cannot. A stage whose folder holds a
-summary.json is finished and skipped; one with only last.pt was interrupted and resumes; --force
-redoes everything.
+It only dispatches: the steps come from what the stages declare (moskd.stages), and every step
+runs through its stage command's main() with the same flags a user would type, so the pipeline can
+do nothing the four commands cannot. A stage whose folder holds a summary.json is finished and
+skipped; one with only last.pt was interrupted and resumes; --force redoes everything.
 
 With --seeds 0 1 2 it runs once per seed into RUN/seed<k>/ (each a complete run directory) and
 writes RUN/seeds.json and RUN/seeds.md (mean and std of every row over the seeds). By default the
@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
-import json
 import os
 import shutil
 import sys
@@ -27,9 +26,9 @@ from typing import Optional
 
 from moskd.config import field, parse_config
 from moskd.errors import MoskdError, cli_entry
-from moskd.models import SEED_STUDENTS
+from moskd.run import RunDir, StageDir, write_json
 from moskd.seeds import aggregate_seeds
-
+from moskd.stages import Step, pipeline_steps
 
 
 @dataclass
@@ -77,23 +76,24 @@ def _header(i: int, n: int, title: str) -> None:
     print(f"\n=== [{i}/{n}] {title} " + "=" * max(3, 60 - len(title)), flush=True)
 
 
-def _run_stage(module: str, argv: list[str], out_dir: Optional[Path], cfg: PipelineConfig) -> str:
-    """Run one stage unless finished; resume it if interrupted. Returns what happened."""
-    if out_dir is None:
-        importlib.import_module(module).main(argv)
+def _run_step(step: Step, argv: list[str], cfg: PipelineConfig) -> str:
+    """Run one step unless its stage is finished; resume it if interrupted. Returns what happened."""
+    if step.out is None:
+        importlib.import_module(step.module).main(argv)
         return "done"
-    if (out_dir / "summary.json").exists() and not cfg.force:
+    out = StageDir(step.out)
+    if out.finished and not cfg.force:
         return "skipped (finished)"
     if cfg.force:
         argv = [*argv, "--force"]
-    elif (out_dir / "last.pt").exists():
+    elif out.last.exists():
         argv = [*argv, "--resume"]
-    importlib.import_module(module).main(argv)
+    importlib.import_module(step.module).main(argv)
     return "resumed" if "--resume" in argv else "done"
 
 
 def run(cfg: PipelineConfig, config: Optional[str] = None) -> dict:
-    run_dir = Path(cfg.run_dir)
+    run_dir = RunDir(cfg.run_dir)
     common = ["--run-dir", cfg.run_dir, "--dataset", cfg.dataset, "--data-dir", cfg.data_dir,
               "--device", cfg.device, "--seed", str(cfg.seed)]
     recipe = _recipe(config, cfg.dataset, cfg.device)
@@ -102,47 +102,32 @@ def run(cfg: PipelineConfig, config: Optional[str] = None) -> dict:
         print(f"recipe: {recipe}", flush=True)
     if cfg.download:
         common.append("--download")
-    if cfg.limit:
-        common += ["--limit", str(cfg.limit)]
-    train = common + (["--epochs", str(cfg.epochs)] if cfg.epochs else []) + ["--keep-last", cfg.keep_last]
+    limit = ["--limit", str(cfg.limit)] if cfg.limit else []
+    flags = {"train": common + limit + (["--epochs", str(cfg.epochs)] if cfg.epochs else [])
+             + ["--keep-last", cfg.keep_last],
+             "report": ["--run-dir", cfg.run_dir, "--device", cfg.device] + limit}
 
-    stages = [("teacher", "teacher.train", train, run_dir / "teacher"),
-              # always run: reuses a valid cache in a second, rebuilds a stale one
-              ("teacher-logit cache", "students.train", train + ["--cache-only"], None)]
-    for key, arch in SEED_STUDENTS.items():
-        mode = ["--complementary", cfg.complementary] if cfg.complementary else []
-        stages.append((f"student {arch} (distilled)", "students.train", train + ["--model", key, *mode],
-                       run_dir / "students" / arch))
-        if cfg.baselines:
-            stages.append((f"student {arch} (baseline, no teacher)", "students.train",
-                           train + ["--model", key, "--no-teacher"], run_dir / "students" / f"{arch}-baseline"))
-    stages.append(("selector", "selector.train", train, run_dir / "selector"))
-
+    steps = pipeline_steps(run_dir, {"baselines": cfg.baselines, "complementary": cfg.complementary})
     timings: dict[str, float] = {}
-    n = len(stages) + 1
-    for i, (title, module, argv, out_dir) in enumerate(stages, 1):
-        _header(i, n, title)
+    for i, step in enumerate(steps, 1):
+        _header(i, len(steps), step.title)
         t0 = time.perf_counter()
-        what = _run_stage(module, argv, out_dir, cfg)
-        timings[title] = round(time.perf_counter() - t0, 1)
-        print(f"{title}: {what} in {timings[title]:.1f}s", flush=True)
-
-    _header(n, n, "evaluation report on test")
-    t0 = time.perf_counter()
-    report_args = [cfg.run_dir, "--device", cfg.device] + (["--limit", str(cfg.limit)] if cfg.limit else [])
-    importlib.import_module("inference.report").main(report_args)
-    timings["report"] = round(time.perf_counter() - t0, 1)
-    (run_dir / "pipeline_timings.json").write_text(json.dumps(timings, indent=2) + "\n")
+        what = _run_step(step, flags[step.kind] + list(step.argv), cfg)
+        timings[step.title] = round(time.perf_counter() - t0, 1)
+        print(f"{step.title}: {what} in {timings[step.title]:.1f}s", flush=True)
+    write_json(run_dir.pipeline_timings, timings)
+    report = run_dir.report()
     print("\nstage times (s): " + ", ".join(f"{k} {v}" for k, v in timings.items()))
-    print(f"total {sum(timings.values()):.1f}s; report: {run_dir / 'report.md'}, plots: {run_dir / 'plots'}")
+    print(f"total {sum(timings.values()):.1f}s; report: {report.md}, plots: {report.plots}")
     return timings
 
 
 def share_teacher(source: Path, target: Path) -> None:
     """Hard-link a finished teacher folder (checkpoint, summary, cache) into another run directory;
     last.pt (optimizer state, only needed to resume) stays behind."""
+    last = StageDir(source).last
     for f in source.rglob("*"):
-        if f.is_file() and f.name != "last.pt" and not f.name.startswith("."):
+        if f.is_file() and f != last and not f.name.startswith("."):
             dest = target / f.relative_to(source)
             if dest.exists():
                 continue
@@ -157,27 +142,28 @@ def borrowed_teacher(cfg: PipelineConfig) -> Optional[Path]:
     """--teacher-from, checked: a teacher folder that has finished (summary.json and best.pt)."""
     if not cfg.teacher_from:
         return None
-    src = Path(cfg.teacher_from)
-    if not ((src / "summary.json").is_file() and (src / "best.pt").is_file()):
+    src = StageDir(cfg.teacher_from)
+    if not (src.finished and src.best.is_file()):
         raise MoskdError(f"--teacher-from {src}: not a finished teacher folder (needs best.pt and summary.json); "
                          f"pass RUN/teacher of a run whose teacher has finished")
-    return src
+    return src.path
 
 
 def run_seeds(cfg: PipelineConfig, config: Optional[str] = None, command: str = "") -> dict:
-    root = Path(cfg.run_dir)
-    first = root / f"seed{cfg.seeds[0]}"
+    root = RunDir(cfg.run_dir)
+    first = root.seed(cfg.seeds[0])
     source = borrowed_teacher(cfg)
     for k in cfg.seeds:
-        seed_dir = root / f"seed{k}"
-        print(f"\n##### seed {k} -> {seed_dir}", flush=True)
+        seed_dir = root.seed(k)
+        print(f"\n##### seed {k} -> {seed_dir.root}", flush=True)
         if source is not None:
-            share_teacher(source, seed_dir / "teacher")
-        elif cfg.shared_teacher and k != cfg.seeds[0] and (first / "teacher" / "summary.json").is_file():
-            share_teacher(first / "teacher", seed_dir / "teacher")
-        run(dataclasses.replace(cfg, run_dir=str(seed_dir), seed=k, seeds=[]), config)
-    summary = aggregate_seeds(root, cfg.seeds, teacher_shared=cfg.shared_teacher or source is not None, command=command)
-    print(f"\nseeds: {root / 'seeds.json'}, {root / 'seeds.md'}")
+            share_teacher(source, seed_dir.teacher.path)
+        elif cfg.shared_teacher and k != cfg.seeds[0] and first.teacher.finished:
+            share_teacher(first.teacher.path, seed_dir.teacher.path)
+        run(dataclasses.replace(cfg, run_dir=str(seed_dir.root), seed=k, seeds=[]), config)
+    summary = aggregate_seeds(root.root, cfg.seeds, teacher_shared=cfg.shared_teacher or source is not None,
+                              command=command)
+    print(f"\nseeds: {root.seeds_json}, {root.seeds_md}")
     return summary
 
 
@@ -192,7 +178,7 @@ def main(argv=None):
     else:
         source = borrowed_teacher(cfg)
         if source is not None:
-            share_teacher(source, Path(cfg.run_dir) / "teacher")
+            share_teacher(source, RunDir(cfg.run_dir).teacher.path)
         run(cfg, config)
 
 

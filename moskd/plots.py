@@ -8,9 +8,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from moskd.run import StageDir
+
 
 def read_metrics(stage_dir: str | Path) -> list[dict]:
-    path = Path(stage_dir) / "metrics.jsonl"
+    path = StageDir(Path(stage_dir)).metrics
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
@@ -20,7 +22,7 @@ def plot_curves(stage_dir: str | Path, out: str | Path | None = None) -> Path:
 
     stage_dir = Path(stage_dir)
     rows = read_metrics(stage_dir)
-    out = Path(out) if out else stage_dir / "curves.png"
+    out = Path(out) if out else StageDir(stage_dir).curves
     epochs = [r["epoch"] for r in rows]
     # the metric is whatever the stage logged as train_<name> / select_<name> (acc for classifiers)
     metrics = sorted({k.split("_", 1)[1] for r in rows for k in r if k.startswith("select_")})

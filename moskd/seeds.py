@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from moskd.errors import MoskdError
+from moskd.run import RunDir, write_json, write_text
 
 
 def report_rows(r: dict) -> dict[str, float | None]:
@@ -59,17 +60,19 @@ def complementary_method(run_dir: Path) -> str:
     import yaml
 
     methods = set()
-    for config in sorted(Path(run_dir).glob("students/*/config.yaml")):
-        cfg = yaml.safe_load(config.read_text()) or {}
+    for stage in RunDir(run_dir).student_dirs():
+        cfg = yaml.safe_load(stage.config.read_text()) if stage.config.is_file() else {}
+        cfg = cfg or {}
         if cfg.get("alpha", 1.0) < 1.0 and not cfg.get("no_teacher"):  # distilled, not a baseline
             methods.add(cfg.get("complementary", "none"))
     return methods.pop() if len(methods) == 1 else ("mixed" if methods else "none")
 
 
 def aggregate_seeds(root: Path, seeds: list[int], teacher_shared: bool, command: str = "") -> dict:
+    run = RunDir(root)
     per_seed = []
     for k in seeds:
-        path = Path(root) / f"seed{k}" / "report.json"
+        path = run.seed(k).report().json
         if not path.is_file():
             raise MoskdError(f"{path} not found; rerun moskd pipeline --seeds ... --run-dir {root}")
         per_seed.append(report_rows(json.loads(path.read_text())))
@@ -83,14 +86,14 @@ def aggregate_seeds(root: Path, seeds: list[int], teacher_shared: bool, command:
         # sample std (ddof 1): the spread a new seed would show; 0 for a single seed
         rows[name] = {"values": [float(v) for v in arr], "mean": float(arr.mean()),
                       "std": float(arr.std(ddof=1)) if len(arr) > 1 else 0.0}
-    first = json.loads((Path(root) / f"seed{seeds[0]}" / "report.json").read_text())
+    first = json.loads(run.seed(seeds[0]).report().json.read_text())
     out = {"seeds": list(seeds), "teacher_shared": teacher_shared, "dataset": first["dataset"],
-           "complementary": complementary_method(Path(root) / f"seed{seeds[0]}"),
+           "complementary": complementary_method(RunDir(root).seed(seeds[0]).root),
            "num_images": first["num_images"], "input_size": first["input_size"], "command": command,
            "environment": environment(),
            "rows": rows}
-    (Path(root) / "seeds.json").write_text(json.dumps(out, indent=2) + "\n")
-    (Path(root) / "seeds.md").write_text(render_seeds(out))
+    write_text(run.seeds_md, render_seeds(out))
+    write_json(run.seeds_json, out)
     return out
 
 

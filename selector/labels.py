@@ -4,106 +4,21 @@ Every student runs over `select` (held out of training; never `test`). Per image
 student's logits and correctness. A student that is right is a good route; when several are right
 the cheaper one (fewer MACs) is preferred; images no student gets right carry no routing signal
 (preferred route -1). Only images where exactly one student is right can be won or lost by
-routing, so their count is reported.
-
-Also here: finding a run's students (shared with the inference stage, which imports it).
+routing, so their count is reported. The students come from moskd.run.RunDir.load_students.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from moskd.checkpoint import build_model_from_checkpoint, load_checkpoint, save_checkpoint
+from moskd.checkpoint import read_checkpoint_file, save_checkpoint
 from moskd.data import DataBundle, TensorLoader
 from moskd.errors import MoskdError
 from moskd.precision import policy
-from moskd.models import Renormalized, adapt_input, same_normalisation, unwrap  # noqa: F401  (re-exported)
-from moskd.profile import count_macs
-
-BASELINE_SUFFIX = "-baseline"
-SPLIT_KEYS = ("split_seed", "select_fraction", "test_fraction")  # input size: checked on the card
-
-
-@dataclass
-class Student:
-    name: str  # its folder under RUN/students
-    path: Path
-    card: dict
-    model: nn.Module
-    macs: int  # per image at the card's input size
-
-
-def is_baseline(name: str, card: dict) -> bool:
-    """A student trained without a teacher: '-baseline' folder or a card with kd_loss None."""
-    dist = card.get("distillation")
-    return name.endswith(BASELINE_SUFFIX) or (isinstance(dist, dict) and dist.get("kd_loss") is None)
-
-
-def _student_dirs(run_dir: Path) -> list[Path]:
-    root = run_dir / "students"
-    return sorted(p for p in root.iterdir() if (p / "best.pt").is_file()) if root.is_dir() else []
-
-
-def check_same_split(ckpt: dict, data_settings: dict, path: Path) -> None:
-    """Refuse a student trained on another split: its `train` images could sit in our `select`/`test`."""
-    trained = ckpt.get("config") or {}
-    for key in SPLIT_KEYS:
-        if key in trained and key in data_settings and trained[key] != data_settings[key]:
-            flag = "--" + key.replace("_", "-")
-            raise MoskdError(f"{path}: trained with {flag} {trained[key]}, this run uses {data_settings[key]}; "
-                             f"pass {flag} {trained[key]}")
-
-
-def load_student(run_dir: Path, name: str, *, dataset: str | None = None, num_classes: int | None = None,
-                 data_settings: dict | None = None, device="cpu") -> Student:
-    path = run_dir / "students" / name / "best.pt"
-    if not path.is_file():
-        arch = name[: -len(BASELINE_SUFFIX)] if name.endswith(BASELINE_SUFFIX) else name
-        extra = " --no-teacher" if name.endswith(BASELINE_SUFFIX) else ""
-        raise MoskdError(f"{path} not found; run StudentTrain --model {arch}{extra} --run-dir {run_dir} first")
-    ckpt = load_checkpoint(path, role="student", dataset=dataset, num_classes=num_classes,
-                           hint="retrain the student on this run's dataset")
-    check_same_split(ckpt, data_settings or {}, path)
-    model = build_model_from_checkpoint(ckpt).to(device)
-    card = ckpt["card"]
-    return Student(name, path, card, model, count_macs(model, card["input_size"]))
-
-
-def discover(run_dir: Path) -> tuple[list[str], list[str]]:
-    """(distilled, baseline) student folder names of a run, each sorted by name."""
-    distilled, baselines = [], []
-    for d in _student_dirs(run_dir):
-        card = load_checkpoint(d / "best.pt", role="student")["card"]
-        (baselines if is_baseline(d.name, card) else distilled).append(d.name)
-    return distilled, baselines
-
-
-def load_students(run_dir: str | Path, names: list[str] | None = None, **kw) -> list[Student]:
-    """The students to route between, cheapest (fewest MACs) first.
-
-    names: folders under RUN/students; default every distilled (not baseline) student.
-    """
-    run_dir = Path(run_dir)
-    if not names:
-        names, _ = discover(run_dir)
-        if len(names) < 2:
-            have = f" (found: {', '.join(names)})" if names else ""
-            raise MoskdError(f"{run_dir}/students holds fewer than two distilled students{have}; run "
-                             f"StudentTrain --model 1 --run-dir {run_dir} and StudentTrain --model 2 "
-                             f"--run-dir {run_dir} first")
-    if len(set(names)) < 2:
-        raise MoskdError(f"--students names {' '.join(names)}: routing needs at least two different students")
-    students = sorted((load_student(run_dir, n, **kw) for n in dict.fromkeys(names)), key=lambda s: (s.macs, s.name))
-    for s in students[1:]:  # one preprocessed batch feeds them all: the cheapest student's normalisation
-        s.model = adapt_input(s.model, s.card, students[0].card, s.path)
-    return students
-
-
-# ---------------------------------------------------------------- labels
+from moskd.run import Student
 
 
 @torch.inference_mode()
@@ -197,8 +112,6 @@ def save_labels(labels: dict, path: str | Path) -> None:
 
 
 def load_labels(path: str | Path) -> dict:
-    from moskd.checkpoint import read_checkpoint_file
-
     obj = read_checkpoint_file(path)
     if not isinstance(obj, dict) or not {"students", "correct", "route"} <= set(obj):
         raise MoskdError(f"{path}: not a selector labels file; rerun trainSelector")

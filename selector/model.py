@@ -7,8 +7,9 @@ class (or its 0/1 correctness), then calibrated per student on held-out `select`
 scaling, kept in the model as two buffers), so sigmoid(logit) is the selector's estimate that the
 student gets the image right.
 
-Registered as `selector_cnn`, so moskd.checkpoint.build_model_from_checkpoint rebuilds it from a
-selector checkpoint's card (import this module first).
+Registered as `selector_cnn`, so moskd.models.build_model_from_checkpoint rebuilds it from a
+selector checkpoint's card (the selector stage declares this module, so moskd.models imports it
+on demand).
 
 The routing rule lives here too because training (checkpoint selection by routed accuracy) and
 the inference router must apply exactly the same rule.

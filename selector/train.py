@@ -15,7 +15,6 @@ with the best routed accuracy, ties to fewer MACs. `test` is never read.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,9 +29,9 @@ from moskd.engine import Stage, TrainConfig, drop_last, fit, on_logits, prepare_
 from moskd.errors import MoskdError, cli_entry
 from moskd.models import create_model
 from moskd.profile import count_macs
+from moskd.run import SPLIT_KEYS, RunDir, write_json
 from moskd.runtime import Runtime, log, show_progress, stage_main
-from selector.labels import (SPLIT_KEYS, complementary_partition, describe, label_split, load_students,
-                             owner_targets, save_labels)
+from selector.labels import complementary_partition, describe, label_split, owner_targets, save_labels
 from selector.model import MAC_BUDGET, knob_grid, relative_costs, route_from_scores
 
 
@@ -215,10 +214,11 @@ def finalize(model, best_path: Path, held_loader: TensorLoader, held: torch.Tens
 def run(cfg: SelectorConfig, rt: Runtime) -> dict:
     if cfg.target not in TARGETS:
         raise MoskdError(f"--target {cfg.target}: choose one of {', '.join(TARGETS)}")
-    out = Path(cfg.run_dir) / "selector"
+    run = RunDir(cfg.run_dir)
+    out = run.selector
     data = data_from_config(cfg)
-    students = load_students(cfg.run_dir, cfg.students, dataset=data.name, num_classes=data.num_classes,
-                             data_settings={k: getattr(cfg, k) for k in SPLIT_KEYS}, device=rt.device)
+    students = run.load_students(cfg.students, dataset=data.name, num_classes=data.num_classes,
+                                 split={k: getattr(cfg, k) for k in SPLIT_KEYS}, device=rt.device)
     names, macs = [s.name for s in students], [s.macs for s in students]
     if list(students[0].card["input_size"]) != data.input_size:
         raise MoskdError(f"{students[0].path}: takes {students[0].card['input_size']} inputs, this data is "
@@ -237,7 +237,7 @@ def run(cfg: SelectorConfig, rt: Runtime) -> dict:
         # the selector sees the very batch its students see: same normalisation as theirs
         "mean": students[0].card["mean"], "std": students[0].card["std"],
     }
-    prepare_out_dir(out, cfg, "trainSelector", card)  # refuse before labels.pt is (over)written
+    prepare_out_dir(out.path, cfg, "trainSelector", card)  # refuse before labels.pt is (over)written
     log(rt, f"selector: {selector_macs:,} MACs per image = {selector_macs / min(macs):.2%} of {names[0]}; "
             f"route order {', '.join(names)}")
 
@@ -251,12 +251,12 @@ def run(cfg: SelectorConfig, rt: Runtime) -> dict:
     log(rt, f"selector target: {cfg.target}"
             + (f" (students specialise: --complementary {partition['method']})" if partition else ""))
     if rt.is_main:
-        save_labels(labels, out / "labels.pt")
+        save_labels(labels, out.labels)
     del students  # only their labels are needed from here on
 
     tr, held = holdout_split(len(labels["correct"]), cfg.holdout_fraction, cfg.split_seed)
     stage = Stage(
-        role="selector", out_dir=out, model=model,
+        role="selector", out_dir=out.path, model=model,
         train_loader=_loader(data, card, tr, labels, cfg, rt, train=True),
         select_loader=_loader(data, card, held, labels, cfg, rt, train=False),
         objective=on_logits(bce_on_target), card=card,
@@ -265,16 +265,16 @@ def run(cfg: SelectorConfig, rt: Runtime) -> dict:
     summary = fit(stage, cfg, rt, "trainSelector")
     if rt.is_main:
         held_loader = _loader(data, card, held, labels, cfg, Runtime(rt.device), train=False)
-        scores, correct, operating = finalize(model, out / "best.pt", held_loader, held, cfg, macs)
+        scores, correct, operating = finalize(model, out.best, held_loader, held, cfg, macs)
         summary.update(heldout_summary(scores, correct, cfg.tie_margin, operating["knob"], names, macs))
         summary["operating_point"] = operating
         summary["labels"] = labels["stats"]
-        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_json(out.summary, summary)  # atomic: summary.json marks the stage finished
         if cfg.keep_last == "no":  # after summary.json, as engine.finish does for the other stages
-            drop_last(out)
+            drop_last(out.path)
         always = ", ".join(f"{n} {summary[f'heldout_always_{n}']:.4f}" for n in names)
         log(rt, f"selector: held-out routed acc {summary['heldout_routed_acc']:.4f} at knob "
-                f"{operating['knob']:.4f} (always: {always}; oracle {summary['heldout_oracle']:.4f}) -> {out / 'best.pt'}")
+                f"{operating['knob']:.4f} (always: {always}; oracle {summary['heldout_oracle']:.4f}) -> {out.best}")
     rt.barrier()
     return summary
 

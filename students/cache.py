@@ -5,10 +5,10 @@ shift x, shift y, flip) and the teacher's logits for each (fp16 (N, K, C)). Each
 gives every image one of its K views and appends that view's logits to the batch, so a student
 trains on augmented images with no teacher in the loop.
 
-The file RUN/teacher/cache/views-k{K}.pt is keyed to what its logits depend on: the sha256 of the
-teacher checkpoint file, DataBundle.fingerprint() (training images, targets, augmentation), K and
-the view seed. Any mismatch rebuilds it and says why in one line; a stale cache is never reused.
-Both students and every run of a sweep read the same file.
+The file RUN/teacher/cache/views-k{K}.pt (moskd.run.RunDir.teacher_cache) is keyed to what its
+logits depend on: the sha256 of the teacher checkpoint file, DataBundle.fingerprint() (training
+images, targets, augmentation), K and the view seed. Any mismatch rebuilds it and says why in one
+line; a stale cache is never reused. Both students and every run of a sweep read the same file.
 """
 from __future__ import annotations
 
@@ -28,10 +28,6 @@ from moskd.precision import policy
 from moskd.runtime import Runtime, log, show_progress
 
 CACHE_FORMAT = 1  # bump when the file layout changes: old files then rebuild
-
-
-def cache_file(run_dir: str | Path, k: int) -> Path:
-    return Path(run_dir) / "teacher" / "cache" / f"views-k{k}.pt"
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:

@@ -22,17 +22,12 @@ new partition.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
 METHODS = ("none", "clusters")
-
-
-def partition_file(run_dir: str | Path, method: str) -> Path:
-    return Path(run_dir) / "teacher" / f"partition-{method}.json"
 
 
 def class_confusion(teacher_probs: torch.Tensor, targets: torch.Tensor, num_classes: int) -> np.ndarray:
@@ -74,14 +69,6 @@ def build_partition(teacher_logits: torch.Tensor, targets: torch.Tensor, num_cla
         "teacher_true_class_prob": [round(float(v), 4) for v in np.diag(confusion)],
         "temperature": temperature, "teacher_sha256": teacher_sha256,
     }
-
-
-def save_partition(partition: dict, path: Path) -> None:
-    """Atomic: a reader never sees half a partition."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(partition, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def load_partition(path: Path) -> dict | None:

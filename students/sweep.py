@@ -17,16 +17,17 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from moskd.checkpoint import build_model_from_checkpoint, load_checkpoint
+from moskd.checkpoint import load_checkpoint
 from moskd.config import field
 from moskd.data import data_from_config, make_loader
 from moskd.engine import evaluate, top1
 from moskd.errors import cli_entry
+from moskd.models import build_model_from_checkpoint
+from moskd.run import RunDir, StageDir, read_json, write_json, write_text
 from moskd.runtime import Runtime, log, stage_main
 from students.train import StudentConfig, check_config, resolve_arch
 from students.train import run as train_student
@@ -74,29 +75,28 @@ def grid(cfg: SweepConfig, arch: str) -> list[Point]:
     return points
 
 
-def last_epoch_accuracy(run_dir: Path, data, cfg: StudentConfig, rt: Runtime) -> float:
+def last_epoch_accuracy(run: StageDir, data, cfg: StudentConfig, rt: Runtime) -> float:
     """Test accuracy of last.pt (the weights after the final epoch), beside best-on-select."""
-    model = build_model_from_checkpoint(load_checkpoint(run_dir / "last.pt", role="student")).to(rt.device)
+    model = build_model_from_checkpoint(load_checkpoint(run.last, role="student")).to(rt.device)
     return evaluate(model, make_loader(data, "test", cfg.eval_batch_size, device=rt.device), top1,
                     Runtime(rt.device), cfg.amp)
 
 
 def train_point(point: Point, seed: int, cfg: SweepConfig, data, rt: Runtime) -> dict:
     """Train (or reuse, or resume) one run; returns its row of <arch>-runs.csv."""
-    out = Path(cfg.run_dir) / "sweep" / f"{point.name}-s{seed}"
-    summary_file = out / "summary.json"
-    if summary_file.is_file() and not cfg.force:
-        summary = json.loads(summary_file.read_text())
-        log(rt, f"sweep: {out.name} already finished; reusing it (--force retrains)")
+    out = RunDir(cfg.run_dir).sweep_run(f"{point.name}-s{seed}")
+    if out.finished and not cfg.force:
+        summary = read_json(out.summary)
+        log(rt, f"sweep: {out.path.name} already finished; reusing it (--force retrains)")
     else:
         scfg = point.config(cfg, seed)
-        if not cfg.force and (out / "last.pt").is_file():
+        if not cfg.force and out.last.is_file():
             scfg = dataclasses.replace(scfg, resume=True)
-        summary = train_student(scfg, rt, out_dir=out, data=data)
+        summary = train_student(scfg, rt, out_dir=out.path, data=data)
     if "test_acc_last" not in summary:
         summary["test_acc_last"] = last_epoch_accuracy(out, data, cfg, rt)
         if rt.is_main:
-            summary_file.write_text(json.dumps(summary, indent=2) + "\n")
+            write_json(out.summary, summary)
     return {"name": point.name, "kd_loss": cfg.kd_loss if point.alpha < 1 else "none",
             "temperature": point.temperature, "alpha": point.alpha, "seed": seed,
             "best_epoch": summary["best_epoch"], "select_acc": summary["best_select"],
@@ -157,12 +157,13 @@ def sweep(cfg: SweepConfig, rt: Runtime) -> list[dict]:
         rows.append(train_point(point, seed, cfg, data, rt))
     table = aggregate(rows)
     if rt.is_main:
-        folder = Path(cfg.run_dir) / "sweep"
-        write_csv(rows, folder / f"{arch}-runs.csv")
-        write_csv(table, folder / f"{arch}-results.csv")
-        (folder / f"{arch}-results.md").write_text(markdown(table, arch))
+        run = RunDir(cfg.run_dir)
+        write_csv(rows, run.sweep_table(arch, "runs", "csv"))
+        write_csv(table, run.sweep_table(arch, "results", "csv"))
+        write_text(run.sweep_table(arch, "results", "md"), markdown(table, arch))
         log(rt, markdown(table, arch))
-        log(rt, f"sweep: {len(jobs)} runs -> {folder / f'{arch}-results.md'}, {folder / f'{arch}-results.csv'}")
+        log(rt, f"sweep: {len(jobs)} runs -> {run.sweep_table(arch, 'results', 'md')}, "
+                f"{run.sweep_table(arch, 'results', 'csv')}")
     return table
 
 

@@ -20,19 +20,17 @@ from typing import Optional
 import torch
 from torch import nn
 
-from moskd.checkpoint import build_model_from_checkpoint, load_checkpoint, read_checkpoint_file
 from moskd.config import field
 from moskd.data import DataBundle, data_from_config, make_loader
 from moskd.engine import Stage, TrainConfig, finish, fit, prepare_out_dir
 from moskd.errors import MoskdError, cli_entry
-from moskd.models import SEED_STUDENTS, adapt_input, available_models, create_model, stem_kwargs, unwrap
+from moskd.models import SEED_STUDENTS, available_models, create_model, stem_kwargs, unwrap
 from moskd.precision import policy
 from moskd.profile import model_cost
+from moskd.run import SPLIT_KEYS, RunDir, load_teacher, write_json
 from moskd.runtime import Runtime, log, stage_main
-from students.cache import cache_file, cache_key, load_or_build
-from students.cache import file_sha256
-from students.complementary import (METHODS, build_partition, image_weights, load_partition,
-                                    partition_file, save_partition)
+from students.cache import cache_key, file_sha256, load_or_build
+from students.complementary import METHODS, build_partition, image_weights, load_partition
 from students.losses import KD_LOSSES, cached_objective, label_objective, online_objective
 
 STUDENTS = SEED_STUDENTS
@@ -104,41 +102,26 @@ def check_config(cfg: StudentConfig) -> None:
 
 
 def teacher_path(cfg: StudentConfig) -> Path:
-    return Path(cfg.teacher) if cfg.teacher else Path(cfg.run_dir) / "teacher" / "best.pt"
+    return Path(cfg.teacher) if cfg.teacher else RunDir(cfg.run_dir).teacher.best
 
 
-def load_teacher(path: Path, data: DataBundle, run_dir: str) -> nn.Module:
-    """The teacher of `path` in eval mode, its card checked against the data; one line on any mismatch."""
-    if not path.is_file():
-        raise MoskdError(f"no teacher checkpoint at {path}; run `teacherTrain --run-dir {run_dir}` first "
-                         f"(or pass --teacher PATH, or --no-teacher for the baseline student)")
-    hint = "distil from a teacher trained on this dataset (--teacher PATH), or pass --no-teacher"
-    ckpt = load_checkpoint(path, role="teacher", dataset=data.name, num_classes=data.num_classes, hint=hint)
-    card = ckpt["card"]
-    if list(card["input_size"]) != data.input_size:
-        raise MoskdError(f"{path}: teacher takes {card['input_size']} inputs, this data is {data.input_size}; {hint}")
-    # a teacher trained on another slice (--limit) normalised with other statistics: adapt its input
-    teacher = adapt_input(build_model_from_checkpoint(ckpt), card, data.card(), path)
-    for p in teacher.parameters():
-        p.requires_grad_(False)
-    return teacher.eval()
+TEACHER_HINT = "distil from a teacher trained on this dataset (--teacher PATH), or pass --no-teacher"
 
 
-SPLIT_SETTINGS = ("split_seed", "select_fraction", "test_fraction")
-
-
-def check_same_split(path: Path, cfg: StudentConfig) -> None:
-    """A teacher split another way may have trained on this student's `select` or `test` images."""
-    teacher_cfg = read_checkpoint_file(path).get("config") or {}
-    for key in SPLIT_SETTINGS:
-        if key in teacher_cfg and teacher_cfg[key] != getattr(cfg, key):
-            flag = "--" + key.replace("_", "-")
-            raise MoskdError(f"{path}: teacher was trained with {flag} {teacher_cfg[key]}, this student uses "
-                             f"{getattr(cfg, key)}; pass {flag} {teacher_cfg[key]} so both see the same split")
+def find_teacher(cfg: StudentConfig) -> Path:
+    """The teacher checkpoint to distil from; one line naming the command that makes it when absent."""
+    path = teacher_path(cfg)
+    if not cfg.teacher:  # the run's own teacher: say where the run stopped
+        RunDir(cfg.run_dir).require("teacher", also="(or pass --teacher PATH, or --no-teacher for the baseline "
+                                                  "student)")
+    elif not path.is_file():
+        raise MoskdError(f"no teacher checkpoint at {path}; pass an existing file to --teacher (or --no-teacher)")
+    return path
 
 
 def out_dir_for(cfg: StudentConfig, arch: str) -> Path:
-    return Path(cfg.run_dir) / "students" / (f"{arch}-baseline" if cfg.no_teacher else arch)
+    run = RunDir(cfg.run_dir)
+    return run.student(run.student_name(arch, baseline=cfg.no_teacher)).path
 
 
 def _mib(n: int) -> str:
@@ -180,8 +163,10 @@ def run(cfg: StudentConfig, rt: Runtime, out_dir: Path | None = None, data: Data
 
     views, teacher_cost, weights = None, None, None
     if uses_teacher:
-        teacher = policy(rt.device, cfg.amp, training=True).model(load_teacher(tpath, data, cfg.run_dir))
-        check_same_split(tpath, cfg)
+        tpath = find_teacher(cfg)
+        teacher, _ = load_teacher(tpath, dataset=data.name, num_classes=data.num_classes, like=data.card(),
+                                  split={k: getattr(cfg, k) for k in SPLIT_KEYS}, hint=TEACHER_HINT, frozen=True)
+        teacher = policy(rt.device, cfg.amp, training=True).model(teacher)
         teacher_cost = model_cost(unwrap(teacher), data.input_size)
         if cfg.complementary != "none" and not cfg.cache_only:
             partition = ensure_partition(cfg, tpath, teacher, data, rt)
@@ -192,18 +177,19 @@ def run(cfg: StudentConfig, rt: Runtime, out_dir: Path | None = None, data: Data
             weights = image_weights(data.splits["train"].targets, partition["class_owner"], arch, cfg.other_weight)
             distillation["complementary"] = {
                 "method": cfg.complementary, "other_weight": cfg.other_weight,
-                "partition": str(partition_file(cfg.run_dir, cfg.complementary)),
+                "partition": str(RunDir(cfg.run_dir).teacher.partition(cfg.complementary)),
                 "class_owner": partition["class_owner"],
                 "owns": [n for n, o in zip(data.class_names, partition["class_owner"]) if o == arch]}
             log(rt, f"complementary {cfg.complementary}: {arch} owns {', '.join(distillation['complementary']['owns'])}"
                     f" (weight 1; other images {cfg.other_weight})")
         if cfg.teacher_cache > 0:
             key = cache_key(tpath, data, cfg.teacher_cache, cfg.cache_seed)
-            views = load_or_build(cache_file(cfg.run_dir, cfg.teacher_cache), key, teacher, data,
+            cache = RunDir(cfg.run_dir).teacher_cache(cfg.teacher_cache)
+            views = load_or_build(cache, key, teacher, data,
                                   batch_size=cfg.eval_batch_size, rt=rt, amp=cfg.amp)
             del teacher  # the cache stands in for it from here on
             if cfg.cache_only:
-                return {"cache": str(cache_file(cfg.run_dir, cfg.teacher_cache)), "views": int(views[0].shape[1])}
+                return {"cache": str(cache), "views": int(views[0].shape[1])}
             objective = cached_objective(cfg.alpha, cfg.temperature, cfg.kd_loss, cfg.label_smoothing,
                                          weighted=weights is not None)
         else:
@@ -242,7 +228,7 @@ def train_logits(teacher: nn.Module, data: DataBundle, batch_size: int, rt: Runt
 def ensure_partition(cfg: StudentConfig, tpath: Path, teacher: nn.Module, data: DataBundle, rt: Runtime) -> dict:
     """The run's partition for --complementary: read it when it was made from this teacher, else make it
     (rank 0 writes; every rank computes the same deterministic result)."""
-    path = partition_file(cfg.run_dir, cfg.complementary)
+    path = RunDir(cfg.run_dir).teacher.partition(cfg.complementary)
     sha = file_sha256(tpath)
     found = load_partition(path)
     owners = [resolve_arch(o) for o in cfg.owners]
@@ -256,7 +242,7 @@ def ensure_partition(cfg: StudentConfig, tpath: Path, teacher: nn.Module, data: 
     partition = build_partition(logits, data.splits["train"].targets, data.num_classes, owners,
                                 cfg.temperature, sha, data.class_names)
     if rt.is_main:
-        save_partition(partition, path)
+        write_json(path, partition)
     log(rt, f"complementary {cfg.complementary}: partition of the classes from the teacher -> {path}: "
             + "; ".join(f"{o}: {', '.join(c)}" for o, c in partition["clusters"].items()))
     return partition

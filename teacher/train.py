@@ -6,7 +6,6 @@ Multi-GPU: torchrun --nproc-per-node 2 -m teacher.train --run-dir RUN ...
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional
 
 import torch
@@ -16,6 +15,7 @@ from moskd.data import data_from_config, make_loader
 from moskd.engine import Stage, TrainConfig, cross_entropy, finish, fit
 from moskd.errors import cli_entry
 from moskd.models import create_model, stem_kwargs
+from moskd.run import RunDir
 from moskd.runtime import Runtime, stage_main
 
 
@@ -35,7 +35,7 @@ def run(cfg: TeacherConfig, rt: Runtime) -> dict:
     loader = lambda split, **kw: make_loader(data, split, device=rt.device, seed=cfg.seed, rank=rt.rank,  # noqa: E731
                                              world=rt.world, **kw)
     stage = Stage(
-        role="teacher", out_dir=Path(cfg.run_dir) / "teacher", model=model,
+        role="teacher", out_dir=RunDir(cfg.run_dir).teacher.path, model=model,
         train_loader=loader("train", batch_size=cfg.batch_size, train=True),
         select_loader=loader("select", batch_size=cfg.eval_batch_size),
         objective=cross_entropy(cfg.label_smoothing),

@@ -4,9 +4,9 @@ import pickle
 import pytest
 import torch
 
-from moskd.checkpoint import build_model_from_checkpoint, load_checkpoint, save_checkpoint
+from moskd.checkpoint import load_checkpoint, save_checkpoint
 from moskd.errors import MoskdError
-from moskd.models import create_model
+from moskd.models import build_model_from_checkpoint, create_model
 from teacher.train import main as teacher_main
 
 CARD = {"role": "teacher", "arch": "test_small_cnn", "num_classes": 10, "class_names": list("0123456789"),

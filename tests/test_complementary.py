@@ -13,7 +13,8 @@ from moskd.precision import policy
 from selector.labels import owner_targets
 from selector.model import route_from_scores
 from selector.train import main as selector_main
-from students.complementary import build_partition, class_confusion, cluster_classes, image_weights, partition_file
+from moskd.run import RunDir
+from students.complementary import build_partition, class_confusion, cluster_classes, image_weights
 from students.losses import cached_objective
 from students.train import main as student_main
 from teacher.train import main as teacher_main
@@ -172,7 +173,7 @@ def test_one_student_at_a_time_shares_one_partition_and_the_selector_learns_the_
     code, out, err = cli(student_main, ["--run-dir", run, "--model", "test_small_cnn", "--complementary",
                                         "clusters", *OWNERS, "--teacher-cache", "2", *SLICE])
     assert code == 0, err
-    part = json.loads(partition_file(run, "clusters").read_text())
+    part = json.loads(RunDir(run).teacher.partition("clusters").read_text())
     assert sorted(set(part["class_owner"])) == ["test_small_cnn", "test_tiny_cnn"] and "partition of the classes" in out
     code, out, err = cli(student_main, ["--run-dir", run, "--model", "test_tiny_cnn", "--complementary",
                                         "clusters", *OWNERS, "--teacher-cache", "2", *SLICE])
@@ -197,7 +198,7 @@ def test_independent_student_and_owner_target_without_partition(tmp_path, teache
         assert code == 0, err
         card = load_checkpoint(tmp_path / f"students/{model}/best.pt")["card"]
         assert card["distillation"]["complementary"] == {"method": "none"}
-    assert not partition_file(run, "clusters").exists()
+    assert not RunDir(run).teacher.partition("clusters").exists()
     code, _, err = cli(selector_main, ["--run-dir", run, "--width", "1", "--target", "owner", *SLICE])
     assert code == 2 and "--target owner" in err and err.count("\n") == 1
     code, out, err = cli(selector_main, ["--run-dir", run, "--width", "1", *SLICE])

@@ -154,7 +154,7 @@ def test_bad_bundle_and_bad_export_are_one_line(bundles, trained_run, tmp_path, 
     code, _, err = cli(export_main, ["--run-dir", str(trained_run), "--out", str(broken)])
     assert code == 2 and "--force" in err and (broken / "manifest.json").is_file()  # nothing lost
     code, _, err = cli(export_main, ["--run-dir", str(tmp_path / "no-run"), "--out", str(tmp_path / "b")])
-    assert code == 2 and "trainSelector" in err and not (tmp_path / "b").exists()
+    assert code == 2 and "no such run directory" in err and "--run-dir" in err and not (tmp_path / "b").exists()
 
 
 def test_bundle_dispatch_keeps_order_and_equals_each_model_alone(bundles, trained_run, monkeypatch):  # noqa: F811

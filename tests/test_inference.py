@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +14,11 @@ import torchvision
 from PIL import Image
 
 from inference.predict import main as inference_main
-from inference.predict import preprocess, predict_files
+from inference.predict import predict_files, preprocess
 from inference.router import load_router
 from moskd.data import load_data, normalize
 from moskd.profile import count_macs, count_params
 from tests.test_selector import trained_run  # noqa: F401  (session fixture: a tiny trained run)
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -125,11 +125,15 @@ def test_report_numbers_hang_together(report):
 def test_moskd_report_dispatches_to_the_same_evaluation(trained_run, report, cli):  # noqa: F811
     from moskd.cli import main as moskd_main
 
-    code, out, err = cli(moskd_main, ["report", str(trained_run), "--device", "cpu", "--limit", "40"])
+    full = (trained_run / "report.json").read_bytes()
+    code, out, err = cli(moskd_main, ["report", "--run-dir", str(trained_run), "--device", "cpu", "--limit", "40"])
     assert code == 0, err
-    r = json.loads((trained_run / "report.json").read_text())
+    r = json.loads((trained_run / "report-limit40" / "report.json").read_text())
     check_schema(r)
     assert r["num_images"] == 40
+    assert (trained_run / "report.json").read_bytes() == full  # the full report is untouched
+    assert (trained_run / "report-limit40" / "report.md").is_file()
+    assert (trained_run / "report-limit40" / "eval" / "test.npz").is_file()
 
 
 def test_evaluation_refuses_another_dataset(trained_run, cli):  # noqa: F811
@@ -137,9 +141,13 @@ def test_evaluation_refuses_another_dataset(trained_run, cli):  # noqa: F811
     assert code == 2 and "--dataset digits" in err and len(err.strip().splitlines()) == 1
 
 
-def test_missing_selector_names_the_command(tmp_path, cli):
+def test_missing_stage_names_the_first_missing_one_and_its_command(trained_run, tmp_path, cli):  # noqa: F811
     code, _, err = cli(inference_main, ["--run-dir", str(tmp_path), str(tmp_path), "--device", "cpu"])
-    assert code == 2 and "trainSelector" in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and f"teacherTrain --run-dir {tmp_path}" in err and len(err.strip().splitlines()) == 1
+    no_selector = tmp_path / "no-selector"
+    shutil.copytree(trained_run / "students", no_selector / "students")
+    code, _, err = cli(inference_main, ["--run-dir", str(no_selector), str(tmp_path), "--device", "cpu"])
+    assert code == 2 and f"trainSelector --run-dir {no_selector}" in err and len(err.strip().splitlines()) == 1
 
 
 # ---------------------------------------------------------------- files and folders

@@ -7,6 +7,8 @@ import moskd.engine
 import moskd.models
 from moskd.checkpoint import load_checkpoint
 from moskd.pipeline import main as pipeline_main
+from moskd.run import RunDir, StageDir
+from moskd.stages import pipeline_steps
 from tests.conftest import TinyCNN
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # small inputs: thread hand-offs cost more than they save
@@ -69,6 +71,17 @@ def test_pipeline_end_to_end_then_skips_and_resumes(tmp_path, monkeypatch, cli):
     assert {"teacher", "densenet121", "googlenet"} <= set(report["models"])
     assert 0 <= report["routed"]["accuracy"] <= report["oracle"]["accuracy"] <= 1
     assert abs(sum(report["routed"]["route_share"].values()) - 1) < 1e-6
+    # every declared step's output sits where moskd.run says (the run's own --limit: the full report)
+    layout = RunDir(run)
+    steps = [s for s in pipeline_steps(layout, {"baselines": False}) if s.out is not None]
+    assert [s.out for s in steps] == [layout.teacher.path, layout.student("densenet121").path,
+                                      layout.student("googlenet").path, layout.selector.path]
+    for s in steps:
+        stage = StageDir(s.out)
+        assert all(p.is_file() for p in (stage.best, stage.summary, stage.metrics, stage.config)), s
+    report_dir = layout.report(48)
+    assert report_dir.json == layout.report().json and report_dir.eval_arrays("test").is_file()
+    assert report_dir.eval_meta.is_file() and layout.pipeline_timings.is_file()
 
     # third run: everything finished, nothing retrained
     before = (run / "teacher/last.pt").stat().st_mtime_ns

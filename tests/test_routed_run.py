@@ -73,7 +73,8 @@ def _report(split_run, cli, *flags):
     code, out, err = cli(inference_main, ["--run-dir", str(split_run.path), "--split", "test", "--limit", str(LIMIT),
                                           "--device", "cpu", *flags])
     assert code == 0, err
-    return json.loads((split_run.path / "report.json").read_text())
+    # the fixture run was not made with --limit, so this cut of it goes beside the full report
+    return json.loads((split_run.path / f"report-limit{LIMIT}" / "report.json").read_text())
 
 
 def _bytes(i: int, sr) -> int:

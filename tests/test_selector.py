@@ -13,9 +13,9 @@ import pytest
 import torch
 from torch import nn
 
-from moskd.checkpoint import build_model_from_checkpoint, load_checkpoint, save_checkpoint
+from moskd.checkpoint import load_checkpoint, save_checkpoint
 from moskd.data import load_data
-from moskd.models import create_model, register_model
+from moskd.models import build_model_from_checkpoint, create_model, register_model
 from moskd.profile import count_macs
 from selector.labels import label_stats, make_labels, preferred_routes
 from selector.model import MAC_BUDGET, route_from_scores
@@ -215,8 +215,13 @@ def test_train_selector_refuses_to_overwrite_a_run(trained_run, cli):
 
 
 def test_missing_students_name_the_command_to_run(tmp_path, cli):
-    code, _, err = cli(train_selector, ["--run-dir", str(tmp_path), "--device", "cpu"])
-    assert code == 2 and "StudentTrain" in err and len(err.strip().splitlines()) == 1
+    code, _, err = cli(train_selector, ["--run-dir", str(tmp_path / "typo"), "--device", "cpu"])
+    assert code == 2 and "no such run directory" in err and len(err.strip().splitlines()) == 1
+    code, _, err = cli(train_selector, ["--run-dir", str(tmp_path), "--device", "cpu"])  # empty: stopped before all
+    assert code == 2 and f"teacherTrain --run-dir {tmp_path}" in err and len(err.strip().splitlines()) == 1
+    save_model(tmp_path, "teacher", "teacher", "test_tiny_cnn", load_data("digits", limit=LIMIT), 0, {"width": 8})
+    code, _, err = cli(train_selector, ["--run-dir", str(tmp_path), "--device", "cpu"])  # a teacher, no students
+    assert code == 2 and f"StudentTrain --run-dir {tmp_path} --model 1" in err and len(err.strip().splitlines()) == 1
     make_students(tmp_path, baseline=False)
     code, _, err = cli(train_selector, ["--run-dir", str(tmp_path), "--students", "b_cheap", "googlenet",
                                         "--device", "cpu"])
@@ -260,7 +265,7 @@ def test_route_rule_is_shared_with_training_metric():
 
 def test_student_with_other_normalisation_is_adapted_not_refused():
     from moskd.data import normalize
-    from selector.labels import adapt_input
+    from moskd.models import adapt_input
 
     torch.manual_seed(0)
     model = TinyCNN(10, 1, width=8).eval()

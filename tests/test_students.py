@@ -16,11 +16,11 @@ import students.train
 from moskd.checkpoint import load_checkpoint, read_checkpoint_file, save_checkpoint
 from moskd.data import load_data, make_loader
 from moskd.models import register_model
+from moskd.run import load_teacher
 from moskd.runtime import Runtime
 from students.cache import cache_key, choose_views, load_or_build
 from students.losses import distillation_loss
 from students.sweep import main as sweep_main
-from students.train import load_teacher
 from students.train import main as student_main
 from teacher.train import main as teacher_main
 
@@ -162,7 +162,7 @@ def test_few_distinct_views_are_enumerated_not_sampled(data):
 @pytest.mark.parametrize("k", [3, 10])
 def test_cached_logits_equal_the_online_teachers_for_the_same_view(run_dir, data, tmp_path, k):
     tpath = run_dir / "teacher/best.pt"
-    teacher = load_teacher(tpath, data, str(run_dir))
+    teacher, _ = load_teacher(tpath, like=data.card())
     views = load_or_build(tmp_path / "c.pt", cache_key(tpath, data, k, 0), teacher, data, batch_size=50, rt=CPU)
     assert views[1].dtype == torch.float16 and views[1].shape[:2] == views[0].shape[:2]
     loader = make_loader(data, "train", 16, train=True, views=views, seed=3)
@@ -181,7 +181,7 @@ def test_changed_teacher_or_data_rebuilds_the_cache(run_dir, data, tmp_path, cap
     path = tmp_path / "cache.pt"
 
     def build(d=data):
-        teacher = load_teacher(tpath, d, str(run_dir))
+        teacher, _ = load_teacher(tpath, like=d.card())
         return load_or_build(path, cache_key(tpath, d, 10, 0), teacher, d, batch_size=64, rt=CPU)
 
     first = build()

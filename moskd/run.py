@@ -1,0 +1,434 @@
+"""The run directory: every path of its layout, finding and loading what the stages wrote there,
+and atomic writes of the files that mark progress.
+
+All stages of one experiment share one folder (DESIGN.md, "Data flow and the run directory"):
+
+    RUN/teacher/           best.pt last.pt metrics.jsonl config.yaml summary.json curves.png
+                           cache/views-k<K>.pt (the teacher-logit cache)
+    RUN/students/<name>/   the same files; <arch> distilled, <arch>-baseline trained without a teacher
+    RUN/selector/          the same files and labels.pt
+    RUN/report.json report.md plots/*.png eval/{select,test}.npz eval/meta.json
+    RUN/report-limit<N>/   a `--limit N` evaluation (the same report files), beside the full one
+    RUN/sweep/<run>/       `moskd sweep` runs; RUN/sweep/<arch>-{results.md,results.csv,runs.csv}
+    RUN/seed<k>/           with `--seeds`: one whole run per seed; RUN/seeds.json, RUN/seeds.md
+    RUN/pipeline_timings.json
+
+No other module spells one of these paths: each asks `RunDir` (or the `StageDir` of a stage) for
+it, so the layout can be read, and changed, here alone. The loaders need only checkpoints and
+moskd.models, so this core module imports no stage; torch is imported when a loader runs, so
+code that only needs paths (the umbrella CLI, the pipeline's bookkeeping) stays light.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from moskd.errors import MoskdError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+BASELINE_SUFFIX = "-baseline"
+SPLIT_KEYS = ("split_seed", "select_fraction", "test_fraction")  # settings that decide which image is where
+
+
+# ---------------------------------------------------------------- atomic writes and arguments
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write to a temporary file in the same folder, then rename over `path`: a reader (or a kill)
+    sees the old file whole or the new one whole, never a half-written one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())  # the bytes are on disk before the name points at them
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    return write_bytes(path, text.encode())
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """JSON, indented, newline-terminated, written atomically (summary.json marks a finished stage)."""
+    return write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise MoskdError(f"{path} not found") from None
+    except json.JSONDecodeError as e:
+        raise MoskdError(f"{path}: not valid JSON ({e}); rerun the command that writes it") from None
+
+
+def run_dir_argument(positional: str | None, option: str | None, default: str | None = None) -> str:
+    """The run directory of a command that takes it as --run-dir RUN (every command) or, for older
+    scripts, as a positional RUN: one of them, not two different ones."""
+    if positional and option and Path(positional) != Path(option):
+        raise MoskdError(f"two run directories given ({positional} and --run-dir {option}); pass one, as --run-dir RUN")
+    chosen = option or positional or default
+    if chosen is None:
+        raise MoskdError("no run directory given; pass --run-dir RUN")
+    return chosen
+
+
+# ---------------------------------------------------------------- the layout
+
+
+@dataclass(frozen=True)
+class StageDir:
+    """One stage's folder and the files the training engine writes into it."""
+    path: Path
+
+    @property
+    def best(self) -> Path:  # weights + model card: what inference needs
+        return self.path / "best.pt"
+
+    @property
+    def last(self) -> Path:  # everything --resume needs
+        return self.path / "last.pt"
+
+    @property
+    def metrics(self) -> Path:  # one JSON line per epoch
+        return self.path / "metrics.jsonl"
+
+    @property
+    def config(self) -> Path:  # the resolved config
+        return self.path / "config.yaml"
+
+    @property
+    def summary(self) -> Path:  # written last: the stage's completion marker
+        return self.path / "summary.json"
+
+    @property
+    def curves(self) -> Path:
+        return self.path / "curves.png"
+
+    @property
+    def labels(self) -> Path:  # the selector's training labels
+        return self.path / "labels.pt"
+
+    @property
+    def finished(self) -> bool:
+        return self.summary.is_file()
+
+    def cache(self, k: int) -> Path:
+        """The teacher-logit cache for K views (only the teacher's folder holds one)."""
+        return self.path / "cache" / f"views-k{k}.pt"
+
+    def partition(self, method: str) -> Path:
+        """The class partition of `StudentTrain --complementary METHOD` (only the teacher's folder holds one)."""
+        return self.path / f"partition-{method}.json"
+
+
+@dataclass(frozen=True)
+class ReportDir:
+    """Where one evaluation's report, plots and per-image arrays go."""
+    path: Path
+
+    @property
+    def json(self) -> Path:
+        return self.path / "report.json"
+
+    @property
+    def md(self) -> Path:
+        return self.path / "report.md"
+
+    @property
+    def plots(self) -> Path:
+        return self.path / "plots"
+
+    def plot(self, name: str) -> Path:
+        return self.plots / f"{name}.png"
+
+    @property
+    def eval(self) -> Path:
+        return self.path / "eval"
+
+    def eval_arrays(self, split: str) -> Path:
+        return self.eval / f"{split}.npz"
+
+    @property
+    def eval_meta(self) -> Path:
+        return self.eval / "meta.json"
+
+
+# The stages in pipeline order: what each leaves in the run directory and the command that makes it.
+# (Which stage *modules* exist is for the stages to declare, see moskd.stages; these are the layout's
+# folders and the console scripts DESIGN.md names for them.)
+PREREQUISITES = {  # stage: (what it leaves, the command that makes it)
+    "teacher": ("teacher", "teacherTrain --run-dir {run}"),
+    "students": ("distilled students",
+                 "StudentTrain --run-dir {run} --model 1` and `StudentTrain --run-dir {run} --model 2"),
+    "selector": ("selector", "trainSelector --run-dir {run}"),
+}
+
+
+class RunDir:
+    """One experiment's run directory: every path of its layout, and what its stages wrote."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.root)!r})"
+
+    def __fspath__(self) -> str:
+        return str(self.root)
+
+    # ---- stage folders
+    @property
+    def teacher(self) -> StageDir:
+        return StageDir(self.root / "teacher")
+
+    @property
+    def students_root(self) -> Path:
+        return self.root / "students"
+
+    def student(self, name: str) -> StageDir:
+        return StageDir(self.students_root / name)
+
+    @staticmethod
+    def student_name(arch: str, baseline: bool = False) -> str:
+        """The folder name of a student: its architecture, with -baseline when trained without a teacher."""
+        return f"{arch}{BASELINE_SUFFIX}" if baseline else arch
+
+    @property
+    def selector(self) -> StageDir:
+        return StageDir(self.root / "selector")
+
+    def teacher_cache(self, k: int) -> Path:
+        return self.teacher.cache(k)
+
+    # ---- the sweep
+    @property
+    def sweep_root(self) -> Path:
+        return self.root / "sweep"
+
+    def sweep_run(self, name: str) -> StageDir:
+        return StageDir(self.sweep_root / name)
+
+    def sweep_table(self, arch: str, kind: str, ext: str) -> Path:
+        """RUN/sweep/<arch>-<kind>.<ext>: kind results (mean ± std) or runs (one row per run)."""
+        return self.sweep_root / f"{arch}-{kind}.{ext}"
+
+    # ---- evaluation
+    def report(self, limit: int | None = None) -> ReportDir:
+        """The full report lives in RUN itself; a `--limit N` one (unless N is the limit the run was
+        trained with, so that it covers the run's whole test split) in RUN/report-limit<N>/, beside
+        it, never over it."""
+        if limit is None or limit == self.trained_limit():
+            return ReportDir(self.root)
+        return ReportDir(self.root / f"report-limit{limit}")
+
+    def trained_limit(self) -> int | None:
+        """The --limit the run's selector was trained with (a smoke run's images per split), if any."""
+        config = self.selector.config
+        if config.is_file():
+            import yaml
+
+            try:
+                return (yaml.safe_load(config.read_text()) or {}).get("limit")
+            except yaml.YAMLError:
+                pass
+        if self.selector.best.is_file():
+            from moskd.checkpoint import read_checkpoint_file
+
+            return ((read_checkpoint_file(self.selector.best) or {}).get("config") or {}).get("limit")
+        return None
+
+    # ---- several seeds and the pipeline
+    def seed(self, k: int) -> RunDir:
+        return RunDir(self.root / f"seed{k}")
+
+    @property
+    def seeds_json(self) -> Path:
+        return self.root / "seeds.json"
+
+    @property
+    def seeds_md(self) -> Path:
+        return self.root / "seeds.md"
+
+    @property
+    def pipeline_timings(self) -> Path:
+        return self.root / "pipeline_timings.json"
+
+    # ---- finding what the stages wrote
+    def marker(self, stage: str) -> Path:
+        """The file whose presence says a stage has run (a student: any folder's best.pt)."""
+        if stage == "students":
+            return self.student("*").best
+        return {"teacher": self.teacher, "selector": self.selector}[stage].best
+
+    def has(self, stage: str) -> bool:
+        if stage == "students":
+            return bool(self.student_dirs())
+        return self.marker(stage).is_file()
+
+    def student_dirs(self) -> list[StageDir]:
+        """Every student folder holding a best.pt, by name."""
+        root = self.students_root
+        if not root.is_dir():
+            return []
+        return [StageDir(p) for p in sorted(root.iterdir()) if (p / "best.pt").is_file()]
+
+    def require(self, *stages: str, also: str = "") -> None:
+        """Refuse, in one line, a run directory that does not exist or lacks a stage it needs; the line
+        names the first missing stage (where the run stopped) and the command that makes it."""
+        hint = f" {also}" if also else ""
+        first = PREREQUISITES["teacher"][1].format(run=self.root)
+        if not self.root.is_dir():
+            raise MoskdError(f"{self.root}: no such run directory; check --run-dir, or start the run with "
+                             f"`{first}` (or `moskd pipeline --run-dir {self.root}`){hint}")
+        order = list(PREREQUISITES)
+        missing = [s for s in order if s in stages and not self.has(s)]
+        if not missing:
+            return
+        i = order.index(missing[0])
+        while i > 0 and not self.has(order[i - 1]):  # earlier stages missing too: the run stopped there
+            i -= 1
+        what, command = PREREQUISITES[order[i]]
+        raise MoskdError(f"{self.root}: no {what} yet ({self.marker(order[i])} not found); "
+                         f"run `{command.format(run=self.root)}` first{hint}")
+
+    def discover_students(self) -> tuple[list[str], list[str]]:
+        """(distilled, baseline) student folder names of the run, each sorted by name."""
+        from moskd.checkpoint import load_checkpoint
+
+        distilled, baselines = [], []
+        for d in self.student_dirs():
+            card = load_checkpoint(d.best, role="student")["card"]
+            (baselines if is_baseline(d.path.name, card) else distilled).append(d.path.name)
+        return distilled, baselines
+
+    # ---- loading
+    def load_teacher(self, **kw) -> tuple[nn.Module, dict]:
+        """The run's own teacher (see load_teacher)."""
+        self.require("teacher")
+        return load_teacher(self.teacher.best, **kw)
+
+    def load_student(self, name: str, *, dataset: str | None = None, num_classes: int | None = None,
+                     split: dict | None = None, device="cpu") -> Student:
+        """The student in RUN/students/<name>/, its card checked against dataset, classes and split."""
+        from moskd.checkpoint import load_checkpoint
+        from moskd.models import build_model_from_checkpoint
+        from moskd.profile import count_macs
+
+        path = self.student(name).best
+        if not path.is_file():
+            self.require("students")  # an empty run: say where it stopped
+            arch = name[: -len(BASELINE_SUFFIX)] if name.endswith(BASELINE_SUFFIX) else name
+            extra = " --no-teacher" if name.endswith(BASELINE_SUFFIX) else ""
+            raise MoskdError(f"{path} not found; run StudentTrain --model {arch}{extra} --run-dir {self.root} first")
+        ckpt = load_checkpoint(path, role="student", dataset=dataset, num_classes=num_classes,
+                               hint="retrain the student on this run's dataset")
+        check_same_split(ckpt.get("config") or {}, split or {}, path)
+        model = build_model_from_checkpoint(ckpt).to(device)
+        card = ckpt["card"]
+        return Student(name, path, card, model, count_macs(model, card["input_size"]))
+
+    def load_students(self, names: list[str] | None = None, **kw) -> list[Student]:
+        """The students to route between, cheapest (fewest MACs) first, each adapted to take the
+        batch normalised as the cheapest one's. names: folders under RUN/students; default every
+        distilled (not baseline) student."""
+        from moskd.models import adapt_input
+
+        if not names:
+            self.require("students")
+            names, _ = self.discover_students()
+            if len(names) < 2:
+                have = f" (found: {', '.join(names)})" if names else ""
+                raise MoskdError(f"{self.students_root} holds fewer than two distilled students{have}; run "
+                                 f"StudentTrain --model 1 --run-dir {self.root} and StudentTrain --model 2 "
+                                 f"--run-dir {self.root} first")
+        if len(set(names)) < 2:
+            raise MoskdError(f"--students names {' '.join(names)}: routing needs at least two different students")
+        students = sorted((self.load_student(n, **kw) for n in dict.fromkeys(names)), key=lambda s: (s.macs, s.name))
+        for s in students[1:]:  # one preprocessed batch feeds them all: the cheapest student's normalisation
+            s.model = adapt_input(s.model, s.card, students[0].card, s.path)
+        return students
+
+    def load_selector(self) -> dict:
+        """The selector checkpoint (weights and card: route order, costs, operating point)."""
+        from moskd.checkpoint import load_checkpoint
+
+        self.require("students", "selector")  # not the teacher: students may have learnt from another
+        path = self.selector.best
+        ckpt = load_checkpoint(path, role="selector", hint="rerun trainSelector")
+        if not ckpt["card"].get("students"):
+            raise MoskdError(f"{path}: selector card names no students; "
+                             f"rerun trainSelector --run-dir {self.root} --force")
+        return ckpt
+
+
+# ---------------------------------------------------------------- loaded models
+
+
+@dataclass
+class Student:
+    name: str  # its folder under RUN/students
+    path: Path
+    card: dict
+    model: Any  # nn.Module
+    macs: int  # per image at the card's input size
+
+
+def is_baseline(name: str, card: dict) -> bool:
+    """A student trained without a teacher: '-baseline' folder or a card with kd_loss None."""
+    dist = card.get("distillation")
+    return name.endswith(BASELINE_SUFFIX) or (isinstance(dist, dict) and dist.get("kd_loss") is None)
+
+
+def check_same_split(trained: dict, split: dict, path: str | os.PathLike) -> None:
+    """Refuse a checkpoint trained on another split: its `train` images could sit in our `select` or
+    `test`. trained: the checkpoint's resolved config; split: this run's settings (SPLIT_KEYS)."""
+    for key in SPLIT_KEYS:
+        if key in trained and key in split and trained[key] != split[key]:
+            flag = "--" + key.replace("_", "-")
+            raise MoskdError(f"{path}: trained with {flag} {trained[key]}, this run uses {split[key]}; "
+                             f"pass {flag} {trained[key]} so both see the same split")
+
+
+def load_teacher(path: str | os.PathLike, *, dataset: str | None = None, num_classes: int | None = None,
+                 like: dict | None = None, split: dict | None = None, device="cpu",
+                 hint: str = "use the teacher of this run", frozen: bool = False) -> tuple[nn.Module, dict]:
+    """A teacher checkpoint as (model in eval mode, card), every mismatch one MoskdError line.
+
+    dataset/num_classes: what its card must say. like: a card (input size, mean, std) whose batches
+    it must take; a teacher normalised otherwise (trained on another --limit slice) is wrapped in an
+    adapter. split: this run's split settings, which the teacher's must equal. frozen: no gradients.
+    """
+    from moskd.checkpoint import load_checkpoint
+    from moskd.models import adapt_input, build_model_from_checkpoint
+
+    path = Path(path)
+    if not path.is_file():
+        raise MoskdError(f"no teacher checkpoint at {path}; {hint}")
+    ckpt = load_checkpoint(path, role="teacher", dataset=dataset, num_classes=num_classes, hint=hint)
+    card = ckpt["card"]
+    if like is not None and list(card["input_size"]) != list(like["input_size"]):
+        raise MoskdError(f"{path}: teacher takes {card['input_size']} inputs, this data is "
+                         f"{like['input_size']}; {hint}")
+    check_same_split(ckpt.get("config") or {}, split or {}, path)
+    model = build_model_from_checkpoint(ckpt).to(device)
+    if like is not None:
+        model = adapt_input(model, card, like, path)
+    if frozen:
+        for p in model.parameters():
+            p.requires_grad_(False)
+    return model.eval(), card
