@@ -142,7 +142,7 @@ def borrowed_teacher(cfg: PipelineConfig) -> Optional[Path]:
     """--teacher-from, checked: a teacher folder that has finished (summary.json and best.pt)."""
     if not cfg.teacher_from:
         return None
-    src = StageDir(cfg.teacher_from)
+    src = StageDir(Path(cfg.teacher_from))
     if not (src.finished and src.best.is_file()):
         raise MoskdError(f"--teacher-from {src}: not a finished teacher folder (needs best.pt and summary.json); "
                          f"pass RUN/teacher of a run whose teacher has finished")
