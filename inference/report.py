@@ -27,6 +27,7 @@ from inference.report_plots import plot_accuracy_vs_macs, plot_confusions
 from inference.router import TEACHER, RunModels, load_router
 from inference.summary import SELECTOR, summarize
 from moskd.data import TensorLoader, load_data
+from moskd.config import Parser  # one-line errors, 'did you mean', values checked by name
 from moskd.errors import MoskdError, cli_entry
 from moskd.profile import model_cost
 from selector.labels import adapt_input, discover, load_student, unwrap
@@ -194,7 +195,7 @@ def report_run(run_dir, from_eval: bool = False, **kw) -> dict:
 
 @cli_entry("moskd report")
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="moskd report", description=__doc__, allow_abbrev=False,
+    p = Parser(prog="moskd report", description=__doc__, allow_abbrev=False,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", metavar="RUN", help="run directory holding teacher/, students/ and selector/")
     p.add_argument("--escalate", type=float, default=None, metavar="TAU",

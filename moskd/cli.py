@@ -18,10 +18,10 @@ import importlib
 import sys
 
 COMMANDS = {  # subcommand -> (module, what it does); modules are imported only when chosen
-    "teacher": ("teacher.train", "stage 1: train the teacher (teacherTrain)"),
-    "student": ("students.train", "stage 2: distil the teacher into a student (StudentTrain)"),
-    "selector": ("selector.train", "stage 3: label select images and train the selector (trainSelector)"),
-    "inference": ("inference.predict", "stage 4: routed predictions for files, folders or a split (inference)"),
+    "teacher": ("teacher.cli", "stage 1: train the teacher (teacherTrain)"),
+    "student": ("students.cli", "stage 2: distil the teacher into a student (StudentTrain)"),
+    "selector": ("selector.cli", "stage 3: label select images and train the selector (trainSelector)"),
+    "inference": ("inference.cli", "stage 4: routed predictions for files, folders or a split (inference)"),
     "report": ("inference.report", "evaluation report of a run: report.json, report.md, plots"),
     "sweep": ("students.sweep", "grid of temperatures, alphas and seeds for one student"),
     "pipeline": ("moskd.pipeline", "teacher -> cache -> students -> selector -> report, skipping finished stages"),

@@ -27,7 +27,6 @@ from typing import Optional
 
 from moskd.config import field, parse_config
 from moskd.errors import cli_entry
-from moskd.models import SEED_STUDENTS
 from moskd.seeds import aggregate_seeds
 
 
@@ -88,6 +87,8 @@ def _run_stage(module: str, argv: list[str], out_dir: Optional[Path], cfg: Pipel
 
 
 def run(cfg: PipelineConfig, config: Optional[str] = None) -> dict:
+    from moskd.models import SEED_STUDENTS  # deferred: `moskd pipeline --help` loads no torch
+
     run_dir = Path(cfg.run_dir)
     common = ["--run-dir", cfg.run_dir, "--dataset", cfg.dataset, "--data-dir", cfg.data_dir,
               "--device", cfg.device, "--seed", str(cfg.seed)]

@@ -92,11 +92,16 @@ def log(rt: Runtime, msg: str) -> None:
         print(msg, flush=True)
 
 
-def stage_main(argv, config_cls, run, prog: str, doc: str, section: str):
-    """Body of every stage command: parse the config, set up the device/process group, run, tear down."""
-    cfg = parse_config(config_cls, argv, prog, doc, section=section)
+def run_stage(cfg, run):
+    """A parsed stage config run: set up the device/process group, run(cfg, rt), tear down."""
     rt = setup_runtime(cfg.device)
     try:
         return run(cfg, rt)
     finally:
         teardown(rt)
+
+
+def stage_main(argv, config_cls, run, prog: str, doc: str, section):
+    """Parse the config, then run_stage. (Stage commands parse in their torch-free cli module and
+    call run_stage themselves, so that --help never loads torch.)"""
+    return run_stage(parse_config(config_cls, argv, prog, doc, section=section), run)

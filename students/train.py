@@ -1,58 +1,27 @@
-"""StudentTrain: distil the teacher into a student on `train`, choose its checkpoint on `select`.
-
-    StudentTrain --run-dir RUN --model 1            # DenseNet121 from RUN/teacher/best.pt
-    StudentTrain --run-dir RUN --model 2            # GoogLeNet, same shared teacher-logit cache
-    StudentTrain --run-dir RUN --model 1 --no-teacher   # the plain baseline, for comparison
-
-Writes RUN/students/<arch>/ (or RUN/students/<arch>-baseline/ with --no-teacher):
-best.pt, last.pt, metrics.jsonl, config.yaml, summary.json, curves.png.
-Loss: alpha * CE(student, y) + (1 - alpha) * T^2 * KL(teacher/T || student/T), or MSE logit
-matching with --kd-loss mse. With --teacher-cache K (default) the teacher's logits for K augmented
-views of every train image are computed once into RUN/teacher/cache/ and shared by all students.
-"""
+"""The StudentTrain stage's work: distil the teacher into a student (the command line and its
+settings, StudentConfig, live in students.cli, which loads no torch)."""
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import torch
 from torch import nn
 
 from moskd.checkpoint import build_model_from_checkpoint, load_checkpoint, read_checkpoint_file
-from moskd.config import field
 from moskd.data import DataBundle, data_from_config, make_loader
-from moskd.engine import Stage, TrainConfig, cross_entropy, finish, fit, prepare_out_dir
-from moskd.errors import MoskdError, cli_entry
+from moskd.engine import Stage, cross_entropy, finish, fit, prepare_out_dir
+from moskd.errors import MoskdError
 from moskd.models import SEED_STUDENTS, adapt_input, available_models, create_model, stem_kwargs, unwrap
 from moskd.precision import policy
 from moskd.profile import model_cost
-from moskd.runtime import Runtime, log, stage_main
+from moskd.runtime import Runtime, log
 from students.cache import cache_file, cache_key, load_or_build
+from students.cli import StudentConfig, main  # noqa: F401  (re-exported: callers and tests import them from here)
 from students.losses import KD_LOSSES, cached_objective, online_objective
+from students.teacher_check import warn_if_poor_teacher
 
 STUDENTS = SEED_STUDENTS
-
-
-@dataclass
-class StudentConfig(TrainConfig):
-    # a student learns from the teacher's soft targets as well as the labels: on digits it reaches
-    # the teacher's accuracy in about half the teacher's epochs (8 epochs: ~2 minutes on 2 CPU cores)
-    epochs: int = field(8, "training epochs")
-    model: str = field("1", "student: 1 = densenet121, 2 = googlenet, or any registry/torchvision/timm name")
-    teacher: Optional[str] = field(None, "teacher checkpoint; None = RUN/teacher/best.pt")
-    alpha: float = field(0.5, "weight of the hard-label cross-entropy; 1 - alpha weighs the teacher term (0..1)")
-    temperature: float = field(4.0, "softmax temperature T of the KL term (> 0; the term is scaled by T^2)")
-    kd_loss: str = field("kl", "kl (Hinton soft targets) | mse (logit matching, no temperature)")
-    no_teacher: bool = field(False, "train the plain baseline student (alpha = 1, no teacher) "
-                                    "into RUN/students/<arch>-baseline/")
-    teacher_cache: int = field(10, "K augmented views per train image whose teacher logits are cached in "
-                                   "RUN/teacher/cache/ (0 = run the teacher online every step)")
-    cache_seed: int = field(0, "seed of the cached views (shared by every student reading the cache)")
-    cache_only: bool = field(False, "build (or validate) the teacher-logit cache, then stop without training")
-    stem: str = field("cifar", "input stem: cifar (3x3 stride 1, for 8x8/32x32) | imagenet (torchvision's "
-                               "strided stem: /4, GoogLeNet /8; for 28x28 and larger)")
 
 
 def resolve_arch(model: str) -> str:
@@ -164,6 +133,7 @@ def run(cfg: StudentConfig, rt: Runtime, out_dir: Path | None = None, data: Data
     if uses_teacher:
         teacher = policy(rt.device, cfg.amp, training=True).model(load_teacher(tpath, data, cfg.run_dir))
         check_same_split(tpath, cfg)
+        warn_if_poor_teacher(tpath, data.num_classes)
         teacher_cost = model_cost(unwrap(teacher), data.input_size)
         if cfg.teacher_cache > 0:
             key = cache_key(tpath, data, cfg.teacher_cache, cfg.cache_seed)
@@ -195,11 +165,6 @@ def run(cfg: StudentConfig, rt: Runtime, out_dir: Path | None = None, data: Data
     summary = fit(stage, cfg, rt, "StudentTrain")
     summary.update(arch=arch, cost=cost, teacher_cost=teacher_cost, distillation=distillation)
     return finish(stage, cfg, rt, summary, make_loader(data, "test", cfg.eval_batch_size, device=rt.device))
-
-
-@cli_entry("StudentTrain")
-def main(argv=None):
-    stage_main(argv, StudentConfig, run, "StudentTrain", __doc__, section="students")
 
 
 if __name__ == "__main__":
