@@ -63,6 +63,10 @@ T_REP = "tests/test_report.py"
 T_SR = "tests/test_selector_routing.py"
 T_FM = "tests/test_fashion.py"
 T_SEEDS = "tests/test_seeds.py"
+T_STRICT = "tests/test_strict_config.py"
+T_REF = "tests/test_refusals.py"
+T_IN = "tests/test_input_checks.py"
+T_INF = "tests/test_inference.py"
 BY_HAND = f"{T_REP}::test_summarize_by_hand"
 
 MUTATIONS: list[Mutation] = [
@@ -189,8 +193,9 @@ MUTATIONS: list[Mutation] = [
              (f"{T_DATA}::test_split_seed_changes_the_split_and_limit_slices",),
              "--limit keeps the last images of a split, not the first"),
     # ---------------------------------------------------------------- config parsing
-    Mutation("C1", "moskd/config.py", "    merged.update(own)\n",
-             "    merged.update({k: v for k, v in own.items() if k not in merged})\n", (CFG_ORDER,),
+    Mutation("C1", "moskd/config.py", "        merged.update({_key(k): v for k, v in (raw.get(s) or {}).items()})\n",
+             "        merged.update({_key(k): v for k, v in (raw.get(s) or {}).items() if _key(k) not in merged})\n",
+             (CFG_ORDER,),
              "top-level YAML keys beat the stage's own section"),
     Mutation("C2", "moskd/config.py",
              "if inner is Any or isinstance(value, inner) and not (inner is int and isinstance(value, bool)):",
@@ -252,6 +257,25 @@ MUTATIONS: list[Mutation] = [
     Mutation("V15", "moskd/runtime.py", 'return torch.device("cuda", local_rank if world > 1 else 0)',
              'return torch.device("cuda", 0)', (f"{T_FM}::test_device_strings_get_an_explicit_index",),
              "every torchrun rank takes GPU 0"),
+    # ---------------------------------------------------------------- strict parsing and early refusals
+    Mutation("P1", "moskd/config.py", "        else:\n            raise MoskdError(f\"config file {path}: unknown setting or section",
+             "        elif False:\n            raise MoskdError(f\"config file {path}: unknown setting or section",
+             (f"{T_STRICT}::test_unknown_keys_and_sections_are_named_with_the_nearest",),
+             "an unknown top-level key or section is silently ignored"),
+    Mutation("P2", "moskd/values.py", 'if values.get("resume") and values.get("force"):', "if False:",
+             (f"{T_REF}::test_bad_values_are_one_line_and_exit_2",), "--resume with --force accepted"),
+    Mutation("P3", "teacher/cli.py", "from moskd.settings import TrainConfig\n",
+             "from moskd.settings import TrainConfig\nimport torch  # noqa: F401\n",
+             (f"{T_STRICT}::test_help_answers_without_importing_torch",), "teacherTrain --help loads torch"),
+    Mutation("P4", "moskd/datasets.py", "if len(classes) < 2:", "if len(classes) < 1:",
+             (f"{T_IN}::test_a_folder_dataset_needs_two_classes",), "a one-class folder dataset trains"),
+    Mutation("P5", "inference/predict.py", "        rows += chunk_rows\n",
+             '        rows += [r for r in chunk_rows if r["error"] is None]\n',
+             (f"{T_INF}::test_output_to_stdout_has_a_row_per_input_in_order_and_quiet_drops_the_table",),
+             "an unreadable image gets no row"),
+    Mutation("P6", "students/train.py", "        warn_if_poor_teacher(tpath, data.num_classes)\n", "",
+             (f"{T_IN}::test_a_student_warns_once_about_a_teacher_far_below_its_target",),
+             "a student learns from a poor teacher without a word"),
 ]
 
 

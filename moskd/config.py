@@ -204,7 +204,7 @@ class Parser(argparse.ArgumentParser):
         bad = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)$", message)
         if bad:
             message += nearest(bad.group(1), re.findall(r"'([^']*)'", bad.group(2)) or bad.group(2).split(", "))
-        print(f"{self.prog}: error: {message}; see {self.prog} --help", file=sys.stderr)
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
         raise SystemExit(2)
 
 
@@ -231,7 +231,7 @@ def build_parser(cls: type, prog: str, description: str) -> Parser:
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         kw: dict[str, Any] = {"dest": f.name, "help": help_text, "default": default, **meta}
         if inner is bool:
-            action = "store_true" if f.name.startswith("no_") or f.name in ("resume", "force", "download") else argparse.BooleanOptionalAction
+            action = "store_true" if f.name.startswith("no_") or f.name in ("resume", "force", "download", "quiet") else argparse.BooleanOptionalAction
             parser.add_argument(flag, *extra_flags, action=action, **kw)
             continue
         origin = typing.get_origin(inner)

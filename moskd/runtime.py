@@ -8,7 +8,6 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from moskd.config import parse_config
 from moskd.errors import MoskdError
 
 
@@ -93,15 +92,10 @@ def log(rt: Runtime, msg: str) -> None:
 
 
 def run_stage(cfg, run):
-    """A parsed stage config run: set up the device/process group, run(cfg, rt), tear down."""
+    """Body of every stage command once its torch-free cli module has parsed the config: set up
+    the device/process group, run(cfg, rt), tear down."""
     rt = setup_runtime(cfg.device)
     try:
         return run(cfg, rt)
     finally:
         teardown(rt)
-
-
-def stage_main(argv, config_cls, run, prog: str, doc: str, section):
-    """Parse the config, then run_stage. (Stage commands parse in their torch-free cli module and
-    call run_stage themselves, so that --help never loads torch.)"""
-    return run_stage(parse_config(config_cls, argv, prog, doc, section=section), run)

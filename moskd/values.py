@@ -78,7 +78,7 @@ def not_a_choice(name: str, value: Any, choices: Any, ignore_case: bool = False)
         if v in known or (ignore_case and str(v).lower() in known):
             continue
         listed = f"choose one of {', '.join(map(str, known))}" if len(known) <= 10 else \
-            f"not one of the {len(known)} known names (see --help)"
+            f"not one of the {len(known)} names it knows"
         return f"{v}: {listed}{nearest(str(v).lower() if ignore_case else v, known)}"
     return None
 

@@ -106,6 +106,6 @@ def test_a_bad_value_in_the_file_is_refused_before_anything_runs(cli, tmp_path):
         ("inference:\n  batch_size: -1\n", "c.yaml: inference.batch_size -1: must be >= 1"),
     ]:
         cfg.write_text(text)
-        code, _, err = cli(teacher_main, ["--run-dir", str(run), "--config", str(cfg)])
+        code, _, err = cli(teacher_main, ["--run-dir", str(run), "--config", str(cfg), "--dataset", "none"])
         assert code == 2 and words in err and len(err.strip().splitlines()) == 1, (text, err)
         assert not run.exists()

@@ -27,7 +27,8 @@ def test_unknown_keys_and_sections_are_named_with_the_nearest(text, words, cli, 
     cfg = tmp_path / "c.yaml"
     cfg.write_text(text)
     run = tmp_path / "run"
-    code, out, err = cli(teacher_main, ["--run-dir", str(run), "--config", str(cfg)])
+    # an unknown dataset: were the file accepted, the command would fail at once instead of training
+    code, out, err = cli(teacher_main, ["--run-dir", str(run), "--config", str(cfg), "--dataset", "none"])
     assert code == 2 and words in err, err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err and not run.exists()
 
