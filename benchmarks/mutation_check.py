@@ -63,6 +63,10 @@ T_REP = "tests/test_report.py"
 T_SR = "tests/test_selector_routing.py"
 T_FM = "tests/test_fashion.py"
 T_SEEDS = "tests/test_seeds.py"
+T_STRICT = "tests/test_strict_config.py"
+T_REF = "tests/test_refusals.py"
+T_IN = "tests/test_input_checks.py"
+T_INF = "tests/test_inference.py"
 BY_HAND = f"{T_REP}::test_summarize_by_hand"
 
 MUTATIONS: list[Mutation] = [
@@ -101,11 +105,11 @@ MUTATIONS: list[Mutation] = [
              "return (near.to(torch.uint8) * torch.arange(1, scores.shape[1] + 1)).argmax(dim=1)",
              (f"{T_ROUTER}::test_ties_and_near_ties_go_to_the_cheaper_student",),
              "ties go to the dearest student"),
-    Mutation("R12", "inference/predict.py", '"student": router.route_names[int(out.routes[i])]',
-             '"student": router.names[min(int(out.routes[i]), len(router.names) - 1)]', (ROWS,),
+    Mutation("R12", "inference/predict.py", "run.route_names[int(out.routes[j])],",
+             "run.names[min(int(out.routes[j]), len(run.names) - 1)],", (ROWS,),
              "prediction rows name a student where the teacher answered"),
-    Mutation("R13", "inference/predict.py", "run = load_router(cfg.run_dir, cfg.escalate, rt.device)",
-             "run = load_router(cfg.run_dir, None, rt.device)", (ROWS,),
+    Mutation("R13", "inference/predict.py", "load_predictor(cfg.run_dir, cfg.bundle, cfg.escalate, rt.device, cfg.fast)",
+             "load_predictor(cfg.run_dir, cfg.bundle, None, rt.device, cfg.fast)", (ROWS,),
              "inference --escalate is dropped for files and folders"),
     # ---------------------------------------------------------------- selector labels and training
     Mutation("S1", "selector/labels.py", "return torch.where(correct.any(1), first, torch.full_like(first, -1))",
@@ -158,7 +162,7 @@ MUTATIONS: list[Mutation] = [
     Mutation("K8", "students/cache.py", '"teacher_sha256": file_sha256(teacher_path),', '"teacher_sha256": 0,',
              (f"{T_STU}::test_changed_teacher_or_data_rebuilds_the_cache",),
              "cache key ignores the teacher checkpoint: a retrained teacher's stale logits reused"),
-    Mutation("K9", "moskd/data.py", "extra.append(logits[i, k].to(self.device, torch.float32))",
+    Mutation("K9", "moskd/loader.py", "extra.append(logits[i, k].to(self.device, torch.float32))",
              "extra.append(logits[i, 0].to(self.device, torch.float32))",
              (f"{T_STU}::test_cached_logits_equal_the_online_teachers_for_the_same_view",),
              "loader hands view 0's teacher logits whatever view the image shows"),
@@ -189,18 +193,20 @@ MUTATIONS: list[Mutation] = [
              (f"{T_DATA}::test_split_seed_changes_the_split_and_limit_slices",),
              "--limit keeps the last images of a split, not the first"),
     # ---------------------------------------------------------------- config parsing
-    Mutation("C1", "moskd/config.py", "    merged.update(own)\n",
-             "    merged.update({k: v for k, v in own.items() if k not in merged})\n", (CFG_ORDER,),
+    Mutation("C1", "moskd/config.py", "        merged.update({_key(k): v for k, v in (raw.get(s) or {}).items()})\n",
+             "        merged.update({_key(k): v for k, v in (raw.get(s) or {}).items() if _key(k) not in merged})\n",
+             (CFG_ORDER,),
              "top-level YAML keys beat the stage's own section"),
     Mutation("C2", "moskd/config.py",
              "if inner is Any or isinstance(value, inner) and not (inner is int and isinstance(value, bool)):",
              "if inner is Any or isinstance(value, inner):", (CFG_ORDER,), "YAML `true` accepted as an int"),
     Mutation("C3", "moskd/config.py",
-             "    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)}\n",
+             "    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})\n",
              "    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)}\n"
-             "    values.update(load_yaml_overrides(cls, pre.config, section) if pre.config else {})\n",
+             "    values.update(load_yaml_overrides(cls, args.config, section) if args.config else {})\n"
+             "    return cls(**values)\n",
              (CFG_ORDER,), "YAML values override command-line flags"),
-    Mutation("C4", "moskd/config.py", "            if key in own:\n", "            if False:\n", (CFG_ORDER,),
+    Mutation("C4", "moskd/config.py", "                if _key(k) not in fields[name]:\n", "                if False:\n", (CFG_ORDER,),
              "a misspelt key in a stage section is silently ignored"),
     # ---------------------------------------------------------------- curves, report, operating point
     Mutation("V1", "inference/curves.py", "pending & (c >= threshold)", "pending & (c > threshold)",
@@ -245,12 +251,31 @@ MUTATIONS: list[Mutation] = [
     Mutation("V13", "moskd/seeds.py", '"std": float(arr.std(ddof=1)) if len(arr) > 1 else 0.0}',
              '"std": float(arr.std()) if len(arr) > 1 else 0.0}',
              (f"{T_SEEDS}::test_seeds_share_the_teacher_and_aggregate_each_report",), "population instead of sample std"),
-    Mutation("V14", "moskd/data.py", "return x[:, None], y.astype(np.int64), xt[:, None], yt.astype(np.int64)",
+    Mutation("V14", "moskd/datasets.py", "return x[:, None], y.astype(np.int64), xt[:, None], yt.astype(np.int64)",
              "return xt[:, None], yt.astype(np.int64), x[:, None], y.astype(np.int64)",
              (f"{T_FM}::test_fashion_mnist_reads_the_official_files_flat",), "fashion-mnist train and test files swapped"),
     Mutation("V15", "moskd/runtime.py", 'return torch.device("cuda", local_rank if world > 1 else 0)',
              'return torch.device("cuda", 0)', (f"{T_FM}::test_device_strings_get_an_explicit_index",),
              "every torchrun rank takes GPU 0"),
+    # ---------------------------------------------------------------- strict parsing and early refusals
+    Mutation("P1", "moskd/config.py", "        else:\n            raise MoskdError(f\"config file {path}: unknown setting or section",
+             "        elif False:\n            raise MoskdError(f\"config file {path}: unknown setting or section",
+             (f"{T_STRICT}::test_unknown_keys_and_sections_are_named_with_the_nearest",),
+             "an unknown top-level key or section is silently ignored"),
+    Mutation("P2", "moskd/values.py", 'if values.get("resume") and values.get("force"):', "if False:",
+             (f"{T_REF}::test_bad_values_are_one_line_and_exit_2",), "--resume with --force accepted"),
+    Mutation("P3", "teacher/cli.py", "from moskd.settings import TrainConfig\n",
+             "from moskd.settings import TrainConfig\nimport torch  # noqa: F401\n",
+             (f"{T_STRICT}::test_help_answers_without_importing_torch",), "teacherTrain --help loads torch"),
+    Mutation("P4", "moskd/datasets.py", "if len(classes) < 2:", "if len(classes) < 1:",
+             (f"{T_IN}::test_a_folder_dataset_needs_two_classes",), "a one-class folder dataset trains"),
+    Mutation("P5", "inference/predict.py", "        rows += chunk_rows\n",
+             '        rows += [r for r in chunk_rows if r["error"] is None]\n',
+             (f"{T_INF}::test_output_to_stdout_has_a_row_per_input_in_order_and_quiet_drops_the_table",),
+             "an unreadable image gets no row"),
+    Mutation("P6", "students/train.py", "        warn_if_poor_teacher(tpath, data.num_classes)\n", "",
+             (f"{T_IN}::test_a_student_warns_once_about_a_teacher_far_below_its_target",),
+             "a student learns from a poor teacher without a word"),
 ]
 
 

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from inference.bundle import FORMAT_VERSION, MANIFEST, TEACHER
+from moskd.config import Parser  # one-line errors, 'did you mean', values checked by name
 from moskd.errors import MoskdError, cli_entry
 from moskd.fold import FastPath, fast_model
 from moskd.models import unwrap
@@ -56,7 +57,7 @@ class Scores(nn.Module):
 
 
 def parse_args(argv) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__, allow_abbrev=False,
+    p = Parser(prog=PROG, description=__doc__, allow_abbrev=False,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run-dir", required=True, help="finished run (selector/, students/, teacher/)")
     p.add_argument("--out", required=True, help="bundle folder to write (must be empty or absent, or pass --force)")

@@ -1,111 +1,50 @@
-"""inference: routed predictions for image files and folders, or the evaluation report of a run.
-
-    inference --run-dir RUN img.png photos/ [--output preds.jsonl|preds.csv] [--escalate TAU]
-    inference --bundle DIR img.png photos/ [--output ...]      (an exported bundle: moskd export)
-    inference --run-dir RUN --split test [--dataset NAME]      (writes RUN/report.json, report.md, plots)
-
-Folders are searched recursively for files with an image extension; files named explicitly are
-always tried. Preprocessing follows the model card: grayscale, RGB, RGBA and palette images are
-converted to the card's channels (transparency is flattened onto white), resized to the training
-size and normalised with the card's mean/std. Digits models were trained on bright ink over a
-dark background, so for them a light-background image (scanned paper, a drawing) is inverted
-first (--invert auto).
-
-An unreadable, truncated or non-image file gets one line on stderr naming it and why; every other
-file is still predicted and written, and the exit code is 1.
+"""Routed predictions for image files and folders: find the inputs, read them as the model card
+expects, run a run's router or a deployment bundle behind one interface, and write one row per
+input (the inference command; its flags and output columns are in inference.cli).
 """
 from __future__ import annotations
 
-import argparse
-import csv
-import io
-import json
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
-import torch
 import numpy as np
-from PIL import Image
+import torch
+from PIL import Image  # noqa: F401  (tests patch Image.open here)
 
 from inference.images import (  # noqa: F401  (re-exported: tests and callers import them from here)
     BadImage, image_extensions, light_background, preprocess_array, read_image_array, to_model_mode)
-from moskd.config import build_parser, check_ranges, field, load_yaml_overrides
+from inference.cli import PROG, InferenceConfig, main, parse_args  # noqa: F401  (re-exported)
+from inference.output import failed_row, format_table, output_format, prediction_row, write_rows
 from moskd.data import normalize
-from moskd.errors import MoskdError, cli_entry
+from moskd.errors import MoskdError
 from moskd.fold import FastPath, fast_model, prepare_input
 from moskd.runtime import setup_runtime, show_progress
-
-PROG = "inference"
-OUTPUT_SUFFIXES = (".jsonl", ".csv")
-
-
-@dataclass
-class InferenceConfig:
-    run_dir: str = field("runs/digits", "run directory holding teacher/, students/ and selector/")
-    bundle: Optional[str] = field(None, "predict from a deployment bundle (moskd export) instead of --run-dir",
-                                  metavar="DIR")
-    dataset: Optional[str] = field(None, "evaluate on this dataset (must be the run's; default: the run's)")
-    split: Optional[str] = field(None, "evaluate the run on this split and write the report", choices=["test"])
-    data_dir: Optional[str] = field(None, "where CIFAR files live (default: the run's)")
-    download: bool = field(False, "download CIFAR through torchvision (needs network)")
-    limit: Optional[int] = field(None, "evaluate on at most N images of the split")
-    escalate: Optional[float] = field(None, "cascade: images whose best student score < TAU go to the teacher "
-                                            "(0 = never, >1 = always)", metavar="TAU")
-    output: Optional[str] = field(None, "also write per-image predictions to FILE.jsonl or FILE.csv", metavar="FILE")
-    batch_size: int = field(256, "images per forward pass")
-    fast: str = field("fold+cl", "with --run-dir: CPU fast path, Conv+BN folding and channels_last "
-                                 "(measured in benchmarks/bench_infer.py): eager | fold | fold+cl",
-                      choices=["eager", "fold", "fold+cl"])
-    invert: str = field("auto", "auto (digits: invert light-background images) | yes | no",
-                        choices=["auto", "yes", "no"])
-    device: str = field("auto", "auto | cpu | cuda | cuda:N")
-
-
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
-
-
-def parse_args(argv) -> tuple[InferenceConfig, list[str]]:
-    """Dataclass defaults < --config YAML (section `inference`) < flags; plus positional inputs."""
-    parser = build_parser(InferenceConfig, PROG, __doc__)
-    parser.formatter_class = _HelpFormatter  # keep the usage examples' line breaks
-    parser.add_argument("inputs", nargs="*", metavar="PATH", help="image files and folders (searched recursively)")
-    pre, _ = parser.parse_known_args(argv)
-    if pre.config:
-        parser.set_defaults(**load_yaml_overrides(InferenceConfig, pre.config, "inference"))
-    args = parser.parse_args(argv)
-    cfg = InferenceConfig(**{k: getattr(args, k) for k in InferenceConfig.__dataclass_fields__})
-    check_ranges(cfg)
-    return cfg, list(args.inputs)
-
 
 # ---------------------------------------------------------------- finding and reading images
 
 
-def gather(inputs: list[str]) -> tuple[list[Path], list[tuple[Path, str]]]:
-    """Files to predict, in a stable order, and (path, why) for inputs that cannot even be listed."""
+def gather(inputs: list[str]) -> list[tuple[Path, str | None]]:
+    """(path, None) for each file to predict and (path, why) for an input that cannot even be listed
+    (an unreadable folder, a folder without images), in input order; folders sorted recursively."""
     exts = image_extensions()
-    files, failed = [], []
+    items: list[tuple[Path, str | None]] = []
     for raw in inputs:
         p = Path(raw)
-        if p.is_dir():
-            found = []
+        if not p.is_dir():
+            items.append((p, None))  # named explicitly: always tried, so a bad one is reported, not skipped
+            continue
+        start = len(items)
 
-            def unreadable(err: OSError, root=p):
-                failed.append((Path(err.filename or root), f"cannot list folder ({err.strerror or err})"))
+        def unreadable(err: OSError, root=p):
+            items.append((Path(err.filename or root), f"cannot list folder ({err.strerror or err})"))
 
-            for d, dirs, names in os.walk(p, onerror=unreadable):
-                dirs.sort()
-                found += [Path(d) / n for n in sorted(names) if Path(n).suffix.lower() in exts]
-            if not found and not any(str(f).startswith(str(p)) for f, _ in failed):
-                failed.append((p, f"no image files found (looked for {', '.join(sorted(exts)[:6])}, ...)"))
-            files += found
-        else:
-            files.append(p)  # named explicitly: always tried, so a bad one is reported, not skipped
-    return files, failed
+        for d, dirs, names in os.walk(p, onerror=unreadable):
+            dirs.sort()
+            items += [(Path(d) / n, None) for n in sorted(names) if Path(n).suffix.lower() in exts]
+        if len(items) == start:
+            items.append((p, f"no image files found (looked for {', '.join(sorted(exts)[:6])}, ...)"))
+    return items
 
 
 def preprocess(im: Image.Image, card: dict, invert: str = "auto") -> torch.Tensor:
@@ -192,8 +131,9 @@ def load_predictor(run_dir: str | None = None, bundle: str | None = None, escala
     return RunPredictor(load_router(run_dir, escalate, device), device, fast)
 
 
-def predict_files(run, files: list[Path], batch_size: int, invert: str, device, on_fail) -> list[dict]:
-    """Rows for every readable file, in input order; on_fail(path, why) for each unreadable one.
+def predict_files(run, files: list[Path], batch_size: int, invert: str, device, on_fail=None) -> list[dict]:
+    """One row per file, in input order (inference.output): an unreadable file gets a failed row
+    with its error, and on_fail(path, why) when given.
 
     `run` is a predictor (load_predictor) or a run's RunModels (inference.router.load_router)."""
     from tqdm import tqdm
@@ -206,71 +146,30 @@ def predict_files(run, files: list[Path], batch_size: int, invert: str, device, 
     rows = []
     starts = range(0, len(files), batch_size)
     for start in tqdm(starts, desc="predict", leave=False, disable=not sys.stderr.isatty(), unit="batch"):
-        ok, xs = [], []
-        for p in files[start : start + batch_size]:
+        chunk = files[start : start + batch_size]
+        ok, xs, chunk_rows = [], [], [None] * len(chunk)
+        for i, p in enumerate(chunk):
             try:
                 xs.append(read_image_array(p, card, invert))
-                ok.append(p)
+                ok.append(i)
             except BadImage as e:
-                on_fail(p, str(e))
-        if not xs:
-            continue
-        out = run.run(np.stack(xs))
-        probs = softmax(out.logits.astype(np.float64))
-        cls, conf = probs.argmax(1), probs.max(1)
-        for i, p in enumerate(ok):
-            rows.append({
-                "path": str(p), "class_index": int(cls[i]), "class_name": classes[int(cls[i])],
-                "probability": float(conf[i]), "student": run.route_names[int(out.routes[i])],
-                "scores": {n: float(s) for n, s in zip(run.names, out.scores[i].tolist())},
-            })
+                chunk_rows[i] = failed_row(p, str(e))
+                if on_fail is not None:
+                    on_fail(p, str(e))
+        if xs:
+            out = run.run(np.stack(xs))
+            probs = softmax(out.logits.astype(np.float64))
+            cls, conf = probs.argmax(1), probs.max(1)
+            for j, i in enumerate(ok):
+                chunk_rows[i] = prediction_row(
+                    chunk[i], int(cls[j]), classes[int(cls[j])], float(conf[j]), run.route_names[int(out.routes[j])],
+                    {n: float(s) for n, s in zip(run.names, out.scores[j].tolist())})
+        rows += chunk_rows
     return rows
 
 
-def format_table(rows: list[dict]) -> str:
-    if not rows:
-        return "(no predictions)"
-    names = list(rows[0]["scores"])
-    head = ["path", "class", "name", "prob", "student", *[f"score:{n}" for n in names]]
-    body = [[r["path"], str(r["class_index"]), r["class_name"], f"{r['probability']:.4f}", r["student"],
-             *[f"{r['scores'][n]:.3f}" for n in names]] for r in rows]
-    widths = [max(len(x) for x in col) for col in zip(head, *body)]
-    fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
-    return "\n".join([fmt(head), fmt(["-" * w for w in widths]), *map(fmt, body)])
-
-
-def write_rows(rows: list[dict], path: Path, score_names: list[str]) -> None:
-    """Write .jsonl or .csv atomically (a temporary file, then rename)."""
-    buf = io.StringIO()
-    if path.suffix.lower() == ".jsonl":
-        buf.writelines(json.dumps(r) + "\n" for r in rows)
-    else:
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["path", "class_index", "class_name", "probability", "student",
-                    *[f"score_{n}" for n in score_names]])
-        for r in rows:
-            w.writerow([r["path"], r["class_index"], r["class_name"], f"{r['probability']:.6f}", r["student"],
-                        *[f"{r['scores'][n]:.6f}" for n in score_names]])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(buf.getvalue())
-    tmp.replace(path)
-
-
-def check_output(output: str | None) -> Path | None:
-    if output is None:
-        return None
-    p = Path(output)
-    if p.suffix.lower() not in OUTPUT_SUFFIXES:
-        raise MoskdError(f"--output {output}: use a file name ending in .jsonl or .csv")
-    if p.is_dir():
-        raise MoskdError(f"--output {output} is a folder; pass a file name ending in .jsonl or .csv")
-    return p
-
-
-@cli_entry(PROG)
-def main(argv=None):
-    cfg, inputs = parse_args(argv)
+def run(cfg, inputs: list[str]) -> int:
+    """The inference command once its flags are parsed (inference.cli.main)."""
     evaluating = cfg.split is not None or cfg.dataset is not None
     if inputs and evaluating:
         raise MoskdError("give image files/folders or --split test (evaluation), not both")
@@ -278,11 +177,11 @@ def main(argv=None):
         raise MoskdError("nothing to predict; pass image files or folders, or --split test to evaluate the run")
     if evaluating and cfg.bundle is not None:
         raise MoskdError("--split evaluates a run directory; pass --run-dir RUN (a bundle predicts image files)")
-    output = check_output(cfg.output)
+    if evaluating and cfg.output is not None:
+        raise MoskdError("--output writes file predictions; the evaluation writes RUN/report.json instead")
+    fmt = output_format(cfg.output, cfg.output_format)
     rt = setup_runtime(cfg.device)
     if evaluating:
-        if output is not None:
-            raise MoskdError("--output writes file predictions; the evaluation writes RUN/report.json instead")
         from inference.report import report_run
 
         report_run(cfg.run_dir, dataset=cfg.dataset, data_dir=cfg.data_dir, download=cfg.download,
@@ -290,33 +189,32 @@ def main(argv=None):
                    progress=show_progress(rt))
         return 0
 
-    run = load_predictor(cfg.run_dir, cfg.bundle, cfg.escalate, rt.device, cfg.fast)
-    failed = 0
+    predictor = load_predictor(cfg.run_dir, cfg.bundle, cfg.escalate, rt.device, cfg.fast)
 
-    def on_fail(path, why):
-        nonlocal failed
-        failed += 1
-        print(f"{PROG}: {path}: {why}", file=sys.stderr, flush=True)
+    def on_fail(path, why):  # with the table off, each failure still gets its line on stderr
+        if cfg.quiet:
+            print(f"{PROG}: {path}: {why}", file=sys.stderr, flush=True)
 
-    files, listing_failures = gather(inputs)
-    for path, why in listing_failures:
-        on_fail(path, why)
-    rows = predict_files(run, files, cfg.batch_size, cfg.invert, rt.device, on_fail)
-    if output is not None:  # written before the table, so a closed stdout (| head) cannot lose it
-        write_rows(rows, output, run.names)
-    try:
-        print(format_table(rows))
-        if output is not None:
-            print(f"wrote {len(rows)} prediction(s) to {output}")
-        sys.stdout.flush()
-    except BrokenPipeError:  # the reader (e.g. head) stopped early: not an error of ours
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    rows: list[dict] = []
+    files: list[Path] = []
+    for path, why in gather(inputs) + [(None, None)]:  # files are predicted in batches, in order
+        if path is not None and why is None:
+            files.append(path)
+            continue
+        rows += predict_files(predictor, files, cfg.batch_size, cfg.invert, rt.device, on_fail)
+        files = []
+        if path is not None:
+            rows.append(failed_row(path, why))
+            on_fail(path, why)
+    if cfg.output is not None:  # written before the table, so nothing on stderr can stop it
+        write_rows(rows, cfg.output, fmt, predictor.names)
+    if not cfg.quiet:
+        print(format_table(rows, predictor.names), file=sys.stderr)
+        if cfg.output not in (None, "-"):
+            print(f"wrote {len(rows)} row(s) to {cfg.output}", file=sys.stderr)
+    failed = sum(r["error"] is not None for r in rows)
     if failed:
-        print(f"{PROG}: {failed} input(s) could not be predicted (see above); the others were written",
-              file=sys.stderr)
+        print(f"{PROG}: {failed} of {len(rows)} input(s) could not be predicted (see their error); "
+              f"the others were predicted", file=sys.stderr)
         raise SystemExit(1)
     return 0
-
-
-if __name__ == "__main__":
-    main()

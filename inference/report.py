@@ -32,6 +32,7 @@ from inference.report_plots import plot_accuracy_vs_macs, plot_confusions
 from inference.router import TEACHER, RunModels, load_router
 from inference.summary import SELECTOR, summarize
 from moskd.data import TensorLoader, load_data
+from moskd.config import Parser  # one-line errors, 'did you mean', values checked by name
 from moskd.errors import MoskdError, cli_entry
 from moskd.models import adapt_input, unwrap
 from moskd.precision import policy
@@ -203,7 +204,7 @@ def report_run(run_dir, from_eval: bool = False, **kw) -> dict:
 
 @cli_entry("moskd report")
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="moskd report", description=__doc__, allow_abbrev=False,
+    p = Parser(prog="moskd report", description=__doc__, allow_abbrev=False,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", metavar="RUN", nargs="?", help="the run directory, as --run-dir RUN (kept for older scripts)")
     p.add_argument("--run-dir", default=None, help="run directory holding teacher/, students/ and selector/ "

@@ -32,6 +32,7 @@ import numpy as np
 
 from inference.bundle import softmax
 from inference.images import BadImage, decode_bytes
+from moskd.config import Parser  # one-line errors, 'did you mean', values checked by name
 from moskd.errors import MoskdError, cli_entry
 
 PROG = "moskd serve"
@@ -221,7 +222,7 @@ def create_app(predictor, max_batch: int = 32, max_wait_ms: float = 5.0, max_byt
 
 
 def parse_args(argv) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__, allow_abbrev=False,
+    p = Parser(prog=PROG, description=__doc__, allow_abbrev=False,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--bundle", metavar="DIR", help="deployment bundle written by moskd export")
@@ -236,10 +237,7 @@ def parse_args(argv) -> argparse.Namespace:
     p.add_argument("--invert", choices=["auto", "yes", "no"], default="auto",
                    help="auto: digits models invert light-background images")
     p.add_argument("--threads", type=int, default=None, help="torch/onnxruntime threads (default: theirs)")
-    a = p.parse_args(argv)
-    if a.max_batch < 1 or a.max_wait_ms < 0 or a.max_bytes < 1:
-        p.error("--max-batch and --max-bytes must be >= 1 and --max-wait-ms >= 0")
-    return a
+    return p.parse_args(argv)  # ranges (--port, --max-batch, ...) checked by name: moskd.values.RANGES
 
 
 def check_port(host: str, port: int) -> None:

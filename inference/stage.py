@@ -15,7 +15,7 @@ def _steps(run, options: dict) -> list[Step]:
 STAGE = StageInfo(
     "inference", order=4,
     commands=(
-        Command("inference", "inference.predict",
+        Command("inference", "inference.cli",
                 "stage 4: routed predictions for files, folders or a split (inference)"),
         Command("report", "inference.report", "evaluation report of a run: report.json, report.md, plots"),
         Command("export", "inference.export",
@@ -24,4 +24,5 @@ STAGE = StageInfo(
                 "HTTP server: POST /predict, GET /health, GET /info (pip install -e '.[serve]')"),
     ),
     steps=_steps,
+    sections=(("inference", "inference.cli:InferenceConfig"),),
 )

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from moskd.checkpoint import read_checkpoint_file, save_checkpoint
 from moskd.engine import drop_last, slim
+from moskd.config import Parser  # one-line errors, 'did you mean', values checked by name
 from moskd.errors import MoskdError, cli_entry
 from moskd.run import StageDir, run_dir_argument
 
@@ -50,7 +51,7 @@ def clean_run(run_dir: str | Path, dry_run: bool = False, log=print) -> int:
 
 @cli_entry(PROG)
 def main(argv=None):
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__, allow_abbrev=False,
+    p = Parser(prog=PROG, description=__doc__, allow_abbrev=False,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", metavar="RUN", nargs="?", help="run directory (the same as --run-dir RUN)")
     p.add_argument("--run-dir", default=None, help="run directory")

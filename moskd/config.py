@@ -1,23 +1,29 @@
-"""Typed stage configs: dataclass defaults < --config YAML < command-line flags.
+"""Typed command configs and the one parser every moskd command uses.
 
-Each stage declares a dataclass of its settings (units in the help text). This module turns it
-into an argparse parser (``allow_abbrev=False``), type-checks YAML overrides against the field
-types (nanoGPT-style), and writes the resolved config next to the run.
+Each command declares a dataclass of its settings (units in the help text): defaults < --config
+YAML < command-line flags. This module turns the dataclass into a `Parser` (no abbreviations,
+one-line errors with the nearest flag, every value checked by moskd.values), type-checks YAML
+values against the field types (nanoGPT-style), and writes the resolved config next to the run.
 
-A YAML file may be flat (``epochs: 20``) or sectioned per stage so one file serves the whole
+A YAML file may be flat (``epochs: 20``) or sectioned per command so one file serves the whole
 pipeline::
 
-    dataset: digits          # shared keys at the top level
+    dataset: digits          # shared keys at the top level: read by every command that has them
     teacher: {epochs: 20}    # read only by teacherTrain
-    students: {epochs: 15}   # read only by StudentTrain
+    students: {epochs: 15}   # read only by StudentTrain (and moskd sweep)
     selector: {epochs: 40}   # read only by trainSelector
+
+The whole file is checked whichever command reads it: a top-level key no command knows, an
+unknown section, or an unknown key inside a section is an error naming the nearest known one.
+Importing this module (and the config modules of sections()) loads no torch, so --help is instant.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import difflib
-import math
+import importlib
+import re
 import sys
 import typing
 from pathlib import Path
@@ -26,55 +32,23 @@ from typing import Any, Sequence, TypeVar
 import yaml
 
 from moskd.errors import MoskdError
+from moskd.values import (  # noqa: F401  (RANGES, check_ranges, timm_optimizers: re-exported)
+    RANGES, check_ranges, check_values, choices_of, nearest, not_a_choice, out_of_range, timm_optimizers)
 
 C = TypeVar("C")
-STAGE_SECTIONS = ("teacher", "students", "selector", "inference", "pipeline")
 
-# Valid ranges by setting name, for every command that has the setting (scikit-learn style: every
-# entry point validates the same way): (low, high, low inclusive, high inclusive); None = unbounded.
-RANGES: dict[str, tuple] = {
-    "epochs": (1, None, True, True), "batch_size": (1, None, True, True), "eval_batch_size": (1, None, True, True),
-    "limit": (1, None, True, True), "train_limit": (1, None, True, True), "image_size": (1, None, True, True),
-    "warmup_epochs": (0, None, True, True), "lr": (0, None, False, True), "min_lr": (0, None, True, True),
-    "weight_decay": (0, None, True, True), "momentum": (0, 1, True, False), "lr_decay": (0, 1, False, True),
-    "label_smoothing": (0, 1, True, False), "ema_decay": (0, 1, True, False),
-    "select_fraction": (0, 1, False, False), "test_fraction": (0, 1, False, False),
-    "alpha": (0, 1, True, True), "temperature": (0, None, False, True), "teacher_cache": (0, None, True, True),
-    "width": (1, None, True, True), "dropout": (0, 1, True, False), "holdout_fraction": (0, 1, False, False),
-    "tie_margin": (0, None, True, True), "escalate": (0, None, True, True),
-}
-SCHEDULERS = ("cosine", "step", "multistep", "linear", "constant")
+# YAML section -> "module:Class" of the config dataclass that reads it: the stages declare theirs
+# (moskd.stages, StageInfo.sections), the core adds the pipeline's. Imported by name, and only when
+# a config file is read, so the core names no stage; every module named must be importable without
+# torch (tests/test_strict_config.py keeps them so). The union of their fields is the set of keys a
+# file may hold at its top level.
+CORE_SECTIONS = {"pipeline": "moskd.pipeline:PipelineConfig"}
 
 
-def _range_text(low, high, low_in, high_in) -> str:
-    if high is None:
-        return f"{'>=' if low_in else '>'} {low}"
-    return f"in {'[' if low_in else '('}{low}, {high}{']' if high_in else ')'}"
+def sections() -> dict[str, str]:
+    from moskd.stages import config_sections
 
-
-def check_ranges(cfg: Any) -> None:
-    """Refuse any out-of-range number and unknown optimizer or scheduler name: one line, the flag named."""
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        flag = "--" + f.name.replace("_", "-")
-        if f.name in RANGES and value is not None:
-            low, high, low_in, high_in = RANGES[f.name]
-            ok = (math.isfinite(value) and (value >= low if low_in else value > low)
-                  and (high is None or (value <= high if high_in else value < high)))
-            if not ok:
-                raise MoskdError(f"{flag} {value}: must be {_range_text(low, high, low_in, high_in)}")
-    if hasattr(cfg, "scheduler") and cfg.scheduler not in SCHEDULERS:
-        raise MoskdError(f"--scheduler {cfg.scheduler}: choose one of {', '.join(SCHEDULERS)}")
-    if hasattr(cfg, "optimizer"):
-        from timm.optim import list_optimizers
-
-        known = list_optimizers()
-        if cfg.optimizer.lower() not in known:
-            close = difflib.get_close_matches(cfg.optimizer.lower(), known, n=1)
-            hint = f"did you mean {close[0]}?" if close else "e.g. adamw, sgd, momentum, adam"
-            raise MoskdError(f"--optimizer {cfg.optimizer}: not an optimizer timm knows; {hint}")
-    if getattr(cfg, "resume", False) and getattr(cfg, "force", False):
-        raise MoskdError("--resume continues the run in the stage folder, --force starts it over: pass one of them")
+    return {**config_sections(), **CORE_SECTIONS}
 
 
 def field(default: Any, help: str, **kw) -> Any:
@@ -114,8 +88,17 @@ def _check_value(name: str, value: Any, tp: Any, source: str) -> Any:
     )
 
 
-def load_yaml_overrides(cls: type, path: str, section: str) -> dict[str, Any]:
-    """Read a flat or sectioned YAML file; return the type-checked values this stage knows."""
+def section_configs() -> dict[str, type]:
+    """Every YAML section's config dataclass (sections(), imported by name)."""
+    out = {}
+    for section, target in sections().items():
+        module, name = target.split(":")
+        out[section] = getattr(importlib.import_module(module), name)
+    return out
+
+
+def read_yaml(path: str) -> dict[str, Any]:
+    """A config file's mapping; one line if it is missing, not YAML or not a mapping."""
     p = Path(path)
     if not p.is_file():
         raise MoskdError(f"config file {path} not found; pass an existing YAML file to --config")
@@ -125,25 +108,66 @@ def load_yaml_overrides(cls: type, path: str, section: str) -> dict[str, Any]:
         raise MoskdError(f"config file {path} is not valid YAML ({str(e).splitlines()[0]}); fix its syntax") from None
     if not isinstance(raw, dict):
         raise MoskdError(f"config file {path} must hold a mapping of setting: value")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    return raw
+
+
+def _key(key: Any) -> str:
+    return str(key).replace("-", "_")  # batch-size and batch_size name the same setting
+
+
+def _check_entry(name: str, value: Any, classes: list[type], path: str, section: str | None = None) -> None:
+    """Type, range and choices of one file entry, against every config class that has the setting."""
+    where = f"config file {path}" + (f": section '{section}'" if section else "")
+    label = f"config file {path}: {section + '.' if section else ''}{name}"
+    for cls in classes:
+        value = _check_value(name, value, typing.get_type_hints(cls)[name], where)
+        opts, ignore_case = choices_of(cls).get(name, (None, False))
+        problem = out_of_range(name, value) or not_a_choice(name, value, opts, ignore_case)
+        if problem:
+            raise MoskdError(f"{label} {problem}; fix the value in the file")
+
+
+def check_file(raw: dict[str, Any], path: str, sections: dict[str, type]) -> None:
+    """The whole file against every command's settings, whichever command reads it: an unknown or
+    misspelt key or section anywhere is an error naming it and the nearest known one, and so is a
+    bad value in another stage's section (found now, not hours later when that stage starts)."""
+    fields = {s: {f.name for f in dataclasses.fields(c)} for s, c in sections.items()}
+    union = set().union(*fields.values())
+    for key, value in raw.items():
+        name = _key(key)
+        if name in sections:
+            if value is None:
+                continue
+            if not isinstance(value, dict):
+                raise MoskdError(f"config file {path}: section '{key}' must be a mapping of setting: value")
+            for k, v in value.items():
+                if _key(k) not in fields[name]:
+                    raise MoskdError(f"config file {path}: unknown setting '{k}' in section '{key}'"
+                                     f"{nearest(_key(k), fields[name])}")
+                _check_entry(_key(k), v, [sections[name]], path, str(key))
+        elif name in union:
+            _check_entry(name, value, [c for s, c in sections.items() if name in fields[s]], path)
+        else:
+            raise MoskdError(f"config file {path}: unknown setting or section '{key}'"
+                             f"{nearest(name, union | set(sections))} (sections: {', '.join(sections)})")
+
+
+def load_yaml_overrides(cls: type, path: str, section: str | Sequence[str]) -> dict[str, Any]:
+    """Read a flat or sectioned YAML file, check all of it (check_file), and return the type-checked
+    values this command knows: top-level settings, then its own section(s) over them."""
+    raw = read_yaml(path)
+    check_file(raw, path, section_configs())
+    own = [section] if isinstance(section, str) else list(section)
+    fields = {f.name for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
-    values: dict[str, Any] = {}
-    merged = {k: v for k, v in raw.items() if k not in STAGE_SECTIONS}
-    own = raw.get(section) or {}
-    if not isinstance(own, dict):
-        raise MoskdError(f"config file {path}: section '{section}' must be a mapping")
-    merged.update(own)
-    for key, value in merged.items():
-        name = key.replace("-", "_")
-        if name not in fields:
-            if key in own:
-                raise MoskdError(
-                    f"config file {path}: unknown setting '{key}' for {section}; valid: {', '.join(sorted(fields))}"
-                )
-            # a shared top-level key another stage uses (e.g. 'temperature' read by students only)
-            continue
-        values[name] = _check_value(name, value, hints[name], f"config file {path}")
-    return values
+    merged = {_key(k): v for k, v in raw.items() if _key(k) not in sections() and _key(k) in fields}
+    for s in own:
+        merged.update({_key(k): v for k, v in (raw.get(s) or {}).items()})
+    for name in merged:
+        if name not in fields:  # a sweep key in the students section read by StudentTrain, say
+            raise MoskdError(f"config file {path}: '{name}' is not a setting of this command "
+                             f"(valid: {', '.join(sorted(fields))})")
+    return {name: _check_value(name, v, hints[name], f"config file {path}") for name, v in merged.items()}
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -151,7 +175,23 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse with one-line errors: an unknown flag gets the nearest known one, not the usage block."""
+    """The parser of every moskd command: no abbreviations, one-line errors (an unknown flag or
+    choice gets the nearest known one, not the usage block), and every value checked by name
+    (RANGES, declared choices, --device, --resume with --force) before the command does anything."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+        self.value_choices: dict[str, tuple] = {}  # dest -> (choices or a callable giving them, ignore case)
+
+    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+        ns = super().parse_args(args, namespace)
+        try:
+            check_values(vars(ns), self.value_choices)
+        except MoskdError as e:
+            self.error(str(e))
+        return ns
 
     def error(self, message: str):  # type: ignore[override]
         if message.startswith("unrecognized arguments:"):
@@ -161,31 +201,37 @@ class Parser(argparse.ArgumentParser):
                 close = difflib.get_close_matches(word.split("=")[0], known, n=1) if word.startswith("-") else []
                 hints.append(f"{word} (did you mean {close[0]}?)" if close else word)
             message = f"unrecognized arguments: {' '.join(hints)}"
-        print(f"{self.prog}: error: {message}; see {self.prog} --help", file=sys.stderr)
+        bad = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)$", message)
+        if bad:
+            message += nearest(bad.group(1), re.findall(r"'([^']*)'", bad.group(2)) or bad.group(2).split(", "))
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
         raise SystemExit(2)
 
 
-def build_parser(cls: type, prog: str, description: str) -> argparse.ArgumentParser:
-    parser = Parser(
-        prog=prog,
-        description=description,
-        allow_abbrev=False,
-        formatter_class=_HelpFormatter,
-    )
+def build_parser(cls: type, prog: str, description: str) -> Parser:
+    parser = Parser(prog=prog, description=description)
     parser.add_argument("--config", metavar="FILE.yaml", default=None,
-                        help="YAML defaults (flat, or sectioned per stage: teacher/students/selector/inference/"
-                             "pipeline); flags given here override them")
+                        help=f"YAML defaults (flat, or sectioned per command: {'/'.join(sections())}); "
+                             f"flags given here override them; unknown keys are refused")
     hints = typing.get_type_hints(cls)
+    declared = choices_of(cls)
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
         inner, optional = _base_type(hints[f.name])
         meta = dict(f.metadata)
         help_text = meta.pop("help", "")
         extra_flags = meta.pop("flags", ())
+        meta.pop("ignore_case", None)
+        meta.pop("choices", None)
+        choices = declared.get(f.name, (None,))[0]
+        if choices is not None:  # checked by Parser.parse_args, the same way as a value from YAML
+            parser.value_choices[f.name] = declared[f.name]
+            if not callable(choices):
+                meta.setdefault("metavar", "{" + ",".join(map(str, choices)) + "}")
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         kw: dict[str, Any] = {"dest": f.name, "help": help_text, "default": default, **meta}
         if inner is bool:
-            action = "store_true" if f.name.startswith("no_") or f.name in ("resume", "force", "download") else argparse.BooleanOptionalAction
+            action = "store_true" if f.name.startswith("no_") or f.name in ("resume", "force", "download", "quiet") else argparse.BooleanOptionalAction
             parser.add_argument(flag, *extra_flags, action=action, **kw)
             continue
         origin = typing.get_origin(inner)
@@ -197,17 +243,21 @@ def build_parser(cls: type, prog: str, description: str) -> argparse.ArgumentPar
     return parser
 
 
-def parse_config(cls: type[C], argv: Sequence[str] | None, prog: str, description: str, section: str) -> C:
-    """Dataclass defaults, then --config YAML, then flags; returns a type-checked instance."""
-    parser = build_parser(cls, prog, description)
+def parse_config(cls: type[C], argv: Sequence[str] | None, prog: str, description: str,
+                 section: str | Sequence[str], parser: Parser | None = None) -> C:
+    """Dataclass defaults, then --config YAML, then flags; returns a checked instance."""
+    args = parse_namespace(cls, argv, section, parser or build_parser(cls, prog, description))
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+
+
+def parse_namespace(cls: type, argv: Sequence[str] | None, section: str | Sequence[str],
+                    parser: Parser) -> argparse.Namespace:
+    """parse_config's work for a parser (build_parser(cls, ...) with extra arguments, e.g.
+    positional inputs): the whole namespace."""
     pre, _ = parser.parse_known_args(argv)
     if pre.config:
         parser.set_defaults(**load_yaml_overrides(cls, pre.config, section))
-    args = parser.parse_args(argv)
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)}
-    cfg = cls(**values)
-    check_ranges(cfg)
-    return cfg
+    return parser.parse_args(argv)  # checks every value, from the file or a flag
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

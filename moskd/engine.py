@@ -26,13 +26,14 @@ from torch import nn
 from tqdm import tqdm
 
 from moskd.checkpoint import inference_weights, load_checkpoint, save_checkpoint
-from moskd.config import field, to_dict, write_config
+from moskd.config import to_dict, write_config
 from moskd.data import TensorLoader
 from moskd.errors import MoskdError
 from moskd.plots import plot_curves
 from moskd.precision import Precision, policy
 from moskd.run import StageDir, write_json
 from moskd.runtime import Runtime, log, show_progress
+from moskd.settings import DataConfig, TrainConfig  # noqa: F401  (re-exported: stages import them from here)
 
 Batch = tuple  # (images, targets, *extras), already on the device
 Metric = Callable[[torch.Tensor, Batch], tuple[float, int]]  # (logits, batch) -> (sum of scores, count)
@@ -61,49 +62,6 @@ def on_logits(loss: Callable[[torch.Tensor, Batch], torch.Tensor | dict]) -> Obj
         return LossOutput(logits, parts if isinstance(parts, dict) else {"loss": parts})
 
     return objective
-
-
-@dataclass
-class DataConfig:
-    run_dir: str = field("runs/digits", "run directory shared by all stages of one experiment")
-    dataset: str = field("digits", "digits (bundled, offline) | fashion-mnist | cifar10 | cifar100 | folder:PATH")
-    data_dir: str = field("data", "where fashion-mnist (the four official .gz files, flat or torchvision's "
-                                  "layout) and CIFAR live or are downloaded to")
-    download: bool = field(False, "download fashion-mnist/CIFAR through torchvision (needs network)")
-    split_seed: int = field(0, "seed of the train/select/test split (independent of --seed)")
-    select_fraction: float = field(0.2, "share of the training set held out as `select` (0..1)")
-    test_fraction: float = field(0.2, "share held out as `test` when the dataset has no test split (0..1)")
-    limit: Optional[int] = field(None, "use at most N images per split (smoke runs and tests)")
-    train_limit: Optional[int] = field(None, "use at most N `train` images; select and test stay whole")
-    image_size: Optional[int] = field(None, "resize every image to N x N pixels (default: the dataset's "
-                                            "own size; folder: 32)")
-    device: str = field("auto", "auto | cpu | cuda | cuda:N")
-    seed: int = field(0, "seed for initialisation, shuffling and augmentation")
-
-
-@dataclass
-class TrainConfig(DataConfig):
-    epochs: int = field(15, "training epochs")
-    batch_size: int = field(64, "images per step (per process under torchrun)")
-    eval_batch_size: int = field(256, "images per evaluation step")
-    lr: float = field(2e-3, "peak learning rate (after warm-up)")
-    optimizer: str = field("adamw", "adamw | adam | sgd (Nesterov momentum) | momentum, or any timm optimizer")
-    scheduler: str = field("cosine", "cosine | step | multistep | linear | constant (per-step updates)")
-    lr_milestones: list[int] = field([], "epochs at which `multistep` multiplies the lr by --lr-decay")
-    lr_decay: float = field(0.1, "factor for step/multistep decay")
-    warmup_epochs: int = field(1, "epochs of linear warm-up from lr/100")
-    min_lr: float = field(0.0, "floor of the cosine/linear schedule")
-    weight_decay: float = field(0.05, "weight decay (decoupled for adamw; not on biases and norms)")
-    momentum: float = field(0.9, "SGD momentum")
-    label_smoothing: float = field(0.0, "label smoothing of the cross-entropy term (0..1)")
-    ema_decay: float = field(0.0, "EMA of weights, per step (0 = off; e.g. 0.999)")
-    compile: bool = field(False, "torch.compile the model (CUDA: faster after warm-up)")
-    amp: bool = field(True, "bf16 autocast on CUDA, and for training on CPUs with native bf16 "
-                            "(moskd.precision)")
-    resume: bool = field(False, "continue the run in this stage's folder from last.pt")
-    force: bool = field(False, "start over even if this stage's folder already holds a run")
-    keep_last: str = field("yes", "keep last.pt (optimizer state, for --resume) after the stage has finished",
-                           choices=["yes", "no"])
 
 
 @dataclass

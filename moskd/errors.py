@@ -28,3 +28,13 @@ def cli_entry(prog: str) -> Callable:
         return run
 
     return wrap
+
+
+_warned: set[str] = set()
+
+
+def warn(message: str) -> None:
+    """One 'warning:' line on stderr for something suspicious but not fatal; each message once per process."""
+    if message not in _warned:
+        _warned.add(message)
+        print(f"warning: {message}", file=sys.stderr, flush=True)

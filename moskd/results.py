@@ -16,6 +16,7 @@ import json
 import sys
 from pathlib import Path
 
+from moskd.config import Parser  # one-line errors, 'did you mean', values checked by name
 from moskd.errors import MoskdError, cli_entry
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
@@ -112,7 +113,7 @@ def outputs(root: Path) -> dict[Path, str]:
 
 @cli_entry("moskd results")
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="moskd results", description=__doc__, allow_abbrev=False,
+    p = Parser(prog="moskd results", description=__doc__, allow_abbrev=False,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", default=".", help="the repository checkout holding README.md and docs/")
     p.add_argument("--check", action="store_true", help="compare only; exit 1 if a file differs")

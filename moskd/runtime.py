@@ -8,7 +8,6 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from moskd.config import parse_config
 from moskd.errors import MoskdError
 
 
@@ -92,9 +91,9 @@ def log(rt: Runtime, msg: str) -> None:
         print(msg, flush=True)
 
 
-def stage_main(argv, config_cls, run, prog: str, doc: str, section: str):
-    """Body of every stage command: parse the config, set up the device/process group, run, tear down."""
-    cfg = parse_config(config_cls, argv, prog, doc, section=section)
+def run_stage(cfg, run):
+    """Body of every stage command once its torch-free cli module has parsed the config: set up
+    the device/process group, run(cfg, rt), tear down."""
     rt = setup_runtime(cfg.device)
     try:
         return run(cfg, rt)

@@ -53,6 +53,7 @@ class StageInfo:
     order: int  # position in the pipeline: a stage reads only what lower orders wrote
     commands: tuple[Command, ...] = ()
     models: tuple[str, ...] = ()  # modules registering models (moskd.models.register_model) on import
+    sections: tuple[tuple[str, str], ...] = ()  # (YAML section, "module:ConfigClass" that reads it)
     steps: Optional[Callable[[RunDir, dict], list[Step]]] = field(default=None, compare=False)
     # steps(run, options): what `moskd pipeline` runs for this stage, in order; options are the
     # pipeline's settings (e.g. baselines, complementary), each stage reads the ones it knows
@@ -103,6 +104,11 @@ def stages() -> tuple[StageInfo, ...]:
 
 def commands() -> dict[str, Command]:
     return {c.name: c for s in stages() for c in s.commands}
+
+
+def config_sections() -> dict[str, str]:
+    """YAML section -> "module:Class" of the config dataclass that reads it, from every stage."""
+    return {name: target for s in stages() for name, target in s.sections}
 
 
 def model_modules() -> list[str]:

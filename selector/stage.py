@@ -14,8 +14,9 @@ def _steps(run, options: dict) -> list[Step]:
 
 STAGE = StageInfo(
     "selector", order=3,
-    commands=(Command("selector", "selector.train",
+    commands=(Command("selector", "selector.cli",
                       "stage 3: label select images and train the selector (trainSelector)"),),
     models=("selector.model",),
     steps=_steps,
+    sections=(("selector", "selector.cli:SelectorConfig"),),
 )

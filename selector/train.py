@@ -1,60 +1,26 @@
-"""trainSelector: label `select` with the students' correctness, then train the selector on it.
-
-Reads RUN/students/<name>/best.pt (default: every distilled student), writes
-RUN/selector/{labels.pt,best.pt,last.pt,metrics.jsonl,config.yaml,summary.json}.
-
-The selector learns, per image and student, how right the student will be: binary cross-entropy
-against the student's softmax probability of the true class (--target prob, default) or its 0/1
-correctness (--target correct), through the shared engine. `select` is split again,
-deterministically by --split-seed, into a part the selector trains on and a held-out part that
-(1) chooses its checkpoint by routed accuracy (the accuracy of the student each image is routed
-to), (2) calibrates its scores per student (Platt scaling: sigmoid(score) = P(student right)), and
-(3) chooses the router's operating point: the cost knob (see selector.model.route_from_scores)
-with the best routed accuracy, ties to fewer MACs. `test` is never read.
-"""
+"""The trainSelector stage's work: label `select` with the students' correctness, train the
+selector on it, calibrate it and choose the router's operating point (the command line and its
+settings, SelectorConfig, live in selector.cli, which loads no torch)."""
 from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from moskd.checkpoint import inference_weights, load_checkpoint, save_checkpoint
-from moskd.config import field
 from moskd.data import DataBundle, TensorLoader, data_from_config
-from moskd.engine import Stage, TrainConfig, drop_last, fit, on_logits, prepare_out_dir
-from moskd.errors import MoskdError, cli_entry
+from moskd.engine import Stage, drop_last, fit, on_logits, prepare_out_dir
+from moskd.errors import MoskdError
 from moskd.models import create_model
 from moskd.profile import count_macs
 from moskd.run import SPLIT_KEYS, RunDir, write_json
-from moskd.runtime import Runtime, log, show_progress, stage_main
+from moskd.runtime import Runtime, log, show_progress
+from selector.cli import TARGETS, SelectorConfig, main  # noqa: F401  (re-exported)
 from selector.labels import complementary_partition, describe, label_split, owner_targets, save_labels
 from selector.model import MAC_BUDGET, knob_grid, relative_costs, route_from_scores
-
-
-@dataclass
-class SelectorConfig(TrainConfig):
-    # the selector is tiny and `select` is small: short steps, Adam, a few dozen epochs
-    epochs: int = field(30, "training epochs")
-    batch_size: int = field(32, "images per step (per process under torchrun)")
-    lr: float = field(3e-3, "peak learning rate (after warm-up)")
-    optimizer: str = field("adamw", "sgd (Nesterov momentum) | momentum | adam | adamw, or any timm optimizer")
-    weight_decay: float = field(1e-4, "L2 weight decay (not on biases and norms)")
-    students: list[str] = field([], "folders under RUN/students to route between (default: every distilled "
-                                    "student); they are ordered cheapest (fewest MACs) first")
-    width: int = field(32, "channels of the first conv block (the next two have 2x and 4x)")
-    dropout: float = field(0.0, "dropout before the selector's head (0..1)")
-    holdout_fraction: float = field(0.3, "share of `select` held out to choose the selector checkpoint (0..1)")
-    tie_margin: float = field(0.05, "scores within this of the best count as a tie, won by the cheaper student")
-    augment: bool = field(False, "shift/flip images while training (labels were computed on unshifted ones)")
-    target: str = field("auto", "what the selector learns per student: prob (its softmax probability of the "
-                                "true class) | correct (0/1 correctness) | owner (1 for the student that owns the "
-                                "image's class under --complementary, else 0) | auto (owner for complementary "
-                                "students, else prob)")
-    calibrate: bool = field(True, "Platt-scale each student's score on the held-out part of `select`")
 
 
 def holdout_split(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,7 +34,6 @@ def holdout_split(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, tor
     return order[held:].sort().values, order[:held].sort().values
 
 
-TARGETS = ("auto", "prob", "correct", "owner")
 TARGET_LABELS = {"prob": "true_prob", "correct": "correct", "owner": "owner"}  # --target -> labels key
 
 
@@ -277,11 +242,6 @@ def run(cfg: SelectorConfig, rt: Runtime) -> dict:
                 f"{operating['knob']:.4f} (always: {always}; oracle {summary['heldout_oracle']:.4f}) -> {out.best}")
     rt.barrier()
     return summary
-
-
-@cli_entry("trainSelector")
-def main(argv=None):
-    stage_main(argv, SelectorConfig, run, "trainSelector", __doc__, section="selector")
 
 
 if __name__ == "__main__":

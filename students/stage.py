@@ -25,7 +25,8 @@ def _steps(run, options: dict) -> list[Step]:
 
 STAGE = StageInfo(
     "students", order=2,
-    commands=(Command("student", "students.train", "stage 2: distil the teacher into a student (StudentTrain)"),
+    commands=(Command("student", "students.cli", "stage 2: distil the teacher into a student (StudentTrain)"),
               Command("sweep", "students.sweep", "grid of temperatures, alphas and seeds for one student")),
     steps=_steps,
+    sections=(("students", "students.cli:StudentConfig"), ("sweep", "students.sweep:SweepConfig")),
 )

@@ -21,16 +21,17 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from moskd.checkpoint import load_checkpoint
-from moskd.config import field
-from moskd.data import data_from_config, make_loader
-from moskd.engine import evaluate, top1
+from typing import TYPE_CHECKING
+
+from moskd.config import field, parse_config
 from moskd.errors import cli_entry
-from moskd.models import build_model_from_checkpoint
-from moskd.run import RunDir, StageDir, read_json, write_json, write_text
-from moskd.runtime import Runtime, log, stage_main
-from students.train import StudentConfig, check_config, resolve_arch
-from students.train import run as train_student
+from students.cli import StudentConfig
+
+if TYPE_CHECKING:
+    from moskd.runtime import Runtime
+
+# torch-heavy modules are imported inside the functions that need them, so that `moskd sweep
+# --help` and a bad flag answer without loading torch
 
 
 @dataclass
@@ -77,6 +78,12 @@ def grid(cfg: SweepConfig, arch: str) -> list[Point]:
 
 def last_epoch_accuracy(run: StageDir, data, cfg: StudentConfig, rt: Runtime) -> float:
     """Test accuracy of last.pt (the weights after the final epoch), beside best-on-select."""
+    from moskd.checkpoint import load_checkpoint
+    from moskd.data import make_loader
+    from moskd.engine import evaluate, top1
+    from moskd.models import build_model_from_checkpoint
+    from moskd.runtime import Runtime
+
     model = build_model_from_checkpoint(load_checkpoint(run.last, role="student")).to(rt.device)
     return evaluate(model, make_loader(data, "test", cfg.eval_batch_size, device=rt.device), top1,
                     Runtime(rt.device), cfg.amp)
@@ -84,6 +91,10 @@ def last_epoch_accuracy(run: StageDir, data, cfg: StudentConfig, rt: Runtime) ->
 
 def train_point(point: Point, seed: int, cfg: SweepConfig, data, rt: Runtime) -> dict:
     """Train (or reuse, or resume) one run; returns its row of <arch>-runs.csv."""
+    from moskd.run import RunDir, read_json
+    from moskd.runtime import log
+    from students.train import run as train_student
+
     out = RunDir(cfg.run_dir).sweep_run(f"{point.name}-s{seed}")
     if out.finished and not cfg.force:
         summary = read_json(out.summary)
@@ -144,6 +155,10 @@ def markdown(table: list[dict], arch: str) -> str:
 
 
 def sweep(cfg: SweepConfig, rt: Runtime) -> list[dict]:
+    from moskd.data import data_from_config
+    from moskd.runtime import log
+    from students.train import check_config, resolve_arch
+
     check_config(cfg)
     arch = resolve_arch(cfg.model)
     data = data_from_config(cfg)  # loaded once, shared by every run
@@ -169,7 +184,12 @@ def sweep(cfg: SweepConfig, rt: Runtime) -> list[dict]:
 
 @cli_entry("moskd sweep")
 def main(argv=None):
-    stage_main(argv, SweepConfig, sweep, "moskd sweep", __doc__, section="students")
+    """Parse (no torch yet), then sweep. Settings come from the `students` section of --config,
+    then its `sweep` section (temperatures, alphas, seeds, baseline)."""
+    cfg = parse_config(SweepConfig, argv, "moskd sweep", __doc__, section=("students", "sweep"))
+    from moskd.runtime import run_stage
+
+    return run_stage(cfg, sweep)
 
 
 if __name__ == "__main__":

@@ -1,65 +1,28 @@
-"""StudentTrain: distil the teacher into a student on `train`, choose its checkpoint on `select`.
-
-    StudentTrain --run-dir RUN --model 1            # DenseNet121 from RUN/teacher/best.pt
-    StudentTrain --run-dir RUN --model 2            # GoogLeNet, same shared teacher-logit cache
-    StudentTrain --run-dir RUN --model 1 --no-teacher   # the plain baseline, for comparison
-
-Writes RUN/students/<arch>/ (or RUN/students/<arch>-baseline/ with --no-teacher):
-best.pt, last.pt, metrics.jsonl, config.yaml, summary.json, curves.png.
-Loss: alpha * CE(student, y) + (1 - alpha) * T^2 * KL(teacher/T || student/T), or MSE logit
-matching with --kd-loss mse. With --teacher-cache K (default) the teacher's logits for K augmented
-views of every train image are computed once into RUN/teacher/cache/ and shared by all students.
-"""
+"""The StudentTrain stage's work: distil the teacher into a student (the command line and its
+settings, StudentConfig, live in students.cli, which loads no torch)."""
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import torch
 from torch import nn
 
-from moskd.config import field
 from moskd.data import DataBundle, data_from_config, make_loader
-from moskd.engine import Stage, TrainConfig, finish, fit, prepare_out_dir
-from moskd.errors import MoskdError, cli_entry
+from moskd.engine import Stage, finish, fit, prepare_out_dir
+from moskd.errors import MoskdError
 from moskd.models import SEED_STUDENTS, available_models, create_model, stem_kwargs, unwrap
 from moskd.precision import policy
 from moskd.profile import model_cost
 from moskd.run import SPLIT_KEYS, RunDir, load_teacher, write_json
-from moskd.runtime import Runtime, log, stage_main
+from moskd.runtime import Runtime, log
 from students.cache import cache_key, file_sha256, load_or_build
-from students.complementary import METHODS, build_partition, image_weights, load_partition
+from students.cli import StudentConfig, main  # noqa: F401  (re-exported: callers and tests import them from here)
+from students.complementary import build_partition, image_weights, load_partition
 from students.losses import KD_LOSSES, cached_objective, label_objective, online_objective
+from students.teacher_check import warn_if_poor_teacher
 
 STUDENTS = SEED_STUDENTS
-
-
-@dataclass
-class StudentConfig(TrainConfig):
-    # a student learns from the teacher's soft targets as well as the labels: on digits it reaches
-    # the teacher's accuracy in about half the teacher's epochs (8 epochs: ~2 minutes on 2 CPU cores)
-    epochs: int = field(8, "training epochs")
-    model: str = field("1", "student: 1 = densenet121, 2 = googlenet, or any registry/torchvision/timm name")
-    teacher: Optional[str] = field(None, "teacher checkpoint; None = RUN/teacher/best.pt")
-    alpha: float = field(0.5, "weight of the hard-label cross-entropy; 1 - alpha weighs the teacher term (0..1)")
-    temperature: float = field(4.0, "softmax temperature T of the KL term (> 0; the term is scaled by T^2)")
-    kd_loss: str = field("kl", "kl (Hinton soft targets) | mse (logit matching, no temperature)")
-    no_teacher: bool = field(False, "train the plain baseline student (alpha = 1, no teacher) "
-                                    "into RUN/students/<arch>-baseline/")
-    teacher_cache: int = field(10, "K augmented views per train image whose teacher logits are cached in "
-                                   "RUN/teacher/cache/ (0 = run the teacher online every step)")
-    cache_seed: int = field(0, "seed of the cached views (shared by every student reading the cache)")
-    cache_only: bool = field(False, "build (or validate) the teacher-logit cache, then stop without training")
-    complementary: str = field("none", "none (independent students) | clusters (specialists on the teacher's "
-                                       "confusable class clusters; students.complementary)")
-    owners: list[str] = field(["1", "2"], "with --complementary: the students the class clusters go to, hardest "
-                                          "cluster first (1 = densenet121, 2 = googlenet, or names)")
-    other_weight: float = field(0.25, "with --complementary clusters: loss weight of images outside the "
-                                      "student's own classes (0 < w <= 1; own classes weigh 1)")
-    stem: str = field("cifar", "input stem: cifar (3x3 stride 1, for 8x8/32x32) | imagenet (torchvision's "
-                               "strided stem: /4, GoogLeNet /8; for 28x28 and larger)")
 
 
 def resolve_arch(model: str) -> str:
@@ -92,10 +55,6 @@ def check_config(cfg: StudentConfig) -> None:
         raise MoskdError(f"--kd-loss {cfg.kd_loss}: choose one of {', '.join(KD_LOSSES)}")
     if cfg.teacher_cache < 0:
         raise MoskdError(f"--teacher-cache {cfg.teacher_cache}: must be >= 0 (0 = online teacher)")
-    if cfg.complementary not in METHODS:
-        raise MoskdError(f"--complementary {cfg.complementary}: choose one of {', '.join(METHODS)}")
-    if not 0.0 < cfg.other_weight <= 1.0:
-        raise MoskdError(f"--other-weight {cfg.other_weight}: must lie in (0, 1] (1 = no specialisation)")
     if cfg.complementary != "none" and (cfg.no_teacher or cfg.alpha >= 1.0):
         raise MoskdError(f"--complementary {cfg.complementary} partitions the data with the teacher; "
                          f"drop --no-teacher (and keep --alpha below 1), or pass --complementary none")
@@ -167,6 +126,7 @@ def run(cfg: StudentConfig, rt: Runtime, out_dir: Path | None = None, data: Data
         teacher, _ = load_teacher(tpath, dataset=data.name, num_classes=data.num_classes, like=data.card(),
                                   split={k: getattr(cfg, k) for k in SPLIT_KEYS}, hint=TEACHER_HINT, frozen=True)
         teacher = policy(rt.device, cfg.amp, training=True).model(teacher)
+        warn_if_poor_teacher(tpath, data.num_classes)
         teacher_cost = model_cost(unwrap(teacher), data.input_size)
         if cfg.complementary != "none" and not cfg.cache_only:
             partition = ensure_partition(cfg, tpath, teacher, data, rt)
@@ -246,11 +206,6 @@ def ensure_partition(cfg: StudentConfig, tpath: Path, teacher: nn.Module, data: 
     log(rt, f"complementary {cfg.complementary}: partition of the classes from the teacher -> {path}: "
             + "; ".join(f"{o}: {', '.join(c)}" for o, c in partition["clusters"].items()))
     return partition
-
-
-@cli_entry("StudentTrain")
-def main(argv=None):
-    stage_main(argv, StudentConfig, run, "StudentTrain", __doc__, section="students")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ def _steps(run, options: dict) -> list[Step]:
 
 STAGE = StageInfo(
     "teacher", order=1,
-    commands=(Command("teacher", "teacher.train", "stage 1: train the teacher (teacherTrain)"),),
+    commands=(Command("teacher", "teacher.cli", "stage 1: train the teacher (teacherTrain)"),),
     steps=_steps,
+    sections=(("teacher", "teacher.cli:TeacherConfig"),),
 )

@@ -1,30 +1,20 @@
-"""teacherTrain: train the teacher on `train`, choose its checkpoint on `select`.
+"""The teacher stage's work: train the teacher on `train`, choose its checkpoint on `select`.
 
-Writes RUN/teacher/{best.pt,last.pt,metrics.jsonl,config.yaml,summary.json}.
-Multi-GPU: torchrun --nproc-per-node 2 -m teacher.train --run-dir RUN ...
+The command line (teacherTrain) and its settings (TeacherConfig) live in teacher.cli, which loads
+no torch; this module is imported once the flags have been parsed.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional
+from pathlib import Path
 
 import torch
 
-from moskd.config import field
 from moskd.data import data_from_config, make_loader
-from moskd.engine import Stage, TrainConfig, cross_entropy, finish, fit
-from moskd.errors import cli_entry
+from moskd.engine import Stage, cross_entropy, finish, fit
 from moskd.models import create_model, stem_kwargs
 from moskd.run import RunDir
-from moskd.runtime import Runtime, stage_main
-
-
-@dataclass
-class TeacherConfig(TrainConfig):
-    arch: str = field("resnet50", "teacher architecture: a registry, torchvision or timm name")
-    pretrained: Optional[str] = field(None, "local weights to start from (a moskd checkpoint or a state_dict)")
-    stem: str = field("cifar", "input stem: cifar (3x3 stride 1, for 8x8/32x32) | imagenet (torchvision's "
-                               "strided stem, /4; for 28x28 and larger)")
+from moskd.runtime import Runtime
+from teacher.cli import TeacherConfig, main  # noqa: F401  (re-exported: callers and tests import them from here)
 
 
 def run(cfg: TeacherConfig, rt: Runtime) -> dict:
@@ -43,11 +33,6 @@ def run(cfg: TeacherConfig, rt: Runtime) -> dict:
     )
     summary = fit(stage, cfg, rt, "teacherTrain")
     return finish(stage, cfg, rt, summary, make_loader(data, "test", cfg.eval_batch_size, device=rt.device))
-
-
-@cli_entry("teacherTrain")
-def main(argv=None):
-    stage_main(argv, TeacherConfig, run, "teacherTrain", __doc__, section="teacher")
 
 
 if __name__ == "__main__":

@@ -207,9 +207,9 @@ def test_independent_student_and_owner_target_without_partition(tmp_path, teache
 
 
 @pytest.mark.parametrize("argv, words", [
-    (["--complementary", "experts"], "--complementary experts: choose one of none, clusters"),
+    (["--complementary", "experts"], "--complementary experts"),
     (["--complementary", "clusters", "--no-teacher"], "drop --no-teacher"),
-    (["--other-weight", "0"], "--other-weight 0.0: must lie in (0, 1]"),
+    (["--other-weight", "0"], "--other-weight 0.0: must be in (0, 1]"),
 ])
 def test_bad_complementary_settings_are_refused_in_one_line(tmp_path, cli, argv, words):
     code, _, err = cli(student_main, ["--run-dir", str(tmp_path), "--model", "test_tiny_cnn", *argv, *SLICE])

@@ -64,7 +64,7 @@ def test_fashion_mnist_reads_torchvisions_layout_and_raw_files(tmp_path):
 
 
 def test_missing_fashion_file_names_it_and_both_fixes(tmp_path, monkeypatch):
-    monkeypatch.setattr("moskd.data.DEBIAN_FASHION_DIR", str(tmp_path / "nowhere"))
+    monkeypatch.setattr("moskd.datasets.DEBIAN_FASHION_DIR", str(tmp_path / "nowhere"))
     fake_fashion(tmp_path / "d")
     (tmp_path / "d" / "t10k-labels-idx1-ubyte.gz").unlink()
     with pytest.raises(MoskdError) as e:

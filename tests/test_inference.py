@@ -180,17 +180,24 @@ def test_every_bad_file_gets_one_stderr_line_and_the_rest_are_written(trained_ru
     out = tmp_path / "preds.jsonl"
     code, stdout, err = cli(inference_main, ["--run-dir", str(trained_run), str(tmp_path / "in"), str(missing),
                                              "--output", str(out), "--device", "cpu"])
-    assert code != 0
+    assert code == 1 and stdout == ""  # the table is on stderr
     lines = err.strip().splitlines()
-    for name, why in [("truncated.png", "truncated"), ("notes.png", "not an image"), ("empty.png", "empty"),
-                      ("dangling.png", "no such file"), ("nowhere.png", "no such file")]:
+    bad_inputs = [("empty.png", "empty"), ("notes.png", "not an image"), ("truncated.png", "truncated"),
+                  ("dangling.png", "no such file"), ("nowhere.png", "no such file")]
+    for name, why in bad_inputs:
         hits = [ln for ln in lines if name in ln]
-        assert len(hits) == 1 and why in hits[0], (name, lines)
-    assert "readme.txt" not in err
+        assert len(hits) == 1 and why in hits[0], (name, lines)  # its row of the table, with the error
+    assert "readme.txt" not in err and "5 of 7 input(s) could not be predicted" in lines[-1]
     rows = [json.loads(ln) for ln in out.read_text().splitlines()]
-    assert [r["path"] for r in rows] == [str(p) for p in good]
-    assert set(rows[0]) == {"path", "class_index", "class_name", "probability", "student", "scores"}
-    assert "good2.png" in stdout
+    # a row for every input, in input order: the folder sorted (files before sub-folders), then the missing file
+    order = ["empty.png", "good.png", "notes.png", "truncated.png", "dangling.png", "good2.png", "nowhere.png"]
+    assert [Path(r["path"]).name for r in rows] == order
+    assert [r["path"] for r in rows if r["error"] is None] == [str(p) for p in good]
+    for name, why in bad_inputs:
+        (row,) = [r for r in rows if Path(r["path"]).name == name]
+        assert why in row["error"] and row["class_index"] is None and row["p_right"] is None
+    assert set(rows[0]) == {"path", "class_index", "class_name", "probability", "student", "p_right", "error"}
+    assert any("good2.png" in ln for ln in lines)
 
 
 def test_permission_errors_as_root_too(trained_run, tmp_path, cli, monkeypatch):  # noqa: F811
@@ -217,12 +224,16 @@ def test_permission_errors_as_root_too(trained_run, tmp_path, cli, monkeypatch):
     monkeypatch.setattr(os, "scandir", fake_scandir)
     out = tmp_path / "p.jsonl"
     code, _, err = cli(inference_main, ["--run-dir", str(trained_run), str(tmp_path / "in"), "--output", str(out),
-                                        "--device", "cpu"])
+                                        "--device", "cpu", "--quiet"])
     lines = err.strip().splitlines()
-    assert code != 0
+    assert code == 1
+    # --quiet: no table, so each failed input gets its own line
     assert [ln for ln in lines if "locked.png" in ln] == [f"inference: {locked}: permission denied"]
     assert len([ln for ln in lines if str(closed) in ln and "cannot list folder" in ln]) == 1
-    assert [json.loads(ln)["path"] for ln in out.read_text().splitlines()] == [str(tmp_path / "in" / "ok.png")]
+    rows = [json.loads(ln) for ln in out.read_text().splitlines()]
+    assert [r["path"] for r in rows if r["error"] is None] == [str(tmp_path / "in" / "ok.png")]
+    assert {Path(r["path"]).name: r["error"] for r in rows if r["error"]} == {
+        "locked.png": "permission denied", "closed": next(r["error"] for r in rows if r["path"] == str(closed))}
 
 
 def test_csv_output_and_bad_suffix(trained_run, tmp_path, cli):  # noqa: F811
@@ -232,10 +243,54 @@ def test_csv_output_and_bad_suffix(trained_run, tmp_path, cli):  # noqa: F811
                                         "--device", "cpu"])
     assert code == 0, err
     head, row = out.read_text().splitlines()
-    assert head == "path,class_index,class_name,probability,student,score_b_cheap,score_a_dear"
+    assert head == "path,class_index,class_name,probability,student,p_right_b_cheap,p_right_a_dear,error"
     assert row.startswith(str(img) + ",")
     code, _, err = cli(inference_main, ["--run-dir", str(trained_run), str(img), "--output", str(tmp_path / "p.txt")])
     assert code == 2 and ".jsonl or .csv" in err
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_output_to_stdout_has_a_row_per_input_in_order_and_quiet_drops_the_table(trained_run, tmp_path, cli, fmt):  # noqa: F811
+    a = save_png(tmp_path / "a.png", digit(3))
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    b = save_png(tmp_path / "b.png", digit(4))
+    empty = tmp_path / "empty_folder"
+    empty.mkdir()
+    inputs = [b, bad, empty, a]  # input order, not sorted
+    code, out, err = cli(inference_main, ["--run-dir", str(trained_run), *map(str, inputs), "--output", "-",
+                                          "--quiet", "--device", "cpu", *(["--output-format", "jsonl"] * (fmt == "jsonl"))])
+    assert code == 1
+    if fmt == "csv":
+        import csv
+        import io
+
+        rows = list(csv.DictReader(io.StringIO(out)))
+        assert list(rows[0]) == ["path", "class_index", "class_name", "probability", "student",
+                                 "p_right_b_cheap", "p_right_a_dear", "error"]
+        errors = [r["error"] or None for r in rows]
+    else:
+        rows = [json.loads(ln) for ln in out.splitlines()]
+        errors = [r["error"] for r in rows]
+        assert set(rows[0]["p_right"]) == {"b_cheap", "a_dear"} and rows[1]["p_right"] is None
+    assert [r["path"] for r in rows] == list(map(str, inputs))
+    assert errors[0] is None and errors[3] is None
+    assert "not an image" in errors[1] and "no image files found" in errors[2]
+    # --quiet: no table on stderr, one line per failed input and the summary
+    lines = err.strip().splitlines()
+    assert len(lines) == 3 and lines[-1].startswith("inference: 2 of 4 input(s) could not be predicted"), err
+    code, out, err = cli(inference_main, ["--run-dir", str(trained_run), str(a), "--device", "cpu"])
+    assert code == 0 and out == "" and "p_right:b_cheap" in err and str(a) in err  # the table, on stderr
+
+
+def test_output_format_and_suffix_must_agree_with_an_output(trained_run, tmp_path, cli):  # noqa: F811
+    img = save_png(tmp_path / "d.png", digit(3))
+    code, _, err = cli(inference_main, ["--run-dir", str(trained_run), str(img), "--output-format", "csv"])
+    assert code == 2 and "--output-format needs --output" in err
+    out = tmp_path / "preds.txt"
+    code, _, err = cli(inference_main, ["--run-dir", str(trained_run), str(img), "--output", str(out),
+                                        "--output-format", "jsonl", "--device", "cpu"])
+    assert code == 0 and json.loads(out.read_text())["path"] == str(img)
 
 
 def test_file_prediction_equals_the_router_on_the_dataset_image(trained_run, tmp_path):  # noqa: F811

@@ -66,7 +66,7 @@ def test_inference_rows_name_the_model_that_answered(split_run, digits_test, tmp
                                                              abs=1e-5)
     scores = split_run.scores(images.numpy())
     for r, s in zip(rows, scores):
-        assert r["scores"] == pytest.approx(dict(zip(split_run.names, s)), abs=1e-5)
+        assert r["p_right"] == pytest.approx(dict(zip(split_run.names, s)), abs=1e-5) and r["error"] is None
 
 
 def _report(split_run, cli, *flags):
