@@ -84,8 +84,44 @@ def load_results(root: Path) -> dict[str, dict]:
     return found
 
 
+METHOD_COLUMNS = [("densenet121", "DenseNet121"), ("googlenet", "GoogLeNet"), ("routed", "routed"),
+                  ("oracle_minus_best_student", "oracle − best"), ("routed_minus_best_student", "routed − best"),
+                  ("routed_minus_cascade_same_macs", "routed − cascade (same MACs)")]
+
+
+def methods_table(results: dict[str, dict]) -> str:
+    """Student training methods side by side (StudentTrain --complementary), one row per committed
+    config of a dataset that holds more than one method; empty when there is nothing to compare."""
+    by_data: dict[tuple, list[str]] = {}
+    for name, s in results.items():
+        by_data.setdefault((s["dataset"], s["num_images"], tuple(s["input_size"])), []).append(name)
+    groups = [names for names in by_data.values()
+              if len({results[n].get("complementary", "none") for n in names}) > 1]
+    if not groups:
+        return ""
+    lines = ["### Complementary students: methods on the same data, teacher and epochs", "",
+             "Test accuracy and differences in points, mean ± std over seeds; the CIs per seed are in each "
+             "config's seeds.md and report.", "",
+             "| config | --complementary | " + " | ".join(label for _, label in METHOD_COLUMNS)
+             + " | gap closed | MACs at teacher acc. (router / cascade) |",
+             "|---|---|" + "---:|" * (len(METHOD_COLUMNS) + 2)]
+    for names in groups:
+        for n in names:
+            rows = results[n]["rows"]
+            signed = {k for k, _ in METHOD_COLUMNS if "minus" in k}
+            gap = rows.get("gap_closed")
+            gap_cell = "–" if not gap or gap["mean"] is None else f"{gap['mean']:+.3f} ± {gap['std']:.3f}"
+            lines.append(f"| {n} | {results[n].get('complementary', 'none')} | "
+                         + " | ".join(_pct(rows.get(k), signed=k in signed) for k, _ in METHOD_COLUMNS)
+                         + f" | {gap_cell} | {_macs(rows.get('router_macs_at_teacher_accuracy'))} / "
+                           f"{_macs(rows.get('cascade_macs_at_teacher_accuracy'))} |")
+    return "\n".join(lines) + "\n"
+
+
 def render_block(results: dict[str, dict]) -> str:
     body = "\n".join(section(k, v) for k, v in results.items()) or "_No seed results committed yet._\n"
+    table = methods_table(results)
+    body += ("\n" + table) if table else ""
     return f"{BEGIN}\n<!-- written by `moskd results` from docs/results/*/seeds.json; do not edit by hand -->\n\n{body}{END}"
 
 

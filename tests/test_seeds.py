@@ -95,3 +95,18 @@ def test_results_check_fails_on_a_stale_readme(tmp_path, cli):
     text = (tmp_path / "README.md").read_text()
     assert code == 0 and text.startswith("intro\n") and text.endswith("rest\n") and "| **routed** (selector + one student) | 50.00 | " in text  # one seed: no spread shown
     assert cli(results_main, ["--root", str(tmp_path), "--check"])[0] == 0
+
+
+def test_methods_table_compares_complementary_modes_on_the_same_data():
+    from moskd.results import methods_table
+
+    def fake(method, routed):
+        row = lambda v: {"values": [v, v], "mean": v, "std": 0.0}  # noqa: E731
+        return {"dataset": "fashion-mnist", "num_images": 100, "input_size": [1, 28, 28], "complementary": method,
+                "rows": {"densenet121": row(0.88), "googlenet": row(0.86), "routed": row(routed),
+                         "routed_minus_best_student": row(routed - 0.88), "gap_closed": row(0.1)}}
+
+    table = methods_table({"a": fake("none", 0.885), "b": fake("clusters", 0.8775)})
+    assert "| a | none | 88.00 ± 0.00 | 86.00 ± 0.00 | 88.50 ± 0.00 | – | +0.50 ± 0.00 |" in table
+    assert "| b | clusters |" in table and "-0.25 ± 0.00" in table
+    assert methods_table({"a": fake("none", 0.885), "b": fake("none", 0.88)}) == ""  # one method: nothing to compare
