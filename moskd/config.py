@@ -269,3 +269,14 @@ def write_config(cfg: Any, path: Path) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     tmp.replace(path)
+
+
+def run_dir_argument(positional: str | None, option: str | None, default: str | None = None) -> str:
+    """The run directory of a command that takes it as --run-dir RUN (every command) or, for older
+    scripts, as a positional RUN: one of them, not two different ones."""
+    if positional and option and Path(positional) != Path(option):
+        raise MoskdError(f"two run directories given ({positional} and --run-dir {option}); pass one, as --run-dir RUN")
+    chosen = option or positional or default
+    if chosen is None:
+        raise MoskdError("no run directory given; pass --run-dir RUN")
+    return chosen

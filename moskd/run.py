@@ -20,71 +20,20 @@ code that only needs paths (the umbrella CLI, the pipeline's bookkeeping) stays 
 """
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from moskd.atomic import read_json, write_bytes, write_json, write_text  # noqa: F401  (re-exported)
+from moskd.config import run_dir_argument  # noqa: F401  (re-exported)
 from moskd.errors import MoskdError
+from moskd.loaded import (BASELINE_SUFFIX, SPLIT_KEYS, Student, check_same_split, is_baseline,  # noqa: F401
+                          load_teacher)
 
 if TYPE_CHECKING:
     from torch import nn
 
-BASELINE_SUFFIX = "-baseline"
-SPLIT_KEYS = ("split_seed", "select_fraction", "test_fraction")  # settings that decide which image is where
-
-
-# ---------------------------------------------------------------- atomic writes and arguments
-
-
-def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write to a temporary file in the same folder, then rename over `path`: a reader (or a kill)
-    sees the old file whole or the new one whole, never a half-written one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())  # the bytes are on disk before the name points at them
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def write_text(path: str | os.PathLike, text: str) -> Path:
-    return write_bytes(path, text.encode())
-
-
-def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """JSON, indented, newline-terminated, written atomically (summary.json marks a finished stage)."""
-    return write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
-
-
-def read_json(path: str | os.PathLike) -> Any:
-    path = Path(path)
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise MoskdError(f"{path} not found") from None
-    except json.JSONDecodeError as e:
-        raise MoskdError(f"{path}: not valid JSON ({e}); rerun the command that writes it") from None
-
-
-def run_dir_argument(positional: str | None, option: str | None, default: str | None = None) -> str:
-    """The run directory of a command that takes it as --run-dir RUN (every command) or, for older
-    scripts, as a positional RUN: one of them, not two different ones."""
-    if positional and option and Path(positional) != Path(option):
-        raise MoskdError(f"two run directories given ({positional} and --run-dir {option}); pass one, as --run-dir RUN")
-    chosen = option or positional or default
-    if chosen is None:
-        raise MoskdError("no run directory given; pass --run-dir RUN")
-    return chosen
 
 
 # ---------------------------------------------------------------- the layout
@@ -374,61 +323,3 @@ class RunDir:
             raise MoskdError(f"{path}: selector card names no students; "
                              f"rerun trainSelector --run-dir {self.root} --force")
         return ckpt
-
-
-# ---------------------------------------------------------------- loaded models
-
-
-@dataclass
-class Student:
-    name: str  # its folder under RUN/students
-    path: Path
-    card: dict
-    model: Any  # nn.Module
-    macs: int  # per image at the card's input size
-
-
-def is_baseline(name: str, card: dict) -> bool:
-    """A student trained without a teacher: '-baseline' folder or a card with kd_loss None."""
-    dist = card.get("distillation")
-    return name.endswith(BASELINE_SUFFIX) or (isinstance(dist, dict) and dist.get("kd_loss") is None)
-
-
-def check_same_split(trained: dict, split: dict, path: str | os.PathLike) -> None:
-    """Refuse a checkpoint trained on another split: its `train` images could sit in our `select` or
-    `test`. trained: the checkpoint's resolved config; split: this run's settings (SPLIT_KEYS)."""
-    for key in SPLIT_KEYS:
-        if key in trained and key in split and trained[key] != split[key]:
-            flag = "--" + key.replace("_", "-")
-            raise MoskdError(f"{path}: trained with {flag} {trained[key]}, this run uses {split[key]}; "
-                             f"pass {flag} {trained[key]} so both see the same split")
-
-
-def load_teacher(path: str | os.PathLike, *, dataset: str | None = None, num_classes: int | None = None,
-                 like: dict | None = None, split: dict | None = None, device="cpu",
-                 hint: str = "use the teacher of this run", frozen: bool = False) -> tuple[nn.Module, dict]:
-    """A teacher checkpoint as (model in eval mode, card), every mismatch one MoskdError line.
-
-    dataset/num_classes: what its card must say. like: a card (input size, mean, std) whose batches
-    it must take; a teacher normalised otherwise (trained on another --limit slice) is wrapped in an
-    adapter. split: this run's split settings, which the teacher's must equal. frozen: no gradients.
-    """
-    from moskd.checkpoint import load_checkpoint
-    from moskd.models import adapt_input, build_model_from_checkpoint
-
-    path = Path(path)
-    if not path.is_file():
-        raise MoskdError(f"no teacher checkpoint at {path}; {hint}")
-    ckpt = load_checkpoint(path, role="teacher", dataset=dataset, num_classes=num_classes, hint=hint)
-    card = ckpt["card"]
-    if like is not None and list(card["input_size"]) != list(like["input_size"]):
-        raise MoskdError(f"{path}: teacher takes {card['input_size']} inputs, this data is "
-                         f"{like['input_size']}; {hint}")
-    check_same_split(ckpt.get("config") or {}, split or {}, path)
-    model = build_model_from_checkpoint(ckpt).to(device)
-    if like is not None:
-        model = adapt_input(model, card, like, path)
-    if frozen:
-        for p in model.parameters():
-            p.requires_grad_(False)
-    return model.eval(), card

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from moskd.config import field, parse_config
 from moskd.errors import cli_entry
+from moskd.run import RunDir, StageDir, read_json, write_json, write_text  # no torch: paths and JSON only
 from students.cli import StudentConfig
 
 if TYPE_CHECKING:
@@ -91,7 +92,6 @@ def last_epoch_accuracy(run: StageDir, data, cfg: StudentConfig, rt: Runtime) ->
 
 def train_point(point: Point, seed: int, cfg: SweepConfig, data, rt: Runtime) -> dict:
     """Train (or reuse, or resume) one run; returns its row of <arch>-runs.csv."""
-    from moskd.run import RunDir, read_json
     from moskd.runtime import log
     from students.train import run as train_student
 

@@ -5,7 +5,6 @@ no torch; this module is imported once the flags have been parsed.
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
 
