@@ -27,8 +27,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-METHODS = ("none", "clusters")
-
 
 def class_confusion(teacher_probs: torch.Tensor, targets: torch.Tensor, num_classes: int) -> np.ndarray:
     """M[i, j] = mean teacher probability of class j over images whose true class is i (rows sum to 1)."""

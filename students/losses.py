@@ -89,12 +89,11 @@ def online_objective(teacher: nn.Module, alpha: float, temperature: float, kd_lo
     return objective
 
 
-def label_objective(label_smoothing: float = 0.0, weighted: bool = False) -> Objective:
-    """Labels only (the no-teacher baseline), optionally weighted per image."""
+def label_objective(label_smoothing: float = 0.0) -> Objective:
+    """Labels only (the no-teacher baseline)."""
     def objective(model: nn.Module, batch, prec: Precision) -> LossOutput:
         logits = prec.forward(model, batch[0])
-        ce = weighted_mean(F.cross_entropy(logits, batch[1], label_smoothing=label_smoothing, reduction="none"),
-                           _weights(batch, weighted))
+        ce = F.cross_entropy(logits, batch[1], label_smoothing=label_smoothing)
         return LossOutput(logits, {"loss": ce, "ce": ce})
 
     return objective

@@ -196,9 +196,9 @@ def ensure_partition(cfg: StudentConfig, tpath: Path, teacher: nn.Module, data: 
             and found.get("owners") == owners and found.get("temperature") == cfg.temperature:
         log(rt, f"complementary {cfg.complementary}: partition reused from {path}")
         return found
-    logits = train_logits(teacher, data, cfg.eval_batch_size, rt, cfg.amp)
-    if len(set(owners)) < 2:
+    if len(set(owners)) < 2:  # refused before paying for the teacher's pass over `train`
         raise MoskdError(f"--owners {' '.join(cfg.owners)}: name at least two different students")
+    logits = train_logits(teacher, data, cfg.eval_batch_size, rt, cfg.amp)
     partition = build_partition(logits, data.splits["train"].targets, data.num_classes, owners,
                                 cfg.temperature, sha, data.class_names)
     if rt.is_main:

@@ -15,16 +15,13 @@ import torch
 
 KDLoss = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
 _REGISTRY: dict[str, KDLoss] = {}
-USES_TEMPERATURE: set[str] = set()  # losses whose value depends on --temperature (the sweep varies it)
 
 
-def register(name: str, uses_temperature: bool = True) -> Callable[[KDLoss], KDLoss]:
+def register(name: str) -> Callable[[KDLoss], KDLoss]:
     def add(fn: KDLoss) -> KDLoss:
         if name in _REGISTRY:
             raise ValueError(f"KD loss {name!r} registered twice")
         _REGISTRY[name] = fn
-        if uses_temperature:
-            USES_TEMPERATURE.add(name)
         return fn
 
     return add

@@ -7,6 +7,6 @@ import torch
 from students.kd import register
 
 
-@register("mse", uses_temperature=False)
+@register("mse")
 def kd_mse(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
     return (student - teacher).pow(2).mean(1)
