@@ -1,10 +1,12 @@
 """Atomic file writes: a reader, or a kill mid-write, sees the old file whole or the new one whole.
 
 summary.json marks a finished stage and report.json a finished evaluation, so neither may ever be
-half-written; moskd.run re-exports these for the code that writes run files.
+half-written; moskd.run re-exports these for the code that writes run files. Also a file's sha256,
+the identity that the teacher cache, the class partition and seeds.json key a checkpoint on.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -51,3 +53,9 @@ def read_json(path: str | os.PathLike) -> Any:
         raise MoskdError(f"{path}: not valid JSON ({e}); rerun the command that writes it") from None
 
 
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

@@ -24,6 +24,10 @@ class Student:
     card: dict
     model: Any  # nn.Module
     macs: int  # per image at the card's input size
+    config: dict = None  # type: ignore[assignment]  # the resolved config it was trained with ({} when unknown)
+
+    def __post_init__(self):
+        self.config = self.config or {}
 
 
 def is_baseline(name: str, card: dict) -> bool:

@@ -91,10 +91,12 @@ METHOD_COLUMNS = [("densenet121", "DenseNet121"), ("googlenet", "GoogLeNet"), ("
 
 def methods_table(results: dict[str, dict]) -> str:
     """Student training methods side by side (StudentTrain --complementary), one row per committed
-    config of a dataset that holds more than one method; empty when there is nothing to compare."""
+    config, grouped by data and teacher checkpoint (seeds.json's teacher_sha256) where a group holds
+    more than one method; empty when there is nothing to compare."""
     by_data: dict[tuple, list[str]] = {}
     for name, s in results.items():
-        by_data.setdefault((s["dataset"], s["num_images"], tuple(s["input_size"])), []).append(name)
+        key = (s["dataset"], s["num_images"], tuple(s["input_size"]), s.get("teacher_sha256"))
+        by_data.setdefault(key, []).append(name)  # same data and the same teacher checkpoint
     groups = [names for names in by_data.values()
               if len({results[n].get("complementary", "none") for n in names}) > 1]
     if not groups:

@@ -289,7 +289,7 @@ class RunDir:
         check_same_split(ckpt.get("config") or {}, split or {}, path)
         model = build_model_from_checkpoint(ckpt).to(device)
         card = ckpt["card"]
-        return Student(name, path, card, model, count_macs(model, card["input_size"]))
+        return Student(name, path, card, model, count_macs(model, card["input_size"]), ckpt.get("config") or {})
 
     def load_students(self, names: list[str] | None = None, **kw) -> list[Student]:
         """The students to route between, cheapest (fewest MACs) first, each adapted to take the

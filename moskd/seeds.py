@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from moskd.atomic import file_sha256
 from moskd.errors import MoskdError
 from moskd.run import RunDir, write_json, write_text
 
@@ -87,7 +88,9 @@ def aggregate_seeds(root: Path, seeds: list[int], teacher_shared: bool, command:
         rows[name] = {"values": [float(v) for v in arr], "mean": float(arr.mean()),
                       "std": float(arr.std(ddof=1)) if len(arr) > 1 else 0.0}
     first = json.loads(run.seed(seeds[0]).report().json.read_text())
+    teacher = run.seed(seeds[0]).teacher.best  # which teacher: methods are compared only under the same one
     out = {"seeds": list(seeds), "teacher_shared": teacher_shared, "dataset": first["dataset"],
+           "teacher_sha256": file_sha256(teacher) if teacher.is_file() else None,
            "complementary": complementary_method(RunDir(root).seed(seeds[0]).root),
            "num_images": first["num_images"], "input_size": first["input_size"], "command": command,
            "environment": environment(),

@@ -40,7 +40,7 @@ class TrainConfig(DataConfig):
                            choices=SCHEDULERS)
     lr_milestones: list[int] = field([], "epochs at which `multistep` multiplies the lr by --lr-decay")
     lr_decay: float = field(0.1, "factor for step/multistep decay")
-    warmup_epochs: int = field(1, "epochs of linear warm-up from lr/100")
+    warmup_epochs: float = field(1, "epochs of linear warm-up from lr/100 (fractions allowed: 0.5 = half an epoch)")
     min_lr: float = field(0.0, "floor of the cosine/linear schedule")
     weight_decay: float = field(0.05, "weight decay (decoupled for adamw; not on biases and norms)")
     momentum: float = field(0.9, "SGD momentum")

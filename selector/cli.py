@@ -6,8 +6,11 @@ RUN/selector/{labels.pt,best.pt,last.pt,metrics.jsonl,config.yaml,summary.json}.
 The selector learns, per image and student, how right the student will be: binary cross-entropy
 against the student's softmax probability of the true class (--target prob, the default for
 independent students), its 0/1 correctness (--target correct), or, for complementary students
-(StudentTrain --complementary), which student owns the image's class (--target owner, their default). `select` is split again,
-deterministically by --split-seed, into a part the selector trains on and a held-out part that
+(StudentTrain --complementary), which student owns the image's class (--target owner, their default).
+With --labels-from select+spare it also trains on the `spare` images (the training pool beyond
+--train-limit, never seen by the students, so their correctness there is as honest as on `select`).
+`select` is split again, deterministically by --split-seed, into a part the selector trains on
+and a held-out part that
 (1) chooses its checkpoint by routed accuracy (the accuracy of the student each image is routed
 to), (2) calibrates its scores per student (Platt scaling: sigmoid(score) = P(student right)), and
 (3) chooses the router's operating point: the cost knob (see selector.model.route_from_scores)
@@ -23,6 +26,7 @@ from moskd.settings import TrainConfig
 
 PROG = "trainSelector"
 TARGETS = ("auto", "prob", "correct", "owner")
+LABEL_SOURCES = ("select", "select+spare")
 
 
 @dataclass
@@ -45,6 +49,11 @@ class SelectorConfig(TrainConfig):
                                 "image's class under StudentTrain --complementary, else 0) | auto (owner for "
                                 "complementary students, else prob)", choices=TARGETS)
     calibrate: bool = field(True, "Platt-scale each student's score on the held-out part of `select`")
+    labels_from: str = field("select", "what the selector trains on: select (its training part of `select`) | "
+                                       "select+spare (also the `spare` images: the training pool beyond "
+                                       "--train-limit, which the students never saw); the held-out part of "
+                                       "`select` still chooses the checkpoint, calibration and knob",
+                             choices=LABEL_SOURCES)
 
 
 @cli_entry(PROG)

@@ -97,8 +97,8 @@ def make_labels(logits: torch.Tensor, targets: torch.Tensor, names: list[str], m
 
 def label_split(students: list[Student], data: DataBundle, split: str = "select", batch_size: int = 256,
                 device="cpu", progress: bool = False) -> dict:
-    if split == "test":  # guard the contract: nothing is ever chosen or trained on `test`
-        raise MoskdError("selector labels come from `select`, never `test`")
+    if split not in ("select", "spare"):  # `test` is never read; `train` was trained on, its labels flatter
+        raise MoskdError(f"selector labels come from `select` (and `spare`), never `{split}`")
     s = data.splits[split]
     card = students[0].card  # the shared normalisation (load_students adapted the other students to it)
     loader = TensorLoader(s.images, s.targets, mean=card["mean"], std=card["std"], batch_size=batch_size,

@@ -73,16 +73,37 @@ def resolve_target(cfg: SelectorConfig, partition: dict | None) -> SelectorConfi
     return cfg
 
 
-def _loader(data: DataBundle, card: dict, idx: torch.Tensor, labels: dict, cfg: SelectorConfig,
+def _loader(data: DataBundle, card: dict, parts: list[tuple[str, torch.Tensor, dict]], cfg: SelectorConfig,
             rt: Runtime, train: bool) -> TensorLoader:
-    s = data.splits["select"]
-    target = labels[TARGET_LABELS[cfg.target]]
+    """Batches of (image, class, per-student target, per-student correctness) from the given
+    (split, indices, labels of that split) parts, concatenated."""
+    key = TARGET_LABELS[cfg.target]
+    images = torch.cat([data.splits[split].images[idx] for split, idx, _ in parts])
+    classes = torch.cat([data.splits[split].targets[idx] for split, idx, _ in parts])
+    target = torch.cat([lab[key][idx].float() for _, idx, lab in parts])
+    correct = torch.cat([lab["correct"][idx].float() for _, idx, lab in parts])
     return TensorLoader(
-        s.images[idx], s.targets[idx], mean=card["mean"], std=card["std"],
+        images, classes, mean=card["mean"], std=card["std"],
         batch_size=cfg.batch_size if train else cfg.eval_batch_size, device=rt.device, train=train,
         aug=data.aug if (train and cfg.augment) else None,
-        extras=(target[idx].float(), labels["correct"][idx].float()), seed=cfg.seed, rank=rt.rank, world=rt.world,
+        extras=(target, correct), seed=cfg.seed, rank=rt.rank, world=rt.world,
     )
+
+
+def check_spare(students: list, data: DataBundle, cfg: SelectorConfig) -> None:
+    """--labels-from select+spare needs spare images that no student trained on."""
+    if "spare" not in data.splits:
+        raise MoskdError("--labels-from select+spare: this run has no spare images (every image of the training "
+                         "pool trains the students); pass --labels-from select, or a --train-limit below the pool")
+    for s in students:
+        limit = s.config.get("train_limit")
+        if limit is None:
+            raise MoskdError(f"--labels-from select+spare: {s.path} was trained on the whole training pool (no "
+                             f"--train-limit), so it has seen every spare image; pass --labels-from select")
+        if limit > cfg.train_limit:
+            raise MoskdError(f"--labels-from select+spare: {s.path} was trained with --train-limit {limit}, more than "
+                             f"this run's {cfg.train_limit}, so the spare images overlap its training images; "
+                             f"pass --train-limit {limit}")
 
 
 def check_budget(selector_macs: int, student_macs: list[int], names: list[str], width: int) -> None:
@@ -203,6 +224,8 @@ def run(cfg: SelectorConfig, rt: Runtime) -> dict:
         "mean": students[0].card["mean"], "std": students[0].card["std"],
     }
     prepare_out_dir(out.path, cfg, "trainSelector", card)  # refuse before labels.pt is (over)written
+    if cfg.labels_from == "select+spare":
+        check_spare(students, data, cfg)
     log(rt, f"selector: {selector_macs:,} MACs per image = {selector_macs / min(macs):.2%} of {names[0]}; "
             f"route order {', '.join(names)}")
 
@@ -212,6 +235,12 @@ def run(cfg: SelectorConfig, rt: Runtime) -> dict:
     cfg = resolve_target(cfg, partition)
     if partition is not None:
         labels["owner"] = owner_targets(data.splits["select"].targets, partition["class_owner"], names)
+    spare = None
+    if cfg.labels_from == "select+spare":
+        spare = label_split(students, data, "spare", cfg.eval_batch_size, rt.device, show_progress(rt))
+        log(rt, describe(spare["stats"]).replace("select labels", "spare labels", 1))
+        if partition is not None:
+            spare["owner"] = owner_targets(data.splits["spare"].targets, partition["class_owner"], names)
     card["target"] = cfg.target
     log(rt, f"selector target: {cfg.target}"
             + (f" (students specialise: --complementary {partition['method']})" if partition else ""))
@@ -220,20 +249,25 @@ def run(cfg: SelectorConfig, rt: Runtime) -> dict:
     del students  # only their labels are needed from here on
 
     tr, held = holdout_split(len(labels["correct"]), cfg.holdout_fraction, cfg.split_seed)
+    training = [("select", tr, labels)] + ([("spare", torch.arange(len(spare["correct"])), spare)] if spare else [])
+    held_part = [("select", held, labels)]
     stage = Stage(
         role="selector", out_dir=out.path, model=model,
-        train_loader=_loader(data, card, tr, labels, cfg, rt, train=True),
-        select_loader=_loader(data, card, held, labels, cfg, rt, train=False),
+        train_loader=_loader(data, card, training, cfg, rt, train=True),
+        select_loader=_loader(data, card, held_part, cfg, rt, train=False),
         objective=on_logits(bce_on_target), card=card,
         metric=routed_accuracy(cfg.tie_margin), metric_name="routed_acc",
     )
     summary = fit(stage, cfg, rt, "trainSelector")
     if rt.is_main:
-        held_loader = _loader(data, card, held, labels, cfg, Runtime(rt.device), train=False)
+        held_loader = _loader(data, card, held_part, cfg, Runtime(rt.device), train=False)
         scores, correct, operating = finalize(model, out.best, held_loader, held, cfg, macs)
         summary.update(heldout_summary(scores, correct, cfg.tie_margin, operating["knob"], names, macs))
         summary["operating_point"] = operating
         summary["labels"] = labels["stats"]
+        summary["train_images"] = sum(len(idx) for _, idx, _ in training)  # `select`'s training part (+ spare)
+        if spare:
+            summary["spare_labels"] = spare["stats"]
         write_json(out.summary, summary)  # atomic: summary.json marks the stage finished
         if cfg.keep_last == "no":  # after summary.json, as engine.finish does for the other stages
             drop_last(out.path)

@@ -12,7 +12,6 @@ line; a stale cache is never reused. Both students and every run of a sweep read
 """
 from __future__ import annotations
 
-import hashlib
 import itertools
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from moskd.atomic import file_sha256
 from moskd.checkpoint import read_checkpoint_file, save_checkpoint
 from moskd.data import AugSpec, DataBundle, apply_views, normalize, sample_views
 from moskd.errors import MoskdError
@@ -28,14 +28,6 @@ from moskd.precision import policy
 from moskd.runtime import Runtime, log, show_progress
 
 CACHE_FORMAT = 1  # bump when the file layout changes: old files then rebuild
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def cache_key(teacher_path: str | Path, data: DataBundle, k: int, seed: int) -> dict:

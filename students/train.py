@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from moskd.atomic import file_sha256
 from moskd.data import DataBundle, data_from_config, make_loader
 from moskd.engine import Stage, finish, fit, prepare_out_dir
 from moskd.errors import MoskdError
@@ -16,7 +17,7 @@ from moskd.precision import policy
 from moskd.profile import model_cost
 from moskd.run import SPLIT_KEYS, RunDir, load_teacher, write_json
 from moskd.runtime import Runtime, log
-from students.cache import cache_key, file_sha256, load_or_build
+from students.cache import cache_key, load_or_build
 from students.cli import StudentConfig, main  # noqa: F401  (re-exported: callers and tests import them from here)
 from students.complementary import build_partition, image_weights, load_partition
 from students.losses import KD_LOSSES, cached_objective, label_objective, online_objective

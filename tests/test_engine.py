@@ -225,3 +225,22 @@ def test_objective_owns_the_forward_and_its_named_parts_are_logged(tmp_path):
     assert seen == [20, len(data.splits["train"].targets) - 20]
     assert row["train_loss"] == pytest.approx(2 * row["train_loss_ce"], rel=1e-6)
     assert row["train_loss_const"] == pytest.approx((1 * 20 + 2 * seen[1]) / sum(seen))
+
+
+def test_fractional_warmup_ends_on_its_update_then_decays():
+    """--warmup-epochs 0.4 with 10 updates per epoch: linear warm-up over 4 updates, then the cosine."""
+    from moskd.config import parse_config
+    from teacher.cli import TeacherConfig
+
+    cfg = parse_config(TeacherConfig, ["--warmup-epochs", "0.4", "--epochs", "2", "--lr", "0.1"], "teacherTrain", "",
+                       "teacher")
+    assert cfg.warmup_epochs == pytest.approx(0.4)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+    sched = moskd.engine._scheduler(cfg, opt, steps_per_epoch=10)
+    lrs = []
+    for update in range(20):
+        sched.step_update(update)
+        lrs.append(opt.param_groups[0]["lr"])
+    assert lrs[0] == pytest.approx(cfg.lr / 100) and lrs[0] < lrs[1] < lrs[2] < lrs[3] < cfg.lr  # warming up
+    assert max(lrs) == pytest.approx(lrs[4]) and lrs[4] > 0.09  # warm-up over at update 4: at (nearly) the peak
+    assert all(a >= b for a, b in zip(lrs[4:], lrs[5:]))  # then only down

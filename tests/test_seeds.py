@@ -2,6 +2,7 @@
 and README/docs results written from the committed seed files."""
 from __future__ import annotations
 
+import hashlib
 import json
 import statistics
 from pathlib import Path
@@ -52,6 +53,7 @@ def test_seeds_share_the_teacher_and_aggregate_each_report(tmp_path, monkeypatch
     saved = json.loads((tmp_path / "seeds.json").read_text())
     assert saved == json.loads(json.dumps(out)) and saved["seeds"] == [0, 1, 2] and saved["teacher_shared"] is True
     assert saved["command"] == "moskd pipeline --seeds 0 1 2"
+    assert saved["teacher_sha256"] == hashlib.sha256(b"best.pt").hexdigest()  # the teacher file's identity
     rows = saved["rows"]
     for k in range(3):  # every value is the one in that seed's report
         report = json.loads((tmp_path / f"seed{k}" / "report.json").read_text())
@@ -100,13 +102,18 @@ def test_results_check_fails_on_a_stale_readme(tmp_path, cli):
 def test_methods_table_compares_complementary_modes_on_the_same_data():
     from moskd.results import methods_table
 
-    def fake(method, routed):
+    def fake(method, routed, teacher="t1"):
         row = lambda v: {"values": [v, v], "mean": v, "std": 0.0}  # noqa: E731
         return {"dataset": "fashion-mnist", "num_images": 100, "input_size": [1, 28, 28], "complementary": method,
-                "rows": {"densenet121": row(0.88), "googlenet": row(0.86), "routed": row(routed),
+                "teacher_sha256": teacher, "rows": {"densenet121": row(0.88), "googlenet": row(0.86), "routed": row(routed),
                          "routed_minus_best_student": row(routed - 0.88), "gap_closed": row(0.1)}}
 
     table = methods_table({"a": fake("none", 0.885), "b": fake("clusters", 0.8775)})
     assert "| a | none | 88.00 ± 0.00 | 86.00 ± 0.00 | 88.50 ± 0.00 | – | +0.50 ± 0.00 |" in table
     assert "| b | clusters |" in table and "-0.25 ± 0.00" in table
     assert methods_table({"a": fake("none", 0.885), "b": fake("none", 0.88)}) == ""  # one method: nothing to compare
+    # another teacher is another experiment: methods are only compared under the same teacher checkpoint
+    assert methods_table({"a": fake("none", 0.885), "b": fake("clusters", 0.8775, teacher="t2")}) == ""
+    table = methods_table({"a": fake("none", 0.885), "b": fake("clusters", 0.8775),
+                           "c": fake("none", 0.89, teacher="t2")})
+    assert "| a | none |" in table and "| b | clusters |" in table and "| c |" not in table

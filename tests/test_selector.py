@@ -49,15 +49,16 @@ def constant_factory(num_classes: int, in_chans: int = 1, answer: int = 0, width
     return ConstantNet(num_classes, in_chans, answer, width)
 
 
-def save_model(run: Path, folder: str, role: str, arch: str, data, seed: int, kwargs: dict, kd_loss="kl"):
+def save_model(run: Path, folder: str, role: str, arch: str, data, seed: int, kwargs: dict, kd_loss="kl",
+               train_limit: int | None = None):
     torch.manual_seed(seed)
     model = create_model(arch, data.num_classes, data.in_chans, **kwargs)
     card = {"role": role, "arch": arch, **data.card(), "model_kwargs": kwargs}
     if role == "student":
         card["distillation"] = {"kd_loss": kd_loss}
     path = run / (folder if role == "teacher" else f"students/{folder}") / "best.pt"
-    save_checkpoint({"model": model.state_dict(), "ema": None, "card": card, "config": dict(SPLIT, limit=LIMIT)},
-                    path)
+    config = dict(SPLIT, limit=LIMIT, train_limit=train_limit)
+    save_checkpoint({"model": model.state_dict(), "ema": None, "card": card, "config": config}, path)
 
 
 def make_students(run: Path, limit: int = LIMIT, *, baseline: bool = True):
@@ -296,3 +297,31 @@ def test_selector_flags_reach_the_card_the_metric_and_the_holdout(tmp_path, monk
     assert load_checkpoint(tmp_path / "selector" / "best.pt")["card"]["tie_margin"] == 0.2
     summary = json.loads((tmp_path / "selector" / "summary.json").read_text())
     assert summary["heldout_images"] == LIMIT // 2
+
+
+def test_spare_split_is_the_training_pool_beyond_train_limit():
+    whole, cut = load_data("digits"), load_data("digits", train_limit=100)
+    assert "spare" not in whole.splits and len(cut.splits["train"]) == 100
+    train, spare, select = (set(cut.splits[k].index.tolist()) for k in ("train", "spare", "select"))
+    assert not train & spare and not spare & select and not train & select
+    assert train | spare == set(whole.splits["train"].index.tolist())  # together: the whole training pool
+
+
+def test_selector_trains_on_spare_images_only_when_no_student_saw_them(tmp_path, cli):
+    data = load_data("digits", train_limit=100)
+    for folder, seed, width in (("a_dear", 1, 48), ("b_cheap", 2, 32)):
+        save_model(tmp_path, folder, "student", "test_tiny_cnn", data, seed, {"width": width, "depth": 3},
+                   train_limit=100)
+    common = ["--run-dir", str(tmp_path), "--limit", str(LIMIT), "--epochs", "1", "--width", "8", "--device", "cpu"]
+    code, _, err = cli(train_selector, common + ["--labels-from", "select+spare"])  # no --train-limit: no spare
+    assert code == 2 and "no spare images" in err and len(err.strip().splitlines()) == 1
+    code, _, err = cli(train_selector, common + ["--labels-from", "select+spare", "--train-limit", "50"])
+    assert code == 2 and "--train-limit 100" in err and len(err.strip().splitlines()) == 1  # spare would overlap
+    assert not (tmp_path / "selector").exists()
+    code, _, err = cli(train_selector, common + ["--labels-from", "select+spare", "--train-limit", "100"])
+    assert code == 0, err
+    s = json.loads((tmp_path / "selector" / "summary.json").read_text())
+    held = s["heldout_images"]
+    assert s["spare_labels"]["num_images"] == LIMIT  # --limit slices spare like every split
+    assert s["train_images"] == (LIMIT - held) + LIMIT  # select's training part plus every spare image
+    assert s["labels"]["num_images"] == LIMIT  # held-out choices still come from `select` alone
