@@ -113,8 +113,8 @@ def load_data(
     limit: keep at most this many images per split (small slices for tests and smoke runs).
     image_size: resize every image to image_size x image_size (None: the dataset's own size; folder: 32).
     train_limit: keep at most this many `train` images (select and test untouched): cheaper training
-        with the full evaluation splits. The images left over form the split `spare`, which no stage
-        trains a model of the run on (trainSelector --labels-from select+spare labels them).
+        with the full evaluation splits. The images left over form the split `spare`, which no student
+        trains on (trainSelector --labels-from select+spare labels them).
     """
     x, y, xt, yt, classes, aug = read_source(dataset, data_dir, download, image_size)
     if not 0 < select_fraction < 1 or not 0 < test_fraction < 1:
@@ -135,18 +135,18 @@ def load_data(
     tr, sel = _stratified(y[pool], select_fraction, split_seed + 1)
     tr, sel = pool[tr], pool[sel]
     # train_test_split shuffles, so a prefix is a random (near-stratified) subset; the rest of the
-    # pool (`spare`) is trained on by no stage: unseen images the selector may learn from
-    tr, spare = tr[:train_limit], tr[train_limit:] if train_limit is not None else tr[:0]
+    # pool (`spare`) is trained on by no student: unseen images the selector may learn from
+    spare = tr[train_limit:] if train_limit is not None else tr[:0]
+    tr = tr[:train_limit]
     parts = {"train": (x[tr], y[tr], tr), "select": (x[sel], y[sel], sel), "test": (xt, yt, test_idx)}
+    if len(spare):
+        parts["spare"] = (x[spare], y[spare], spare)
     splits = {
         k: ImageSet(*(torch.from_numpy(np.ascontiguousarray(a[:limit])) for a in arrays))
         for k, arrays in parts.items()
     }
-    if len(spare):
-        splits["spare"] = ImageSet(*(torch.from_numpy(np.ascontiguousarray(a[:limit]))
-                                     for a in (x[spare], y[spare], spare)))
     for k, split in splits.items():
-        if len(split) < len(classes):  # legal, but its accuracy cannot speak for every class
+        if len(split) < len(classes) and k != "spare":  # legal, but its accuracy cannot speak for every class
             warn(f"{dataset}: split '{k}' holds {len(split)} image(s) for {len(classes)} classes, so some "
                  f"classes cannot appear in it; add images or raise --limit")
     train = splits["train"].images.float().div_(255)

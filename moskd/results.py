@@ -97,8 +97,8 @@ def methods_table(results: dict[str, dict]) -> str:
     for name, s in results.items():
         key = (s["dataset"], s["num_images"], tuple(s["input_size"]), s.get("teacher_sha256"))
         by_data.setdefault(key, []).append(name)  # same data and the same teacher checkpoint
-    groups = [names for names in by_data.values()
-              if len({results[n].get("complementary", "none") for n in names}) > 1]
+    groups = [names for key, names in by_data.items()  # an unnamed teacher (None) cannot show it is shared
+              if key[-1] is not None and len({results[n].get("complementary", "none") for n in names}) > 1]
     if not groups:
         return ""
     lines = ["### Complementary students: methods on the same data, teacher and epochs", "",

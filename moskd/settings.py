@@ -21,7 +21,8 @@ class DataConfig:
     select_fraction: float = field(0.2, "share of the training set held out as `select` (0..1)")
     test_fraction: float = field(0.2, "share held out as `test` when the dataset has no test split (0..1)")
     limit: Optional[int] = field(None, "use at most N images per split (smoke runs and tests)")
-    train_limit: Optional[int] = field(None, "use at most N `train` images; select and test stay whole")
+    train_limit: Optional[int] = field(None, "use at most N `train` images; select and test stay whole, and the rest "
+                                                  "of the training pool is the split `spare`")
     image_size: Optional[int] = field(None, "resize every image to N x N pixels (default: the dataset's "
                                             "own size; folder: 32)")
     device: str = field("auto", "auto | cpu | cuda | cuda:N")

@@ -96,7 +96,10 @@ def check_spare(students: list, data: DataBundle, cfg: SelectorConfig) -> None:
         raise MoskdError("--labels-from select+spare: this run has no spare images (every image of the training "
                          "pool trains the students); pass --labels-from select, or a --train-limit below the pool")
     for s in students:
-        limit = s.config.get("train_limit")
+        if "train_limit" not in s.config:
+            raise MoskdError(f"--labels-from select+spare: {s.path} records no training settings, so whether it saw "
+                             f"the spare images is unknown; pass --labels-from select")
+        limit = s.config["train_limit"]
         if limit is None:
             raise MoskdError(f"--labels-from select+spare: {s.path} was trained on the whole training pool (no "
                              f"--train-limit), so it has seen every spare image; pass --labels-from select")
@@ -104,6 +107,20 @@ def check_spare(students: list, data: DataBundle, cfg: SelectorConfig) -> None:
             raise MoskdError(f"--labels-from select+spare: {s.path} was trained with --train-limit {limit}, more than "
                              f"this run's {cfg.train_limit}, so the spare images overlap its training images; "
                              f"pass --train-limit {limit}")
+
+
+def check_resume_matches(resume: dict | None, cfg: SelectorConfig) -> None:
+    """--resume continues the same training set: its schedule was laid out for that set's size."""
+    if resume is None:
+        return
+    was = resume.get("config") or {}
+    for key, default in (("labels_from", "select"), ("train_limit", None)):
+        before, now = was.get(key, default), getattr(cfg, key)
+        if before != now:
+            flag = "--" + key.replace("_", "-")
+            fix = f"{flag} {before}" if before is not None else f"no {flag}"
+            raise MoskdError(f"--resume: this selector was trained with {flag} {before}, not {now}; "
+                             f"pass {fix} to resume it, or --force to start over")
 
 
 def check_budget(selector_macs: int, student_macs: list[int], names: list[str], width: int) -> None:
@@ -223,7 +240,8 @@ def run(cfg: SelectorConfig, rt: Runtime) -> dict:
         # the selector sees the very batch its students see: same normalisation as theirs
         "mean": students[0].card["mean"], "std": students[0].card["std"],
     }
-    prepare_out_dir(out.path, cfg, "trainSelector", card)  # refuse before labels.pt is (over)written
+    resume = prepare_out_dir(out.path, cfg, "trainSelector", card)  # refuse before labels.pt is (over)written
+    check_resume_matches(resume, cfg)
     if cfg.labels_from == "select+spare":
         check_spare(students, data, cfg)
     log(rt, f"selector: {selector_macs:,} MACs per image = {selector_macs / min(macs):.2%} of {names[0]}; "
@@ -265,7 +283,7 @@ def run(cfg: SelectorConfig, rt: Runtime) -> dict:
         summary.update(heldout_summary(scores, correct, cfg.tie_margin, operating["knob"], names, macs))
         summary["operating_point"] = operating
         summary["labels"] = labels["stats"]
-        summary["train_images"] = sum(len(idx) for _, idx, _ in training)  # `select`'s training part (+ spare)
+        summary["train_images"] = len(stage.train_loader.images)  # `select`'s training part (+ spare)  # `select`'s training part (+ spare)
         if spare:
             summary["spare_labels"] = spare["stats"]
         write_json(out.summary, summary)  # atomic: summary.json marks the stage finished

@@ -117,3 +117,5 @@ def test_methods_table_compares_complementary_modes_on_the_same_data():
     table = methods_table({"a": fake("none", 0.885), "b": fake("clusters", 0.8775),
                            "c": fake("none", 0.89, teacher="t2")})
     assert "| a | none |" in table and "| b | clusters |" in table and "| c |" not in table
+    # files that do not name their teacher cannot show they share one
+    assert methods_table({"a": fake("none", 0.885, teacher=None), "b": fake("clusters", 0.8775, teacher=None)}) == ""

@@ -309,10 +309,17 @@ def test_spare_split_is_the_training_pool_beyond_train_limit():
 
 def test_selector_trains_on_spare_images_only_when_no_student_saw_them(tmp_path, cli):
     data = load_data("digits", train_limit=100)
-    for folder, seed, width in (("a_dear", 1, 48), ("b_cheap", 2, 32)):
-        save_model(tmp_path, folder, "student", "test_tiny_cnn", data, seed, {"width": width, "depth": 3},
-                   train_limit=100)
+
+    def students(train_limit):
+        for folder, seed, width in (("a_dear", 1, 48), ("b_cheap", 2, 32)):
+            save_model(tmp_path, folder, "student", "test_tiny_cnn", data, seed, {"width": width, "depth": 3},
+                       train_limit=train_limit)
+
     common = ["--run-dir", str(tmp_path), "--limit", str(LIMIT), "--epochs", "1", "--width", "8", "--device", "cpu"]
+    students(None)  # trained on the whole pool: every spare image is one they saw
+    code, _, err = cli(train_selector, common + ["--labels-from", "select+spare", "--train-limit", "100"])
+    assert code == 2 and "whole training pool" in err and len(err.strip().splitlines()) == 1
+    students(100)
     code, _, err = cli(train_selector, common + ["--labels-from", "select+spare"])  # no --train-limit: no spare
     assert code == 2 and "no spare images" in err and len(err.strip().splitlines()) == 1
     code, _, err = cli(train_selector, common + ["--labels-from", "select+spare", "--train-limit", "50"])
@@ -325,3 +332,7 @@ def test_selector_trains_on_spare_images_only_when_no_student_saw_them(tmp_path,
     assert s["spare_labels"]["num_images"] == LIMIT  # --limit slices spare like every split
     assert s["train_images"] == (LIMIT - held) + LIMIT  # select's training part plus every spare image
     assert s["labels"]["num_images"] == LIMIT  # held-out choices still come from `select` alone
+    # resuming with another training set would replay a schedule laid out for the old one's size
+    code, _, err = cli(train_selector, common + ["--labels-from", "select", "--train-limit", "100", "--resume",
+                                                 "--epochs", "2"])
+    assert code == 2 and "--labels-from select+spare" in err and len(err.strip().splitlines()) == 1
