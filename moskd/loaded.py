@@ -4,7 +4,7 @@ them; they spell no run path)."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,10 +24,7 @@ class Student:
     card: dict
     model: Any  # nn.Module
     macs: int  # per image at the card's input size
-    config: dict = None  # type: ignore[assignment]  # the resolved config it was trained with ({} when unknown)
-
-    def __post_init__(self):
-        self.config = self.config or {}
+    config: dict = field(default_factory=dict)  # the resolved config it was trained with ({} when unknown)
 
 
 def is_baseline(name: str, card: dict) -> bool:

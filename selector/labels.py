@@ -118,9 +118,9 @@ def load_labels(path: str | Path) -> dict:
     return obj
 
 
-def describe(stats: dict) -> str:
+def describe(stats: dict, split: str = "select") -> str:
     only = ", ".join(f"{n} {c}" for n, c in stats["only_right"].items())
     acc = ", ".join(f"{n} {a:.4f}" for n, a in stats["accuracy"].items())
-    return (f"select labels: {stats['num_images']} images; all right {stats['all_right']}, none right "
+    return (f"{split} labels: {stats['num_images']} images; all right {stats['all_right']}, none right "
             f"{stats['none_right']}, exactly one right {stats['exactly_one_right']} ({only}); "
             f"accuracy {acc}; oracle {stats['oracle']:.4f}")

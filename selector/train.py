@@ -256,7 +256,7 @@ def run(cfg: SelectorConfig, rt: Runtime) -> dict:
     spare = None
     if cfg.labels_from == "select+spare":
         spare = label_split(students, data, "spare", cfg.eval_batch_size, rt.device, show_progress(rt))
-        log(rt, describe(spare["stats"]).replace("select labels", "spare labels", 1))
+        log(rt, describe(spare["stats"], "spare"))
         if partition is not None:
             spare["owner"] = owner_targets(data.splits["spare"].targets, partition["class_owner"], names)
     card["target"] = cfg.target
@@ -283,7 +283,7 @@ def run(cfg: SelectorConfig, rt: Runtime) -> dict:
         summary.update(heldout_summary(scores, correct, cfg.tie_margin, operating["knob"], names, macs))
         summary["operating_point"] = operating
         summary["labels"] = labels["stats"]
-        summary["train_images"] = len(stage.train_loader.images)  # `select`'s training part (+ spare)  # `select`'s training part (+ spare)
+        summary["train_images"] = len(stage.train_loader.images)  # `select`'s training part (+ spare)
         if spare:
             summary["spare_labels"] = spare["stats"]
         write_json(out.summary, summary)  # atomic: summary.json marks the stage finished
