@@ -11,13 +11,18 @@ class MoskdError(Exception):
 
 
 def cli_entry(prog: str) -> Callable:
-    """Decorate a console-script main: MoskdError -> one line on stderr and exit 2, no traceback."""
+    """Decorate a console-script main: MoskdError -> one line on stderr and exit 2, no traceback.
+
+    The wrapped main returns None: console scripts hand main's result to sys.exit, which exits 1
+    for anything that is not None or an int, so a stage's summary dict must never reach it.
+    """
 
     def wrap(main: Callable) -> Callable:
         @functools.wraps(main)
         def run(argv=None):
             try:
-                return main(argv)
+                main(argv)
+                return None
             except MoskdError as e:
                 print(f"{prog}: error: {e}", file=sys.stderr)
                 raise SystemExit(2) from None
