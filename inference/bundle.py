@@ -2,18 +2,17 @@
 
     from inference.bundle import load_bundle
     bundle = load_bundle("bundle/")            # torch.export programs (.pt2) or ONNX (.onnx)
-    out = bundle.run(uint8_batch)              # (N, C, H, W) uint8 -> logits, routes, scores, macs
+    out = bundle.run(uint8_batch)              # (N, C, H, W) uint8 -> answers, routes, scores, macs
 
 Written by `moskd export`. This module imports only the standard library, numpy, PIL (through
-inference.images) and the backend the bundle needs: torch for `.pt2` programs, onnxruntime for
-`.onnx` files. It never imports moskd's training code, the stages, timm or torchvision, so a
-bundle runs where only those are installed; tests/test_export.py checks that in a fresh process.
+inference.images), moskd.policy (numpy only) and the backend the bundle needs: torch for `.pt2`
+programs, onnxruntime for `.onnx` files. It never imports moskd's training code, the stages, timm
+or torchvision, so a bundle runs where only those are installed; tests/test_export.py checks that
+in a fresh process.
 
-Routing is selector.model.route_from_scores, re-implemented in numpy (tests/test_export.py checks
-the two agree): each score is charged knob x the student's relative MACs, the best charged score wins, students within `tie_margin` of the best tie and the cheapest
-of them (students are in ascending-MAC order) takes the image; with `escalate` set, an image whose
-best score is below it goes to the teacher instead. Each route's images run as one sub-batch on
-that model only, and outputs come back in input order.
+The routing decision is the run's policy, copied verbatim into the manifest under "policy" and run
+by moskd.policy.decide, the code the report replays and the run's router executes: each model runs
+only on the sub-batch of images whose chain reaches it, and outputs come back in input order.
 """
 from __future__ import annotations
 
@@ -23,43 +22,28 @@ from pathlib import Path
 
 import numpy as np
 
+from moskd.policy import Policy, PolicyError, decide, softmax  # noqa: F401  (softmax: callers import it here)
+
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
-TEACHER = "teacher"
+FORMAT_VERSION = 2
 
 
 class BundleError(Exception):
     """A missing or inconsistent bundle; the message names the file and the fix."""
 
 
-def route_scores(scores: np.ndarray, tie_margin: float, escalate: float | None = None, knob: float = 0.0,
-                 costs: np.ndarray | None = None) -> np.ndarray:
-    """(N, S) scores in route order -> (N,) routes; route S means the teacher (escalated). Each score is
-    first charged knob x the student's MACs relative to the dearest (costs)."""
-    scores = np.asarray(scores, dtype=np.float32)
-    charged = scores
-    if knob and costs is not None:  # float32 throughout, like the torch rule, so ties agree
-        charged = scores - np.float32(knob) * np.asarray(costs, dtype=np.float32)
-    best = charged.max(axis=1, keepdims=True)
-    near = charged >= best - np.float32(tie_margin)
-    route = near.argmax(axis=1).astype(np.int64)  # first True = the cheapest near-best student
-    if escalate is not None:
-        route[scores.max(axis=1) < np.float32(escalate)] = scores.shape[1]
-    return route
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
 @dataclass
 class BundleOutput:
-    logits: np.ndarray  # (N, classes) float32, of the model each image was routed to
-    routes: np.ndarray  # (N,) index into Bundle.route_names
-    scores: np.ndarray  # (N, students) selector scores in [0, 1]
-    macs: np.ndarray  # (N,) MACs spent on each image: selector + the model that answered
+    logits: np.ndarray  # (N, classes) float32 log-probabilities of the answer (softmax gives its probabilities)
+    routes: np.ndarray  # (N,) index into route_names of the model that answered last
+    scores: np.ndarray  # (N, students) selector scores in [0, 1] (zeros when the policy does not read them)
+    macs: np.ndarray  # (N,) MACs spent on each image, the selector's included
+    models: np.ndarray | None = None  # (N,) bit mask of the models that ran (bit k = route_names[k])
+
+
+def answer_logits(probs: np.ndarray) -> np.ndarray:
+    """Log-probabilities of an answer: softmax of them gives the answer's probabilities back."""
+    return np.log(np.clip(probs, 1e-30, None)).astype(np.float32)
 
 
 class _TorchProgram:
@@ -89,7 +73,7 @@ class _OnnxProgram:
 
 
 class Bundle:
-    """A loaded bundle: preprocessing card, class names, one program per model, the routing rule."""
+    """A loaded bundle: preprocessing card, class names, one program per model, the routing policy."""
 
     def __init__(self, root: str | Path, threads: int | None = None):
         self.root = Path(root)
@@ -106,22 +90,19 @@ class Bundle:
         self.format = m["format"]
         self.card = {k: m[k] for k in ("dataset", "input_size", "mean", "std", "class_names")}
         self.class_names = list(m["class_names"])
-        self.names = [s["name"] for s in m["students"]]
-        self.teacher_entry = m.get("teacher")
-        self.route_names = self.names + [TEACHER]
-        self.tie_margin = float(m["routing"]["tie_margin"])
-        self.knob = float(m["routing"].get("knob", 0.0))  # bundles from before the cost knob: 0
-        self.costs = m["routing"].get("costs")
-        esc = m["routing"].get("escalate")
-        self.escalate = None if esc is None else float(esc)
-        if self.escalate is not None and self.teacher_entry is None:
-            raise BundleError(f"{path}: escalates to the teacher but holds no teacher; export the bundle again")
-        self.selector = self._load(m["selector"], threads)
-        self.students = [self._load(s, threads) for s in m["students"]]
-        self.teacher = self._load(self.teacher_entry, threads) if self.teacher_entry else None
-        self.route_macs = np.array([s["macs"] for s in m["students"]]
-                                   + [self.teacher_entry["macs"] if self.teacher_entry else 0], dtype=np.int64)
-        self.selector_macs = int(m["selector"]["macs"])
+        try:
+            self.policy = Policy.from_dict(m["policy"])
+        except (KeyError, PolicyError) as e:
+            raise BundleError(f"{path}: no runnable routing policy ({e}); export the bundle again") from None
+        self.route_names = list(self.policy.models)
+        self.names = list(m["students"])  # the selector's students, in route order
+        entries = {e["name"]: e for e in m["models"]}
+        self.programs = []
+        for k, name in enumerate(self.route_names):
+            if k in self.policy.used() and name not in entries:
+                raise BundleError(f"{path}: the policy runs {name}, which the bundle does not hold; export it again")
+            self.programs.append(self._load(entries[name], threads) if name in entries else None)
+        self.selector = self._load(m["selector"], threads) if self.policy.selector else None
         c = len(m["mean"])
         self._mean = np.asarray(m["mean"], dtype=np.float32).reshape(1, c, 1, 1)
         self._std = np.asarray(m["std"], dtype=np.float32).reshape(1, c, 1, 1)
@@ -143,30 +124,24 @@ class Bundle:
         """(N, C, H, W) uint8 -> float32, as moskd.data.normalize does it."""
         return (x.astype(np.float32) / np.float32(255) - self._mean) / self._std
 
-    def _models(self) -> list:
-        return [*self.students, *([self.teacher] if self.teacher is not None else [])]
-
     def run(self, images: np.ndarray) -> BundleOutput:
-        """Routed predictions for a (N, C, H, W) uint8 batch."""
+        """The policy's answers for a (N, C, H, W) uint8 batch."""
         x = np.ascontiguousarray(self.normalize(np.asarray(images)))
-        scores = self.selector(x)
-        routes = route_scores(scores, self.tie_margin, self.escalate, self.knob, self.costs)
-        logits = np.empty((len(x), len(self.class_names)), dtype=np.float32)
-        for r, model in enumerate(self._models()):
-            idx = np.flatnonzero(routes == r)
-            if idx.size:  # a route nobody took costs nothing
-                logits[idx] = model(np.ascontiguousarray(x[idx]))
-        return BundleOutput(logits, routes, scores, self.selector_macs + self.route_macs[routes])
+        scores = (self.selector(x) if self.selector is not None
+                  else np.zeros((len(x), len(self.names)), dtype=np.float32))
+        d = decide(self.policy, len(x), lambda k, idx: self.programs[k](np.ascontiguousarray(x[idx])), scores)
+        probs = d.probs if len(x) else np.zeros((0, len(self.class_names)))
+        return BundleOutput(answer_logits(probs), d.route, scores, d.macs, d.models)
 
     def info(self) -> dict:
-        """What GET /info and the CLI show: classes, models, MACs, the operating point."""
+        """What GET /info and the CLI show: classes, models, MACs, the routing policy."""
         m = self.manifest
-        models = {"selector": m["selector"], **{s["name"]: s for s in m["students"]}}
-        if self.teacher_entry:
-            models[TEACHER] = self.teacher_entry
+        models = {e["name"]: e for e in m["models"]}
+        if m.get("selector"):
+            models["selector"] = m["selector"]
         return {"format": self.format, "dataset": m["dataset"], "classes": self.class_names,
-                "input_size": m["input_size"], "models": models, "routing": m["routing"],
-                "source": m.get("source")}
+                "input_size": m["input_size"], "models": models, "policy": m["policy"],
+                "routing": self.policy.describe(), "source": m.get("source")}
 
 
 def load_bundle(root: str | Path, threads: int | None = None) -> Bundle:

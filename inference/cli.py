@@ -1,6 +1,6 @@
 """inference: routed predictions for image files and folders, or the evaluation report of a run.
 
-    inference --run-dir RUN img.png photos/ [--output preds.csv|preds.jsonl|-] [--escalate TAU]
+    inference --run-dir RUN img.png photos/ [--output preds.csv|preds.jsonl|-]
     inference --bundle DIR img.png photos/ [--output ...]      (an exported bundle: moskd export)
     inference --run-dir RUN --split test [--dataset NAME]      (writes RUN/report.json, report.md, plots)
 
@@ -13,13 +13,15 @@ first (--invert auto).
 
 Output, one row per input in input order (a folder: one row per image found in it):
   path, class_index, class_name,
-  probability         softmax probability of the predicted class, from the model that answered
-  student             the model that answered: a student's name, or `teacher` when escalated
+  probability         probability of the predicted class in the answer (the answering model's
+                      softmax, or a committee's mean probabilities)
+  student             the model that answered last: a student's name, or `teacher` when escalated
   p_right_<student>   the selector's calibrated estimate (Platt-scaled sigmoid) that <student>
-                      classifies this image correctly; the router takes the highest after charging
-                      each student knob x its MACs relative to the dearest (ties within the
-                      selector's tie margin go to the cheaper student), and with --escalate TAU an
-                      image whose highest estimate is below TAU goes to the teacher
+                      classifies this image correctly (0 when the routing policy does not start
+                      with the selector)
+Every input is decided by the run's routing policy (RUN/policy.json, fitted on `select` by
+`moskd policy`; a bundle carries it in its manifest): where an image starts (the selector's pick,
+or a fixed first model), when it goes on to the next model, and how answers combine.
   error               why the input could not be predicted (unreadable, truncated, not an image,
                       a folder without images); empty when it was
 --output FILE.csv or FILE.jsonl writes the rows to a file (atomically), --output - to stdout (CSV
@@ -48,8 +50,6 @@ class InferenceConfig:
     data_dir: Optional[str] = field(None, "where CIFAR files live (default: the run's)")
     download: bool = field(False, "download CIFAR through torchvision (needs network)")
     limit: Optional[int] = field(None, "evaluate on at most N images of the split")
-    escalate: Optional[float] = field(None, "cascade: images whose best student score < TAU go to the teacher "
-                                            "(0 = never, >1 = always)", metavar="TAU")
     output: Optional[str] = field(None, "write one row per input to FILE.csv or FILE.jsonl, or to stdout "
                                         "with -", metavar="FILE")
     output_format: Optional[str] = field(None, "format of --output (default: its suffix; csv for -)",

@@ -1,32 +1,15 @@
-"""Accuracy-vs-MACs curves, operating points, calibration and paired bootstrap CIs.
+"""Calibration, random routing and paired bootstrap CIs: pure functions of per-image numpy arrays
+(one row per image, as RUN/eval/<split>.npz holds them). Routing systems are moskd.policy.Policy
+objects replayed on the same arrays (inference.summary), never a rule spelled here.
 
-Pure functions of per-image numpy arrays (one row per image, as RUN/eval/<split>.npz holds them):
-everything report.json says about routing comes from here, so every number can be recomputed from
-the saved arrays without running a model.
-
-Systems compared (DESIGN.md, report.json `curves`):
-  router   the selector's scores charged `knob` x relative MACs (selector.model.route_from_scores),
-           swept from all-dearest to all-cheapest; its MACs include the selector's.
-  cascade  "a>b": run a on every image, and b on those whose max softmax from a is below the
-           threshold, answering with b there ("a>b>c" goes on to c the same way, one threshold for
-           both steps). Threshold 0 never escalates; a threshold above 1 always does.
-  random   a router that ignores the image and sends a share of images to each student.
 """
 from __future__ import annotations
 
 import numpy as np
-import torch
 
-from selector.model import knob_grid, relative_costs, route_from_scores
+from moskd.policy import softmax
 
-ALWAYS = 1.001  # a cascade threshold above any max softmax: always escalate
 BOOTSTRAP = 2000  # paired bootstrap resamples for a 95% CI
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits.astype(np.float64) - logits.max(1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(1, keepdims=True)
 
 
 def max_softmax(logits: np.ndarray) -> np.ndarray:
@@ -59,65 +42,7 @@ def per_class_accuracy(preds: np.ndarray, labels: np.ndarray, num_classes: int) 
     return [float((preds[labels == c] == c).mean()) if (labels == c).any() else None for c in range(num_classes)]
 
 
-# ---------------------------------------------------------------- cascades
-
-
-def cascade_thresholds(confidence: np.ndarray) -> list[float]:
-    """0 (never escalate), an even 0.05 grid, the 2.5%..97.5% quantiles of the first model's
-    confidence (max softmax crowds near 1, where an even grid jumps), and ALWAYS."""
-    qs = np.quantile(confidence, np.linspace(0.025, 0.975, 39)) if len(confidence) else []
-    return sorted({0.0, ALWAYS, *np.round(np.linspace(0.05, 1.0, 20), 4).tolist(),
-                   *[round(float(q), 6) for q in qs]})
-
-
-def cascade_answer(preds: list[np.ndarray], confs: list[np.ndarray], macs: list[float], threshold: float
-                   ) -> tuple[np.ndarray, np.ndarray]:
-    """(prediction, MACs spent) per image for the cascade preds[0] > preds[1] > ...: model k answers
-    when its max softmax >= threshold, else the image goes on; the last model always answers."""
-    n = len(preds[0])
-    pred = np.empty(n, dtype=preds[0].dtype)
-    cost = np.zeros(n)
-    pending = np.ones(n, dtype=bool)
-    for k, (p, c, m) in enumerate(zip(preds, confs, macs)):
-        cost[pending] += m
-        answer = pending if k == len(preds) - 1 else pending & (c >= threshold)
-        pred[answer] = p[answer]
-        pending &= ~answer
-    return pred, cost
-
-
-def cascade_curve(preds, confs, macs, labels, thresholds) -> list[dict]:
-    curve = []
-    for t in thresholds:
-        pred, cost = cascade_answer(preds, confs, macs, t)
-        curve.append({"threshold": float(t), "accuracy": float((pred == labels).mean()),
-                      "macs_per_image": float(cost.mean())})
-    return curve
-
-
-# ---------------------------------------------------------------- router and random routing
-
-
-def routes_at(scores: np.ndarray, knob: float, tie_margin: float, costs: np.ndarray) -> np.ndarray:
-    """The router's student per image at `knob` (the same rule as inference.router.Router)."""
-    return route_from_scores(torch.from_numpy(scores).float(), tie_margin, knob,
-                             torch.from_numpy(np.asarray(costs, dtype=np.float32))).numpy()
-
-
-def router_curve(scores: np.ndarray, student_preds: np.ndarray, labels: np.ndarray, student_macs: list[float],
-                 selector_macs: float, tie_margin: float, names: list[str]) -> list[dict]:
-    """The knob swept from all-dearest to all-cheapest; MACs include the selector's."""
-    m = np.asarray(student_macs, dtype=np.float64)
-    costs = relative_costs(student_macs).numpy()
-    grid = knob_grid(torch.from_numpy(scores).float(), torch.from_numpy(costs).float(), tie_margin)
-    curve = []
-    for knob in grid:
-        route = routes_at(scores, knob, tie_margin, costs)
-        pred = student_preds[np.arange(len(route)), route]
-        curve.append({"knob": float(knob), "accuracy": float((pred == labels).mean()),
-                      "macs_per_image": float(selector_macs + m[route].mean()),
-                      "share": {n: float((route == i).mean()) for i, n in enumerate(names)}})
-    return curve
+# ---------------------------------------------------------------- random routing
 
 
 def random_curve(correct: np.ndarray, student_macs: list[float], names: list[str], steps: int = 10) -> list[dict]:
@@ -134,21 +59,6 @@ def random_curve(correct: np.ndarray, student_macs: list[float], names: list[str
                       "accuracy": float((1 - p) * acc[cheap] + p * acc[dear]),
                       "macs_per_image": float((1 - p) * student_macs[cheap] + p * student_macs[dear])})
     return curve
-
-
-def iso_accuracy(points: list[dict], target: float) -> float | None:
-    """Fewest MACs per image among curve points reaching `target` accuracy (None: none does)."""
-    reach = [p["macs_per_image"] for p in points if p["accuracy"] >= target - 1e-12]
-    return float(min(reach)) if reach else None
-
-
-# ---------------------------------------------------------------- choosing on `select`
-
-
-def best_under_budget(curve: list[dict], budget: float) -> dict | None:
-    """The most accurate point of `curve` whose MACs per image stay within `budget` (ties: fewer MACs)."""
-    ok = [p for p in curve if p["macs_per_image"] <= budget + 1e-6]
-    return max(ok, key=lambda p: (p["accuracy"], -p["macs_per_image"])) if ok else None
 
 
 # ---------------------------------------------------------------- uncertainty

@@ -3,12 +3,12 @@
 It lives in the inference stage, not in moskd, because it exports the stage-4 router (moskd
 imports no stage).
 
-    moskd export --run-dir RUN --out DIR [--format torch|onnx] [--escalate TAU] [--fast fold|eager]
+    moskd export --run-dir RUN --out DIR [--format torch|onnx] [--fast fold|eager]
 
 Writes DIR/manifest.json (class names, input size, mean/std, each model's file, MACs and
-parameters, the routing rule and its operating point) and one file per model: the selector (with
-its sigmoid, so it answers scores in [0, 1]), each student in route order (ascending MACs), and
-the teacher when --escalate is set. Each model is exported on its own with a dynamic batch size,
+parameters, and the run's routing policy, RUN/policy.json, verbatim under "policy") and one file
+per model the policy can run: the selector when it starts there (with its sigmoid, so it answers
+scores in [0, 1]), the students, and the teacher when a deferral step reaches it. Each model is exported on its own with a dynamic batch size,
 as a `torch.export` program (`.pt2`, torch.export.save) or as ONNX (`.onnx`, the dynamo-based
 torch.onnx exporter); the routing stays in inference/bundle.py, a small host runtime that reads
 the manifest. Models get the selector card's normalisation baked in (as the run's router does) and
@@ -30,18 +30,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from inference.bundle import FORMAT_VERSION, MANIFEST, TEACHER
+from inference.bundle import FORMAT_VERSION, MANIFEST
 from moskd.config import Parser  # one-line errors, 'did you mean', values checked by name
 from moskd.errors import MoskdError, cli_entry
 from moskd.fold import FastPath, fast_model
 from moskd.models import unwrap
 from moskd.profile import count_macs, count_params
+from moskd.run import RunDir
 
 PROG = "moskd export"
-ROUTING_RULE = ("scores = selector (sigmoid, students in route order); each is charged knob x costs (MACs "
-                "relative to the dearest student); the best charged score wins; students within tie_margin of "
-                "the best tie and the first (cheapest) of them answers; with escalate set, an image whose best "
-                "(uncharged) score is below it goes to the teacher")
 CHECK_ATOL = 1e-4
 
 
@@ -63,10 +60,9 @@ def parse_args(argv) -> argparse.Namespace:
     p.add_argument("--out", required=True, help="bundle folder to write (must be empty or absent, or pass --force)")
     p.add_argument("--format", choices=["torch", "onnx"], default="torch",
                    help="torch.export programs (.pt2) or ONNX (.onnx, needs onnx and onnxscript)")
-    p.add_argument("--escalate", type=float, default=None, metavar="TAU",
-                   help="operating point: images whose best student score < TAU go to the teacher (bundled)")
     p.add_argument("--fast", default="fold", choices=["fold", "eager"],
-                   help="fold Conv+BN pairs into the exported programs (outputs equal within 1e-5)")
+                   help="fold Conv+BN pairs into the exported programs (each program is checked against the eager "
+                        f"model: outputs equal within {CHECK_ATOL:g})")
     p.add_argument("--force", action="store_true", help="replace an existing bundle in --out")
     return p.parse_args(argv)
 
@@ -103,30 +99,36 @@ def _check(path: Path, fmt: str, model: nn.Module, x: torch.Tensor) -> float:
     return float((want - got).abs().max())
 
 
-def export_run(run_dir: str | Path, out: str | Path, fmt: str = "torch", escalate: float | None = None,
-               fast: str = "fold", force: bool = False, log=print) -> dict:
+def export_run(run_dir: str | Path, out: str | Path, fmt: str = "torch", fast: str = "fold", force: bool = False,
+               log=print) -> dict:
     """Write the bundle; returns the manifest."""
     from inference.router import load_router  # the stage-4 loader: card checks, route order, adapters
 
     run_dir, out = Path(run_dir), Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise MoskdError(f"{out} already exists and is not empty; pass --force to replace it or choose another --out")
-    run = load_router(run_dir, escalate, "cpu")
+    run = load_router(run_dir, "cpu")
+    policy = run.router.policy
+    if not RunDir(run_dir).policy.is_file():
+        log(f"export: {RunDir(run_dir).policy} not found; the bundle routes with the selector alone "
+            f"(run moskd policy --run-dir {run_dir} to fit the full policy)")
     card = run.card
     size = list(card["input_size"])
     example = torch.randn(2, *size, generator=torch.Generator().manual_seed(0))
     check = torch.randn(5, *size, generator=torch.Generator().manual_seed(1))
     path = FastPath.parse(fast)
-    entries: list[tuple[str, nn.Module, dict]] = [
-        ("selector", Scores(run.router.selector), {"arch": run.selector_card["arch"], "macs": count_macs(
-            run.router.selector, size), "params": count_params(run.router.selector)})]
-    for s, model in zip(run.students, run.router.students):
-        entries.append((s.name, model, {"name": s.name, "arch": s.card["arch"], "macs": int(s.macs),
-                                        "params": count_params(unwrap(s.model))}))
-    if run.router.teacher is not None:
-        t = run.router.teacher
-        entries.append((TEACHER, t, {"name": TEACHER, "arch": run.teacher_card["arch"],
-                                     "macs": count_macs(unwrap(t), size), "params": count_params(unwrap(t))}))
+    used = policy.used()
+    entries: list[tuple[str, nn.Module, dict]] = []
+    if policy.selector:
+        sel = run.router.selector
+        entries.append(("selector", Scores(sel), {"arch": run.selector_card["arch"], "macs": count_macs(sel, size),
+                                                  "params": count_params(sel)}))
+    for k, name in enumerate(policy.models):
+        if k in used:
+            model = run.router.models[k]
+            card = run.teacher_card if name == policy.models[-1] else run.students[k].card
+            entries.append((name, model, {"name": name, "arch": card["arch"], "macs": int(policy.macs[k]),
+                                          "params": count_params(unwrap(model))}))
 
     suffix = ".pt2" if fmt == "torch" else ".onnx"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -147,10 +149,9 @@ def export_run(run_dir: str | Path, out: str | Path, fmt: str = "torch", escalat
             "format_version": FORMAT_VERSION, "format": fmt, "dataset": card["dataset"],
             "class_names": run.class_names, "input_size": size,
             "mean": list(card["mean"]), "std": list(card["std"]),
-            "selector": done["selector"], "students": [done[s.name] for s in run.students],
-            "teacher": done.get(TEACHER),
-            "routing": {"rule": ROUTING_RULE, "tie_margin": run.router.tie_margin, "knob": run.router.knob,
-                        "costs": run.router.costs.tolist(), "escalate": escalate},
+            "selector": done.get("selector"), "students": run.router.names,
+            "models": [done[name] for name in policy.models if name in done],
+            "policy": policy.to_dict(),
             "fast_path": str(path),
             "source": {"run_dir": str(run_dir.resolve()), "torch": torch.__version__},
         }
@@ -167,11 +168,10 @@ def export_run(run_dir: str | Path, out: str | Path, fmt: str = "torch", escalat
 @cli_entry(PROG)
 def main(argv=None):
     a = parse_args(argv)
-    m = export_run(a.run_dir, a.out, a.format, a.escalate, a.fast, a.force)
-    total = sum(e["bytes"] for e in [m["selector"], *m["students"], *([m["teacher"]] if m["teacher"] else [])])
-    print(f"wrote {a.out}/{MANIFEST} and {len(m['students']) + 1 + bool(m['teacher'])} {a.format} programs "
-          f"({total / 1e6:.1f} MB)")
-    return 0
+    m = export_run(a.run_dir, a.out, a.format, a.fast, a.force)
+    files = [*m["models"], *([m["selector"]] if m["selector"] else [])]
+    print(f"wrote {a.out}/{MANIFEST} and {len(files)} {a.format} programs "
+          f"({sum(e['bytes'] for e in files) / 1e6:.1f} MB); policy {m['policy']['family']}")
 
 
 if __name__ == "__main__":

@@ -61,74 +61,69 @@ def read_image(path: Path, card: dict, invert: str = "auto") -> torch.Tensor:
 
 class RunPredictor:
     """A run's router (checkpoints, training code) behind the deployment bundle's interface
-    (inference.bundle.Bundle): uint8 batch in, logits, routes, scores and MACs out."""
+    (inference.bundle.Bundle): uint8 batch in, answers, routes, scores and MACs out. Every --fast
+    path runs the same routing policy (RUN/policy.json): only the models are swapped for their fast
+    versions."""
 
     def __init__(self, run, device="cpu", fast: str = "eager"):
-        from inference.router import TEACHER
+        from inference.router import Router
         from moskd.profile import count_macs
 
         self.run_models, self.device = run, torch.device(device)
         self.fast = FastPath.parse(fast)
         router = run.router
+        self.policy = router.policy
         self.card, self.class_names = run.card, run.class_names
         self.names, self.route_names = router.names, router.route_names
-        self.tie_margin, self.escalate = router.tie_margin, router.escalate
         size = run.card["input_size"]
-        self.selector_macs = count_macs(router.selector, size)
-        teacher_macs = count_macs(router.teacher, size) if router.teacher is not None else 0
-        self.route_macs = np.array([s.macs for s in run.students] + [teacher_macs], dtype=np.int64)
         self._mean, self._std = (torch.tensor(run.card[k], device=self.device) for k in ("mean", "std"))
-        models = {"selector": {"arch": run.selector_card["arch"], "macs": self.selector_macs}}
-        models.update({s.name: {"name": s.name, "arch": s.card["arch"], "macs": int(s.macs)} for s in run.students})
-        if router.teacher is not None:
-            models[TEACHER] = {"name": TEACHER, "arch": run.teacher_card["arch"], "macs": teacher_macs}
-        self.router = self._fast_router(router) if str(self.fast) != "eager" else router
+        models = {name: {"name": name, "macs": float(m)} for name, m in zip(self.policy.models, self.policy.macs)}
+        for s in run.students:
+            models[s.name]["arch"] = s.card["arch"]
+        if run.teacher_card is not None:
+            models[self.route_names[-1]]["arch"] = run.teacher_card["arch"]
+        if router.selector is not None:
+            models["selector"] = {"arch": run.selector_card["arch"], "macs": count_macs(router.selector, size)}
+        if str(self.fast) != "eager":  # a copy with every model on the fast path (the run's router is untouched)
+            example = torch.zeros(2, *size, device=self.device)
+            fast = lambda m: fast_model(m, example, self.fast) if m is not None else None  # noqa: E731
+            used = self.policy.used()
+            router = Router(self.policy, [fast(m) if k in used else None for k, m in enumerate(router.models)],
+                            fast(router.selector), router.num_students)
+        self.router = router
         self._info = {"format": "run", "dataset": run.card["dataset"], "classes": list(self.class_names),
-                      "input_size": list(size), "models": models,
-                      "routing": {"tie_margin": self.tie_margin, "escalate": self.escalate}}
+                      "input_size": list(size), "models": models, "policy": self.policy.to_dict(),
+                      "routing": self.policy.describe(), "fast": str(self.fast)}
 
     def run(self, images: np.ndarray):
         from inference.bundle import BundleOutput
 
         x = normalize(torch.from_numpy(np.asarray(images)).to(self.device), self._mean, self._std)
         out = self.router(prepare_input(x, self.fast))
-        routes = out.routes.cpu().numpy()
-        return BundleOutput(out.logits.float().cpu().numpy(), routes, out.scores.float().cpu().numpy(),
-                            self.selector_macs + self.route_macs[routes])
+        return BundleOutput(out.logits.float().cpu().numpy(), out.routes.cpu().numpy(),
+                            out.scores.float().cpu().numpy(), out.macs.cpu().numpy(), out.models.cpu().numpy())
 
     def info(self) -> dict:
         return self._info
 
-    def _fast_router(self, router):
-        """A copy of the router with every model on the fast path (the run's router is untouched)."""
-        from inference.router import Router
 
-        example = torch.zeros(2, *self.card["input_size"], device=self.device)
-        fast = lambda m: fast_model(m, example, self.fast) if m is not None else None  # noqa: E731
-        return Router(fast(router.selector), [fast(m) for m in router.students], fast(router.teacher),
-                      router.escalate, router.tie_margin, router.names)
-
-
-def open_bundle(path: str, escalate: float | None = None, threads: int | None = None):
+def open_bundle(path: str, threads: int | None = None):
     """inference.bundle.load_bundle with its errors as one MoskdError line."""
     from inference.bundle import BundleError, load_bundle
 
-    if escalate is not None:
-        raise MoskdError("--escalate is fixed when the bundle is exported (moskd export --escalate TAU)")
     try:
         return load_bundle(path, threads)
     except BundleError as e:
         raise MoskdError(str(e)) from None
 
 
-def load_predictor(run_dir: str | None = None, bundle: str | None = None, escalate: float | None = None,
-                   device="cpu", fast: str = "fold+cl"):
+def load_predictor(run_dir: str | None = None, bundle: str | None = None, device="cpu", fast: str = "fold+cl"):
     """The bundle's runtime (no training code) or the run's router, behind one interface."""
     if bundle is not None:
-        return open_bundle(bundle, escalate)
+        return open_bundle(bundle)
     from inference.router import load_router
 
-    return RunPredictor(load_router(run_dir, escalate, device), device, fast)
+    return RunPredictor(load_router(run_dir, device), device, fast)
 
 
 def predict_files(run, files: list[Path], batch_size: int, invert: str, device, on_fail=None) -> list[dict]:
@@ -185,11 +180,11 @@ def run(cfg, inputs: list[str]) -> int:
         from inference.report import report_run
 
         report_run(cfg.run_dir, dataset=cfg.dataset, data_dir=cfg.data_dir, download=cfg.download,
-                   limit=cfg.limit, escalate=cfg.escalate, device=rt.device, batch_size=cfg.batch_size,
+                   limit=cfg.limit, device=rt.device, batch_size=cfg.batch_size,
                    progress=show_progress(rt))
         return 0
 
-    predictor = load_predictor(cfg.run_dir, cfg.bundle, cfg.escalate, rt.device, cfg.fast)
+    predictor = load_predictor(cfg.run_dir, cfg.bundle, rt.device, cfg.fast)
 
     def on_fail(path, why):  # with the table off, each failure still gets its line on stderr
         if cfg.quiet:

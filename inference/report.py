@@ -1,45 +1,45 @@
 """Evaluation of a run: RUN/report.json, RUN/report.md, RUN/plots/*.png and RUN/eval/<split>.npz.
 
-    moskd report --run-dir RUN [--escalate TAU] [--from-eval] [--limit N]
-                                                        (also: inference --run-dir RUN --split test)
+    moskd report --run-dir RUN [--from-eval] [--limit N]     (also: inference --run-dir RUN --split test)
 
 With --limit N (fewer test images than the run's own) everything goes to RUN/report-limit<N>/
 instead, beside the full report, never over it (moskd.run.RunDir.report).
 
-Every model (teacher, each routed student, baseline students) runs alone over `select` and `test`;
-the routed answers on `test` come from the real Router dispatch. The per-image outputs are saved
-to RUN/eval/<split>.npz, and every number of the report is computed from those arrays by
-`summarize` (pure: arrays in, dict out; inference.curves does the curves and CIs), so a later
-`moskd report --run-dir RUN --from-eval` rebuilds the report without running a model.
-
-Choices are made on `select`, never on `test`: the best single student, and the cascade compared
-with the router at the router's MACs (its threshold: the most accurate one on `select` whose MACs
-stay within the router's MACs on the selector's held-out `select` images). `test` is only scored.
+Every model (teacher, each routed student, baseline students) and the selector run alone over
+`select`, `test` and, when the run has one, `spare` (at most SPARE_IMAGES of it); the per-image
+outputs are saved to RUN/eval/<split>.npz. The routing policy (RUN/policy.json; fitted on
+`select` by inference.policy_fit when the run has none yet, or refitted by `moskd policy`) is then
+run for real on `test` through the router's sub-batch dispatch, and its answers must equal the
+policy replayed on the saved arrays. Every number of the report is computed from the arrays by
+`summarize` (pure: arrays in, dict out), so `moskd report --run-dir RUN --from-eval` rebuilds the
+report without running a model. Choices are made on `select`, never on `test`.
 """
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from inference.policy_fit import Setup, fit_policy
 from inference.report_markdown import headline, render_markdown
 from inference.report_plots import plot_accuracy_vs_macs, plot_confusions
-from inference.router import TEACHER, RunModels, load_router
-from inference.summary import SELECTOR, summarize
-from moskd.data import TensorLoader, load_data
+from inference.router import TEACHER, Router, RunModels, load_router
+from inference.summary import SELECTOR, make_setup, summarize
+from moskd.atomic import write_npz
 from moskd.config import Parser  # one-line errors, 'did you mean', values checked by name
+from moskd.data import TensorLoader, load_data
 from moskd.errors import MoskdError, cli_entry
 from moskd.models import adapt_input, unwrap
-from moskd.precision import policy
+from moskd.policy import Policy, replay
+from moskd.precision import policy as precision_policy
 from moskd.profile import model_cost
 from moskd.run import ReportDir, RunDir, read_json, run_dir_argument, write_json, write_text
 
-SPLITS = ("select", "test")
+SPLITS = ("select", "test", "spare")
+SPARE_IMAGES = 12_000  # enough to learn a deferral rule of a few dozen weights; the rest of spare is not read
 
 
 # ---------------------------------------------------------------- running the models
@@ -47,44 +47,55 @@ SPLITS = ("select", "test")
 
 @torch.inference_mode()
 def collect(run: RunModels, extras: dict, loader: TensorLoader, progress: bool = False, desc: str = "") -> dict:
-    """Per-image arrays over a split: labels, logits_<model> for every model run alone, the selector's
-    scores, and the route and answer of the real Router dispatch."""
+    """Per-image arrays over a split: labels, logits_<model> for every model run alone, and the
+    selector's scores."""
     models = {TEACHER: run.teacher, **{s.name: s.model for s in run.students}, **extras}
     for m in models.values():
         m.eval()
-    parts: dict[str, list] = {k: [] for k in ("labels", "selector_scores", "routed_logits", "route",
-                                              *[f"logits_{m}" for m in models])}
-    prec = run.router.precision or policy(loader.device)
+    parts: dict[str, list] = {k: [] for k in ("labels", "selector_scores", *[f"logits_{m}" for m in models])}
+    prec = run.router.precision or precision_policy(loader.device)
+    selector = run.router.selector_module
     for batch in tqdm(loader, desc=f"evaluate {desc}", leave=False, disable=not progress, unit="batch"):
         x = prec.input(batch[0])
-        routed = run.router(x)
-        parts["routed_logits"].append(routed.logits.float().cpu())
-        parts["route"].append(routed.routes.cpu())
-        parts["selector_scores"].append(routed.scores.float().cpu())
+        parts["selector_scores"].append(prec.forward(selector, x).float().sigmoid().cpu())
         parts["labels"].append(batch[1].cpu())
         for name, m in models.items():
             parts[f"logits_{name}"].append(prec.forward(m, x).cpu())
     return {k: torch.cat(v).numpy() for k, v in parts.items()}
 
 
+@torch.inference_mode()
+def dispatch(router: Router, loader: TensorLoader, progress: bool = False) -> dict:
+    """The policy run for real: the router's sub-batch dispatch over a split."""
+    parts: dict[str, list] = {"pred": [], "route": [], "models": [], "macs": []}
+    for batch in tqdm(loader, desc="dispatch test", leave=False, disable=not progress, unit="batch"):
+        out = router(batch[0])
+        parts["pred"].append(out.logits.argmax(1).cpu())
+        parts["route"].append(out.routes.cpu())
+        parts["models"].append(out.models.cpu())
+        parts["macs"].append(out.macs.cpu())
+    return {k: torch.cat(v).numpy() for k, v in parts.items()}
+
+
+def with_policy(arrays: dict, policy: Policy) -> dict:
+    """The arrays with the deployed policy's answer per image (DESIGN.md: policy_pred, policy_macs,
+    policy_models; route = the model that answered last)."""
+    d = replay(policy, arrays)
+    return {**arrays, "policy_pred": d.pred.astype(np.int64), "policy_macs": d.macs,
+            "policy_models": d.models, "route": d.route}
+
+
 def save_eval(path: Path, arrays: dict) -> None:
-    """The arrays as .npz, atomically (numpy writes through a path: a temporary one, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp.npz")
-    os.close(fd)
-    try:
-        np.savez_compressed(tmp, **{k: v for k, v in arrays.items() if k != "routed_logits"})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_npz(path, arrays)
 
 
-def load_eval(path: Path) -> dict:
+def load_eval(path: Path, required: bool = True) -> dict | None:
     if not path.is_file():
+        if not required:
+            return None
         raise MoskdError(f"{path} not found; run `moskd report --run-dir RUN` without --from-eval first")
     with np.load(path, allow_pickle=False) as f:
-        return {k: f[k] for k in f.files}
+        return {k: (f[k].astype(np.float32) if k.startswith("logits_") else f[k]) for k in f.files}
 
 
 # ---------------------------------------------------------------- loading and running a run
@@ -104,7 +115,7 @@ def _data_settings(run: RunModels, dataset: str | None, data_dir: str | None, do
 
 def _costs(run: RunModels, extras: dict, names: list[str], size) -> dict:
     models = {TEACHER: (run.teacher, run.teacher_card), **{s.name: (s.model, s.card) for s in run.students},
-              **{k: (s.model, s.card) for k, s in extras.items()}, SELECTOR: (run.router.selector, run.selector_card)}
+              **{k: (s.model, s.card) for k, s in extras.items()}, SELECTOR: (run.router.selector_module, run.selector_card)}
     costs = {}
     for k, (m, c) in models.items():
         costs[k] = {"role": c["role"], "arch": c["arch"], **model_cost(unwrap(m), size)}
@@ -114,14 +125,22 @@ def _costs(run: RunModels, extras: dict, names: list[str], size) -> dict:
     return costs
 
 
+def _loader(data, split: str, card: dict, batch_size: int, device, cap: int | None = None) -> TensorLoader:
+    s = data.splits[split]
+    images, targets = (s.images, s.targets) if cap is None else (s.images[:cap], s.targets[:cap])
+    return TensorLoader(images, targets, mean=card["mean"], std=card["std"], batch_size=batch_size, device=device)
+
+
 def evaluate_run(run_dir: str | Path, *, dataset: str | None = None, data_dir: str | None = None,
-                 download: bool = False, limit: int | None = None, escalate: float | None = None,
-                 device="cpu", batch_size: int = 256, progress: bool = False) -> dict:
-    """Run every model of a run over `select` and `test`, save RUN/eval/{select,test}.npz and
-    RUN/eval/meta.json (under report-limit<N>/ with --limit), and return report.json's content."""
+                 download: bool = False, limit: int | None = None, device="cpu", batch_size: int = 256,
+                 progress: bool = False, refit: bool = False, target: str = "teacher",
+                 budget_macs: float | None = None) -> dict:
+    """Run every model of a run over `select`, `test` (and `spare`), save RUN/eval/<split>.npz and
+    RUN/eval/meta.json (under report-limit<N>/ with --limit), fit the routing policy when the run has
+    none (or `refit`), run it for real on `test`, and return report.json's content."""
     run_dir = RunDir(run_dir)
     run_dir.require("teacher", "students", "selector")
-    run = load_router(run_dir.root, escalate, device, with_teacher=True)
+    run = load_router(run_dir.root, device, with_teacher=True, policy=None if refit else run_dir.load_policy(limit))
     data = load_data(**_data_settings(run, dataset, data_dir, download, limit))
     names = run.router.names
     classes = len(run.class_names)
@@ -134,30 +153,54 @@ def evaluate_run(run_dir: str | Path, *, dataset: str | None = None, data_dir: s
     card = run.card
     for st in extras.values():
         st.model = adapt_input(st.model, st.card, card, st.path)
-    size = card["input_size"]
     arrays = {}
     for split in SPLITS:
-        s = data.splits[split]
-        loader = TensorLoader(s.images, s.targets, mean=card["mean"], std=card["std"], batch_size=batch_size,
-                              device=device)
-        arrays[split] = collect(run, {k: st.model for k, st in extras.items()}, loader, progress, split)
+        if split in data.splits:
+            loader = _loader(data, split, card, batch_size, device, SPARE_IMAGES if split == "spare" else None)
+            arrays[split] = collect(run, {k: st.model for k, st in extras.items()}, loader, progress, split)
     heldout = card.get("heldout_index") if limit is None else None  # indices into the whole `select`
-    meta = {"costs": _costs(run, extras, names, size), "names": names, "tie_margin": run.router.tie_margin,
-            "knob": run.router.knob, "escalate": escalate, "heldout": heldout,
-            "meta": {"dataset": data.name, "split": "test", "input_size": list(size),
+    meta = {"costs": _costs(run, extras, names, card["input_size"]), "names": names,
+            "tie_margin": run.router.policy.entry.get("tie_margin", float(card.get("tie_margin", 0.0))),
+            "knob": float(card.get("knob", 0.0)), "heldout": heldout,
+            "meta": {"dataset": data.name, "split": "test", "input_size": list(card["input_size"]),
                      "class_names": run.class_names}}
     out = run_dir.report(limit)
-    for split in SPLITS:
+    policy = run_dir.load_policy(limit) if not refit else None
+    if policy is None:
+        policy = fit_and_save(out, meta, arrays, target, budget_macs)
+    if run.router.policy.to_dict() != policy.to_dict():  # the router was built before the policy was fitted
+        run = load_router(run_dir.root, device, with_teacher=True, policy=policy)
+    real = dispatch(run.router, _loader(data, "test", card, batch_size, device), progress)
+    for split, a in arrays.items():
+        arrays[split] = with_policy(a, policy)
         save_eval(out.eval_arrays(split), arrays[split])
     write_json(out.eval_meta, meta)
-    report = summarize(arrays["test"], arrays["select"], meta["costs"], names=names, tie_margin=meta["tie_margin"],
-                       knob=meta["knob"], escalate=escalate, heldout=heldout, meta=meta["meta"])
-    # the router's scattered outputs must equal each model run alone on the full batch
+    report = summarize_meta(arrays, meta, policy)
     test = arrays["test"]
-    expect = np.stack([test[f"logits_{k}"] for k in run.router.route_names if f"logits_{k}" in test], 1)
-    picked = expect[np.arange(len(test["route"])), test["route"]]
-    report["routed"]["max_abs_diff_vs_single_models"] = float(np.abs(picked - test["routed_logits"]).max())
+    report["policy"]["dispatch_matches_replay"] = {
+        "labels": float((real["pred"] == test["policy_pred"]).mean()),
+        "routes": float((real["route"] == test["route"]).mean()),
+        "models": float((real["models"] == test["policy_models"]).mean())}
     return report
+
+
+def setup_of(meta: dict) -> Setup:
+    return make_setup(meta["names"], meta["costs"], meta["tie_margin"], meta["knob"])
+
+
+def fit_and_save(out: ReportDir, meta: dict, arrays: dict, target: str = "teacher",
+                 budget_macs: float | None = None) -> Policy:
+    """Fit the routing policy on the saved arrays' `select` (and `spare`) and write RUN/policy.json."""
+    policy, _ = fit_policy(setup_of(meta), arrays["select"], meta["heldout"], arrays.get("spare"), target,
+                           budget_macs)
+    write_json(out.policy, policy.to_dict())
+    return policy
+
+
+def summarize_meta(arrays: dict, meta: dict, policy: Policy) -> dict:
+    return summarize(arrays["test"], arrays["select"], meta["costs"], names=meta["names"],
+                     tie_margin=meta["tie_margin"], knob=meta["knob"], heldout=meta["heldout"], meta=meta["meta"],
+                     policy=policy, spare=arrays.get("spare"))
 
 
 def eval_dir(run_dir: str | Path, limit: int | None = None) -> Path:
@@ -165,8 +208,8 @@ def eval_dir(run_dir: str | Path, limit: int | None = None) -> Path:
     return RunDir(run_dir).report(limit).eval
 
 
-def report_from_eval(run_dir: str | Path, limit: int | None = None) -> dict:
-    """report.json's content from the saved RUN/eval arrays, without running a model."""
+def load_saved(run_dir: str | Path, limit: int | None = None) -> tuple[ReportDir, dict, dict]:
+    """(report folder, eval meta, per-split arrays) of a finished evaluation."""
     run = RunDir(run_dir)
     run.require()  # the run directory itself must exist
     out = run.report(limit)
@@ -174,9 +217,23 @@ def report_from_eval(run_dir: str | Path, limit: int | None = None) -> dict:
         raise MoskdError(f"{out.eval_meta} not found; run `moskd report --run-dir {run_dir}"
                          f"{f' --limit {limit}' if limit else ''}` without --from-eval first")
     meta = read_json(out.eval_meta)
-    test, select = (load_eval(out.eval_arrays(split)) for split in ("test", "select"))
-    return summarize(test, select, meta["costs"], names=meta["names"], tie_margin=meta["tie_margin"],
-                     knob=meta["knob"], escalate=meta["escalate"], heldout=meta["heldout"], meta=meta["meta"])
+    arrays = {split: load_eval(out.eval_arrays(split), required=split != "spare") for split in SPLITS}
+    return out, meta, {k: v for k, v in arrays.items() if v is not None}
+
+
+def report_from_eval(run_dir: str | Path, limit: int | None = None, refit: bool = False, target: str = "teacher",
+                     budget_macs: float | None = None) -> dict:
+    """report.json's content from the saved RUN/eval arrays, without running a model (the policy is
+    refitted from them when asked, or when the run has none)."""
+    out, meta, arrays = load_saved(run_dir, limit)
+    policy = None if refit else RunDir(run_dir).load_policy(limit)
+    if policy is None:
+        policy = fit_and_save(out, meta, arrays, target, budget_macs)
+    for split, a in arrays.items():
+        arrays[split] = with_policy(a, policy)
+        if refit:
+            save_eval(out.eval_arrays(split), arrays[split])
+    return summarize_meta(arrays, meta, policy)
 
 
 # ---------------------------------------------------------------- writing
@@ -194,7 +251,11 @@ def write_report(out: ReportDir, report: dict) -> list[Path]:
 
 def report_run(run_dir, from_eval: bool = False, **kw) -> dict:
     """Evaluate, write report.json/report.md/plots, print the tables; what the CLIs and the pipeline call."""
-    report = report_from_eval(run_dir, kw.get("limit")) if from_eval else evaluate_run(run_dir, **kw)
+    if from_eval:
+        report = report_from_eval(run_dir, kw.get("limit"), kw.get("refit", False), kw.get("target", "teacher"),
+                                  kw.get("budget_macs"))
+    else:
+        report = evaluate_run(run_dir, **kw)
     paths = write_report(RunDir(run_dir).report(kw.get("limit")), report)
     print(render_markdown(report))
     print(headline(report))
@@ -202,15 +263,12 @@ def report_run(run_dir, from_eval: bool = False, **kw) -> dict:
     return report
 
 
-@cli_entry("moskd report")
-def main(argv=None):
-    p = Parser(prog="moskd report", description=__doc__, allow_abbrev=False,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def report_parser(prog: str, doc: str, refit_flag: bool = True) -> Parser:
+    """The flags `moskd report` and `moskd policy` share."""
+    p = Parser(prog=prog, description=doc, allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", metavar="RUN", nargs="?", help="the run directory, as --run-dir RUN (kept for older scripts)")
     p.add_argument("--run-dir", default=None, help="run directory holding teacher/, students/ and selector/ "
                                                    "(default: runs/digits)")
-    p.add_argument("--escalate", type=float, default=None, metavar="TAU",
-                   help="send images whose best student score < TAU to the teacher (0 = never, >1 = always)")
     p.add_argument("--dataset", default=None, help="must be the run's dataset (default: read from the run)")
     p.add_argument("--data-dir", default=None, help="where fashion-mnist/CIFAR files live (default: the run's)")
     p.add_argument("--download", action="store_true", help="download fashion-mnist/CIFAR (needs network)")
@@ -219,17 +277,44 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=256, help="images per evaluation step")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--from-eval", action="store_true",
-                   help="rebuild the report from RUN/eval/*.npz and meta.json without running any model")
-    a = p.parse_args(argv)
+                   help="work from RUN/eval/*.npz and meta.json without running any model")
+    if refit_flag:
+        p.add_argument("--refit", action="store_true",
+                       help="fit the routing policy again (RUN/policy.json) instead of reporting the one the run has")
+    p.add_argument("--target", default="teacher",
+                   help="the deployed point, chosen on select: the fewest MACs whose select accuracy reaches "
+                        "teacher | best-student | ACC (0..1]; the most accurate point when none does")
+    p.add_argument("--budget-macs", type=float, default=None, metavar="M",
+                   help="instead of --target: the most accurate point using at most M MACs per image on select")
+    return p
+
+
+def run_report_cli(a, refit: bool) -> None:
     a.run_dir = run_dir_argument(a.run, a.run_dir, default="runs/digits")
+    if a.target not in ("teacher", "best-student"):
+        try:
+            ok = 0 < float(a.target) <= 1
+        except ValueError:
+            ok = False
+        if not ok:
+            raise MoskdError(f"--target {a.target}: choose teacher, best-student or an accuracy in (0, 1]")
+    if a.budget_macs is not None and a.budget_macs <= 0:
+        raise MoskdError(f"--budget-macs {a.budget_macs:g}: give a positive number of MACs per image")
     from moskd.runtime import setup_runtime, show_progress
 
+    fit = {"refit": refit, "target": a.target, "budget_macs": a.budget_macs}
     if a.from_eval:
-        report_run(a.run_dir, from_eval=True, limit=a.limit)
+        report_run(a.run_dir, from_eval=True, limit=a.limit, **fit)
         return
     rt = setup_runtime(a.device)
     report_run(a.run_dir, dataset=a.dataset, data_dir=a.data_dir, download=a.download, limit=a.limit,
-               escalate=a.escalate, device=rt.device, batch_size=a.batch_size, progress=show_progress(rt))
+               device=rt.device, batch_size=a.batch_size, progress=show_progress(rt), **fit)
+
+
+@cli_entry("moskd report")
+def main(argv=None):
+    a = report_parser("moskd report", __doc__).parse_args(argv)
+    run_report_cli(a, a.refit)
 
 
 if __name__ == "__main__":

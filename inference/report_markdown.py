@@ -3,7 +3,13 @@ from __future__ import annotations
 
 import math
 
-from inference.router import TEACHER
+TEACHER = "teacher"
+COMPARISONS = (
+    ("policy_minus_cascade_same_macs", "deployed policy - best max-softmax cascade at equal MACs"),
+    ("learned_minus_max_softmax", "learned deferral - max-softmax cascade at equal MACs"),
+    ("hybrid_minus_cascade", "hybrid (selector, then deferral) - cascade at equal MACs: what the selector adds"),
+    ("committee_minus_replace", "committee answers - replacing answers at equal MACs"),
+)
 
 
 def _fmt_int(v) -> str:
@@ -61,9 +67,10 @@ def render_markdown(r: dict) -> str:
          f"{_ci(ci['routed_minus_cascade_same_macs'])}" if same else "- no cascade fits within the routed MACs"),
         f"- gap closed: {'n/a (oracle equals the best student)' if gap is None else f'{gap:.3f}'} "
         "((routed - best single student) / (oracle - best single student))",
-        f"- fewest MACs per image reaching the teacher's accuracy: router {_fmt_int(iso['teacher']['router'])}, "
-        f"cascade {_fmt_int(iso['teacher']['cascade'])}; reaching {best}'s: router "
-        f"{_fmt_int(iso['best_student']['router'])}, cascade {_fmt_int(iso['best_student']['cascade'])} (- = never)",
+        f"- MACs per image of the cheapest point whose *select* accuracy reaches the teacher's (its test MACs): "
+        f"router {_fmt_int(iso['teacher']['router'])}, cascade {_fmt_int(iso['teacher']['cascade'])}; reaching "
+        f"{best}'s: router {_fmt_int(iso['best_student']['router'])}, cascade "
+        f"{_fmt_int(iso['best_student']['cascade'])} (- = never)",
         f"- on the {sel['exactly_one_right']} test images exactly one student gets right: selector routes "
         f"{_fmt_pct(sel['accuracy_on_exactly_one_right'])} to the right one, the cascade answers "
         f"{_fmt_pct(sel['cascade_accuracy_on_exactly_one_right'])} right",
@@ -94,6 +101,7 @@ def render_markdown(r: dict) -> str:
     return "\n".join([
         f"# moskd report: {r['dataset']} / {r['split']} ({r['num_images']} images, input {r['input_size']})", "",
         "Every number here is recomputable from `eval/test.npz` (and `eval/select.npz` for what is chosen).", "",
+        *_policy_lines(r),
         "## Accuracy and compute", "", *acc_rows, "",
         "## Does routing pay?", "", *evidence, "",
         "![accuracy vs MACs](plots/accuracy_vs_macs.png)", "",
@@ -107,9 +115,50 @@ def render_markdown(r: dict) -> str:
     ])
 
 
+def _policy_lines(r: dict) -> list[str]:
+    """The deployed policy, every family's select-chosen points and the comparisons, with CIs."""
+    pol, ci, t = r["policy"], r["ci95"], r["models"][TEACHER]
+    best = r["best_single_student"]
+    lines = ["## Deployed routing policy (chosen on `select`)", "",
+             f"`{pol['description']}`", "",
+             f"- test: **{_fmt_pct(pol['accuracy'])}** at {_fmt_int(pol['macs_per_image'])} MACs per image "
+             f"({pol['macs_per_image'] / t['macs']:.2f}x the teacher's); chosen by: {pol['target'].get('rule', '-')}, "
+             f"select accuracy {_fmt_pct(pol['target'].get('select_accuracy'))} at "
+             f"{_fmt_int(pol['target'].get('select_macs_per_image'))} MACs",
+             f"- deployed - teacher: {_pt(pol['minus_teacher'])}, 95% CI {_ci(ci['policy_minus_teacher'])}",
+             f"- deployed - {best}: {_pt(pol['minus_best_student'])}, 95% CI {_ci(ci['policy_minus_best_student'])}"]
+    for key, text in COMPARISONS:
+        c = r["comparisons"].get(key)
+        lines.append(f"- {text}: " + ("no comparable point" if c is None else
+                                       f"{_pt(c['difference'])}, 95% CI {_ci(c['ci95'])} (`{c['a']['policy']}` vs "
+                                       f"`{c['b']['policy']}`)"))
+    under = pol.get("best_under_teacher_macs")
+    if under:
+        lines.append(f"- most accurate point within the teacher's MACs (chosen on select): `{under['policy']}`, "
+                     f"{_fmt_pct(under['accuracy'])} at {_fmt_int(under['macs_per_image'])} MACs")
+    match = pol.get("dispatch_matches_replay")
+    if match:
+        lines.append(f"- the real sub-batch dispatch against the replay on test: labels {_fmt_pct(match['labels'])}, "
+                     f"routes {_fmt_pct(match['routes'])} equal")
+    lines += ["", "### MACs to reach the teacher's accuracy, per family (cheapest point whose select accuracy "
+              "reaches the teacher's select accuracy)", "",
+              "| family | policy | test accuracy | MACs / image | x teacher |", "|---|---|---:|---:|---:|"]
+    for fam, row in r["iso_points"]["teacher"].items():
+        lines.append(f"| {fam} | " + ("never | - | - | - |" if row is None else
+                                      f"`{row['policy']}` | {_fmt_pct(row['accuracy'])} | "
+                                      f"{_fmt_int(row['macs_per_image'])} | {row['macs_per_image'] / t['macs']:.2f} |"))
+    lines += ["", "### Every family's select-Pareto points, scored on test", "",
+              "| family | policy | select acc. | test acc. | MACs / image |", "|---|---|---:|---:|---:|"]
+    for fam, curve in r["curves"]["families"].items():
+        lines += [f"| {fam} | `{p['policy']}` | {_fmt_pct(p['select_accuracy'])} | {_fmt_pct(p['accuracy'])} "
+                  f"| {_fmt_int(p['macs_per_image'])} |" for p in _thin(curve, 6)]
+    return lines + [""]
+
+
 def headline(r: dict) -> str:
-    ro = r["routed"]
+    ro, pol = r["routed"], r["policy"]
     gap = "n/a" if r["gap_closed"] is None else f"{r['gap_closed']:.3f}"
-    return (f"routed {_fmt_pct(ro['accuracy'])} at {_fmt_int(ro['macs_per_image'])} MACs/image "
+    return (f"policy {pol['family']} {_fmt_pct(pol['accuracy'])} at {_fmt_int(pol['macs_per_image'])} MACs/image; "
+            f"selector alone {_fmt_pct(ro['accuracy'])} at {_fmt_int(ro['macs_per_image'])} MACs/image "
             f"(teacher {_fmt_pct(r['models'][TEACHER]['accuracy'])} at {_fmt_int(r['models'][TEACHER]['macs'])}); "
             f"oracle {_fmt_pct(r['oracle']['accuracy'])}; gap closed {gap}")

@@ -1,19 +1,11 @@
-"""The router: run the selector, then only the chosen student for each image.
+"""The router: the run's routing policy (moskd.policy) executed on torch models.
 
-For a batch: selector scores (sigmoid: P(student right)) -> one route per image -> the images of
-each route gathered and sent as ONE sub-batch to that student only -> results scattered back in
-input order. Every model is in eval mode (batch norm uses running statistics), and each route is
-decided from the image's own scores, so an image's prediction never depends on the rest of its
-batch.
-
-Route rule (selector.model.route_from_scores): each score is charged knob x the student's relative
-MACs (the operating knob was chosen on `select` by trainSelector), the best charged score wins;
-scores within the selector's tie margin of the best count as a tie, and a tie goes to the cheaper
-student (students are kept in ascending-MAC order), since the selector sees no accuracy difference
-and the cheaper one saves compute.
-
-Cascade (escalate=TAU): images whose best student score is below TAU go to the teacher instead.
-Scores lie in [0, 1], so TAU = 0 never escalates and TAU > 1 sends every image to the teacher.
+For a batch: the selector's scores when the policy starts with the selector (sigmoid: P(student
+right)), then moskd.policy.decide, which asks for each model's outputs only on the images whose
+chain reaches it; each such sub-batch runs as ONE batch on that model, and results come back in
+input order. The policy alone decides; this module only runs the models it asks for. Every model
+is in eval mode (batch norm uses running statistics) and every step reads an image's own outputs,
+so an image's answer never depends on the rest of its batch.
 """
 from __future__ import annotations
 
@@ -22,70 +14,57 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
 from moskd.errors import MoskdError
 from moskd.models import adapt_input, build_model_from_checkpoint
-from moskd.precision import Precision, policy
+from moskd.policy import Policy, decide, router_policy
+from moskd.precision import Precision, policy as precision_policy
 from moskd.run import RunDir, Student
-from selector.model import relative_costs, route_from_scores
 
 TEACHER = "teacher"
 
 
 class Routed(NamedTuple):
-    logits: torch.Tensor  # (B, C) logits of the model each image was routed to
-    routes: torch.Tensor  # (B,) index into Router.route_names: students first, then the teacher
-    scores: torch.Tensor  # (B, S) selector scores in [0, 1], students in route order
+    logits: torch.Tensor  # (B, C) log-probabilities of the answer (the committee's mean under combine "mean")
+    routes: torch.Tensor  # (B,) route index of the model that answered last (policy.models order)
+    scores: torch.Tensor  # (B, S) selector scores in [0, 1] (zeros when the policy does not start there)
+    models: torch.Tensor  # (B,) bit mask of the models that ran (bit k = policy.models[k])
+    macs: torch.Tensor  # (B,) MACs spent per image, the selector's included
+
+
+def answer_logits(probs: np.ndarray) -> np.ndarray:
+    """Log-probabilities of an answer: softmax of them gives the answer's probabilities back."""
+    return np.log(np.clip(probs, 1e-30, None)).astype(np.float32)
 
 
 class Router(nn.Module):
-    def __init__(self, selector: nn.Module, students: Sequence[nn.Module], teacher: nn.Module | None = None,
-                 escalate: float | None = None, tie_margin: float = 0.0, names: Sequence[str] | None = None,
-                 knob: float = 0.0, costs: torch.Tensor | None = None):
+    """models: one module per policy.models entry (None for a model the policy never reaches)."""
+
+    def __init__(self, policy: Policy, models: Sequence[nn.Module | None], selector: nn.Module | None,
+                 num_students: int | None = None):
         super().__init__()
-        if escalate is not None and teacher is None:
-            raise MoskdError("--escalate needs the teacher; run teacherTrain --run-dir RUN first")
-        self.selector = selector.eval()
-        self.students = nn.ModuleList(students).eval()
-        self.teacher = teacher.eval() if teacher is not None else None
-        self.escalate, self.tie_margin, self.knob = escalate, tie_margin, knob
-        self.costs = costs  # (S,) MACs relative to the dearest student; None = knob has no effect
-        self.names = list(names) if names is not None else [f"student{i}" for i in range(len(students))]
-        self.route_names = self.names + [TEACHER]  # route len(students) = the teacher
+        if len(models) != len(policy.models):
+            raise ValueError(f"the policy runs {len(policy.models)} models, {len(models)} given")
+        for k in policy.used():
+            if models[k] is None:
+                raise MoskdError(f"the routing policy runs {policy.models[k]}, which this run does not hold")
+        if policy.selector and selector is None:
+            raise MoskdError("the routing policy starts with the selector; the run holds none")
+        self.policy = policy
+        self.models = nn.ModuleList([m.eval() if m is not None else nn.Identity() for m in models])
+        self.selector = selector.eval() if selector is not None else None
+        self.route_names = list(policy.models)
+        self.num_students = num_students if num_students is not None else len(policy.models) - 1
+        self.names = self.route_names[:self.num_students]  # the students, in route order
         self.precision: Precision | None = None  # set by load_router: layout and autocast of every forward
 
-    def _route_models(self) -> list[nn.Module]:
-        return [*self.students, *([self.teacher] if self.teacher is not None else [])]
-
     def scores(self, x: torch.Tensor) -> torch.Tensor:
+        if self.selector is None:
+            return x.new_zeros((len(x), self.num_students), dtype=torch.float32)
         return self.selector(x).float().sigmoid()
-
-    def routes(self, scores: torch.Tensor) -> torch.Tensor:
-        route = route_from_scores(scores, self.tie_margin, self.knob, self.costs)
-        if self.escalate is not None:
-            unsure = scores.max(1).values < self.escalate  # no student looks safe enough
-            route = torch.where(unsure, torch.full_like(route, len(self.students)), route)
-        return route
-
-    def dispatch(self, x: torch.Tensor, routes: torch.Tensor) -> torch.Tensor:
-        """Each route's images as one sub-batch to its model only; outputs back in input order."""
-        models = self._route_models()
-        if len(x) == 0:
-            return models[0](x)
-        if routes.min() < 0 or routes.max() >= len(models):
-            raise ValueError(f"routes must lie in 0..{len(models) - 1}")
-        out = None
-        for r, model in enumerate(models):
-            idx = (routes == r).nonzero().squeeze(1)
-            if idx.numel() == 0:
-                continue  # this model does no work for this batch
-            y = model(x.index_select(0, idx))
-            if out is None:
-                out = y.new_empty((len(x), y.shape[1]))
-            out.index_copy_(0, idx, y)
-        return out
 
     @torch.inference_mode()
     def forward(self, x: torch.Tensor) -> Routed:
@@ -94,8 +73,15 @@ class Router(nn.Module):
             x = prec.input(x)
         with prec.autocast() if prec is not None else contextlib.nullcontext():
             scores = self.scores(x)
-            routes = self.routes(scores)
-            return Routed(self.dispatch(x, routes).float(), routes, scores)
+
+            def run_model(k: int, idx: np.ndarray) -> np.ndarray:
+                sub = x.index_select(0, torch.from_numpy(idx).to(x.device))
+                return self.models[k](sub).float().cpu().numpy()
+
+            d = decide(self.policy, len(x), run_model, scores.cpu().numpy())
+        dev = x.device
+        return Routed(torch.from_numpy(answer_logits(d.probs)).to(dev), torch.from_numpy(d.route).to(dev),
+                      scores, torch.from_numpy(d.models).to(dev), torch.from_numpy(d.macs).to(dev))
 
 
 # ---------------------------------------------------------------- loading a run
@@ -121,10 +107,22 @@ class RunModels:
         return self.selector_card
 
 
-def load_router(run_dir: str | Path, escalate: float | None = None, device="cpu", with_teacher: bool = False
+def selector_policy(card: dict, students: list[Student], teacher_macs: float) -> Policy:
+    """The selector alone at trainSelector's knob: what a run routes by before `moskd policy` fitted
+    RUN/policy.json."""
+    models = [s.name for s in students] + [TEACHER]
+    macs = [float(s.macs) for s in students] + [float(teacher_macs)]
+    return router_policy(models, macs, list(range(len(students))), float(card.get("knob", 0.0)),
+                         float(card.get("tie_margin", 0.0)), float(card.get("selector_macs", 0)))
+
+
+def load_router(run_dir: str | Path, device="cpu", with_teacher: bool = False, policy: Policy | None = None
                 ) -> RunModels:
-    """The run's selector and its students (route order from the selector card); the teacher when
-    escalating or when asked for (evaluation)."""
+    """The run's selector, its students (route order from the selector card) and the teacher when the
+    routing policy reaches it or when asked for (evaluation), executing RUN/policy.json (or `policy`;
+    without either, the selector alone at trainSelector's knob)."""
+    from moskd.profile import count_macs
+
     run = RunDir(run_dir)
     sel = run.load_selector()
     card = sel["card"]
@@ -138,20 +136,31 @@ def load_router(run_dir: str | Path, escalate: float | None = None, device="cpu"
         if s.card["num_classes"] != classes:
             raise MoskdError(f"{s.path}: {s.card['num_classes']} classes, {students[0].path} has {classes}; "
                              f"retrain the students on one dataset")
+    policy = policy if policy is not None else run.load_policy()
+    names = [s.name for s in students]
+    if policy is not None and policy.models[:-1] != names:
+        raise MoskdError(f"{run.policy}: routes {', '.join(policy.models[:-1])}, the selector {', '.join(names)}; "
+                         f"refit it with moskd policy --run-dir {run.root}")
+    need_teacher = with_teacher or (policy is not None and len(students) in policy.used())
     teacher, teacher_card = None, None
     # every model gets the batch preprocessed per the selector card (= its cheapest student's)
-    if escalate is not None or with_teacher:
+    if need_teacher:
         teacher, teacher_card = run.load_teacher(dataset=card["dataset"], num_classes=classes, like=card,
                                                  device=device)
     for s in students:
         s.model = adapt_input(s.model, s.card, card, s.path)
     selector_model = build_model_from_checkpoint(sel).to(device)
-    router = Router(selector_model, [s.model for s in students], teacher if escalate is not None else None,
-                    escalate, float(card.get("tie_margin", 0.0)), [s.name for s in students],
-                    knob=float(card.get("knob", 0.0)), costs=relative_costs([s.macs for s in students]))
+    if policy is None:
+        teacher_macs = count_macs(teacher, card["input_size"]) if teacher is not None else 0
+        policy = selector_policy(card, students, teacher_macs)
+    uses_teacher = len(students) in policy.used()
+    router = Router(policy, [s.model for s in students] + [teacher if uses_teacher else None],
+                    selector_model if policy.selector else None, len(students))
+    router.selector_module = selector_model  # evaluation reads the selector's scores whatever the policy
     teacher = teacher.eval() if teacher is not None else None
-    router.precision = prec = policy(device)  # inference policy: fp32 on the CPU, as the bundle runs
+    router.precision = prec = precision_policy(device)  # inference policy: fp32 on the CPU, as the bundle runs
     prec.model(router)
+    prec.model(selector_model)
     if teacher is not None:
         prec.model(teacher)
     return RunModels(router, card, sel.get("config") or {}, students, teacher, teacher_card)

@@ -9,7 +9,8 @@ from moskd.stages import Command, StageInfo, Step
 
 
 def _steps(run, options: dict) -> list[Step]:
-    return [Step("evaluation report on test", "inference.report", kind="report")]
+    # the pipeline's policy step: fit RUN/policy.json on select, then report on test
+    return [Step("routing policy and evaluation report", "inference.report", argv=("--refit",), kind="report")]
 
 
 STAGE = StageInfo(
@@ -18,6 +19,8 @@ STAGE = StageInfo(
         Command("inference", "inference.cli",
                 "stage 4: routed predictions for files, folders or a split (inference)"),
         Command("report", "inference.report", "evaluation report of a run: report.json, report.md, plots"),
+        Command("policy", "inference.policy_cli",
+                "fit the routing policy on select (RUN/policy.json) and rewrite the report"),
         Command("export", "inference.export",
                 "a finished run as a deployment bundle: manifest.json + one program per model"),
         Command("serve", "inference.serve",

@@ -1,19 +1,25 @@
 """report.json's numbers from per-image arrays (pure: arrays in, dict out).
 
-`summarize` turns RUN/eval/test.npz and select.npz (labels, logits_<model>, selector_scores, route)
-and the models' costs into report.json: accuracies, the routed system, baselines, curves, the
-cascade at the routed MACs (chosen on `select`), MACs at iso-accuracy and paired-bootstrap CIs.
+`summarize` turns RUN/eval/{test,select[,spare]}.npz (labels, logits_<model>, selector_scores), the
+models' costs and the deployed routing policy (RUN/policy.json) into report.json: accuracies, the
+deployed policy and every policy family's curve, the selector's own operating point, baselines,
+MACs at iso-accuracy and paired-bootstrap CIs. Every system is a moskd.policy.Policy replayed on
+the arrays, so the report runs exactly the rule the runtime runs; every choice (a family's point,
+a threshold, the best single student) is made on `select`'s choosing images (inference.policy_fit),
+and `test` is only scored.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from inference import curves as C
-from inference.router import TEACHER
+from inference.policy_fit import (COMMITTEE, TEACHER, Scored, Setup, candidates, choose_point, pareto,
+                                  resolve_target, score, split_choose_learn)
 from moskd.errors import MoskdError
-from selector.model import relative_costs
+from moskd.policy import Policy, replay, router_policy
 
 SELECTOR = "selector"
+REPLACE_FAMILIES = ("cascade", "hybrid", "learned")
 
 
 def logits_of(arrays: dict) -> dict:
@@ -24,32 +30,12 @@ def _reduction(value: float, teacher: float) -> float | None:
     return 1.0 - value / teacher if teacher else None
 
 
-def cascade_families(names: list[str]) -> list[list[str]]:
-    """cheapest > each other student, each student > teacher, and the full chain > teacher."""
-    fam = [[names[0], k] for k in names[1:]] + [[k, TEACHER] for k in names]
-    return fam + ([[*names, TEACHER]] if len(names) > 1 else [])
-
-
-def _cascade_inputs(arrays: dict, family: list[str]):
-    lg = logits_of(arrays)
-    return [lg[k].argmax(1) for k in family], [C.max_softmax(lg[k]) for k in family]
-
-
-def router_routes(scores: np.ndarray, names: list[str], macs: dict, tie_margin: float, knob: float,
-                  escalate: float | None) -> np.ndarray:
-    """Routes (students 0..S-1, teacher S) as inference.router.Router assigns them."""
-    route = C.routes_at(scores, knob, tie_margin, relative_costs([macs[k] for k in names]).numpy())
-    if escalate is not None:
-        route = np.where(scores.max(1) < escalate, len(names), route)
-    return route
-
-
 def model_rows(lg: dict, y: np.ndarray, costs: dict, num_classes: int) -> dict:
     """Per model: accuracy, 15-bin ECE, per-class accuracy, agreement with the teacher, confusion matrix."""
     teacher_pred = lg[TEACHER].argmax(1)
     rows = {}
     for k, cost in costs.items():
-        if k not in lg:  # the selector: its "classes" are students, scored through the router
+        if k not in lg:  # the selector: its "classes" are students, scored through the policies
             rows[k] = {**cost, "accuracy": None, "ece": None, "per_class_accuracy": None}
             continue
         pred = lg[k].argmax(1)
@@ -60,96 +46,156 @@ def model_rows(lg: dict, y: np.ndarray, costs: dict, num_classes: int) -> dict:
     return rows
 
 
-def summarize(test: dict, select: dict, costs: dict, *, names: list[str], tie_margin: float, knob: float,
-              escalate: float | None, heldout: list[int] | None, meta: dict) -> dict:
-    """report.json's content from the per-image arrays of `test` and `select`.
+def make_setup(names: list[str], costs: dict, tie_margin: float, knob: float) -> Setup:
+    models = [*names, TEACHER]
+    return Setup(models, [float(costs[k]["macs"]) for k in models], list(range(len(names))),
+                 float(costs[SELECTOR]["macs"]), float(tie_margin), float(knob))
 
-    costs: name -> {role, arch, params, bytes, macs} for the teacher, the routed students (`names`,
-    route order = ascending MACs), other students and the selector. test["route"] must be the
-    router's routes (students 0..S-1, teacher S); select's are recomputed from its scores.
-    """
+
+# ---------------------------------------------------------------- candidates on both splits
+
+
+class Points:
+    """Every candidate policy scored on the choosing images (`select`) and on `test`."""
+
+    def __init__(self, policies: list[Policy], choose: dict, test: dict):
+        self.sel = [score(p, choose) for p in policies]
+        self.test = [score(p, test) for p in policies]
+
+    def family(self, *families: str) -> list[int]:
+        return [i for i, s in enumerate(self.sel) if s.policy.family in families]
+
+    def pick(self, idx: list[int], target: float | None = None, budget: float | None = None) -> int | None:
+        """Index of the point chosen on select among idx (policy_fit.choose_point's rule)."""
+        best = choose_point([self.sel[i] for i in idx], target, budget)
+        return None if best is None else idx[[self.sel[i] for i in idx].index(best)]
+
+    def row(self, i: int) -> dict:
+        s, t = self.sel[i], self.test[i]
+        return {"family": s.policy.family, "policy": s.policy.describe(), "accuracy": t.accuracy,
+                "macs_per_image": t.macs, "select_accuracy": s.accuracy, "select_macs_per_image": s.macs,
+                "params": _params(s.policy)}
+
+    def curve(self, idx: list[int]) -> list[dict]:
+        """The family's select-Pareto points, scored on test."""
+        front = pareto([self.sel[i] for i in idx])
+        return [self.row(idx[[self.sel[i] for i in idx].index(p)]) for p in front]
+
+
+def _params(p: Policy) -> dict:
+    out = {"combine": p.combine, "thresholds": [s.threshold for s in p.steps],
+           "chain": [p.models[p.entry["model"]]] if not p.selector else ["selector"]}
+    out["chain"] += [p.models[s.target] for s in p.steps]
+    if p.selector:
+        out["knob"] = p.entry["knob"]
+    return out
+
+
+def compare(points: Points, a: int | None, b_idx: list[int]) -> dict | None:
+    """a against the most accurate of b_idx on select within a's select MACs: both on test, with the
+    paired-bootstrap CI of the difference."""
+    if a is None:
+        return None
+    b = points.pick(b_idx, budget=points.sel[a].macs)
+    if b is None:
+        return None
+    ta, tb = points.test[a], points.test[b]
+    return {"a": points.row(a), "b": points.row(b), "difference": ta.accuracy - tb.accuracy,
+            "ci95": C.paired_bootstrap(ta.right.astype(float) - tb.right)}
+
+
+# ---------------------------------------------------------------- sections
+
+
+def policy_section(policy: Policy, test: dict, names: list[str], acc: dict, best: str, right: dict) -> dict:
+    d = replay(policy, test)
     y = test["labels"]
+    ok = d.pred == y
     n = len(y)
-    if n == 0:
-        raise MoskdError("the evaluation split holds no images; raise --limit")
-    lg = logits_of(test)
-    macs = {k: float(v["macs"]) for k, v in costs.items()}
-    num_classes = lg[TEACHER].shape[1]
-    pred = {k: v.argmax(1) for k, v in lg.items()}
-    right = {k: pred[k] == y for k in lg}
-    acc = {k: float(v.mean()) for k, v in right.items()}
-    route_names = [*names, TEACHER]
-    correct = np.stack([right[k] for k in names], 1)  # (N, S)
+    share = np.bincount(d.route, minlength=len(policy.models)) / n
+    ran = {m: float(((d.models >> k) & 1).mean()) for k, m in enumerate(policy.models)}
+    return {"family": policy.family, "description": policy.describe(), "accuracy": float(ok.mean()),
+            "macs_per_image": float(d.macs.mean()), "route_share": {m: float(share[k]) for k, m in
+                                                                    enumerate(policy.models)},
+            "ran_share": ran, "target": policy.target,
+            "minus_teacher": float(ok.mean()) - acc[TEACHER], "minus_best_student": float(ok.mean()) - acc[best],
+            "_right": ok}
 
-    # the routed system at its operating point (test routes come from the real dispatch)
-    route = test["route"].astype(np.int64)
-    routed_right = np.stack([right[k] for k in route_names], 1)[np.arange(n), route]
-    share = np.bincount(route, minlength=len(route_names)) / n
-    routed_acc = float(routed_right.mean())
-    routed_macs = macs[SELECTOR] + float(sum(share[i] * macs[k] for i, k in enumerate(route_names)))
-    route_share = {k: float(share[i]) for i, k in enumerate(route_names) if k != TEACHER or escalate is not None}
 
-    # choices on `select`: the best single student, and the cascade at the router's MACs
-    sel_y, sel_lg = select["labels"], logits_of(select)
-    sel_acc = {k: float((sel_lg[k].argmax(1) == sel_y).mean()) for k in names}
-    best = max(names, key=lambda k: (sel_acc[k], -macs[k]))
-    held = np.asarray(heldout if heldout else range(len(sel_y)), dtype=np.int64)
-    sel_route = router_routes(select["selector_scores"][held], names, macs, tie_margin, knob, escalate)
-    budget = macs[SELECTOR] + float(np.array([macs[k] for k in route_names])[sel_route].mean())
-    families = cascade_families(names)
-    cascade_curves, picks = {}, []
-    for fam in families:
-        key = ">".join(fam)
-        fmacs = [macs[k] for k in fam]
-        s_preds, s_confs = _cascade_inputs(select, fam)
-        thresholds = C.cascade_thresholds(s_confs[0])
-        t_preds, t_confs = _cascade_inputs(test, fam)
-        cascade_curves[key] = C.cascade_curve(t_preds, t_confs, fmacs, y, thresholds)
-        point = C.best_under_budget(C.cascade_curve(s_preds, s_confs, fmacs, sel_y, thresholds), budget)
-        if point is not None:
-            picks.append((point["accuracy"], -point["macs_per_image"], key, point["threshold"], fam))
-    same = None
-    if picks:
-        sel_accuracy, _, key, threshold, fam = max(picks)
-        t_preds, t_confs = _cascade_inputs(test, fam)
-        c_pred, c_cost = C.cascade_answer(t_preds, t_confs, [macs[k] for k in fam], threshold)
-        c_right = c_pred == y
-        same = {"cascade": key, "threshold": threshold, "select_accuracy": sel_accuracy,
-                "select_budget_macs": budget, "accuracy": float(c_right.mean()),
-                "macs_per_image": float(c_cost.mean())}
-
-    oracle = float(correct.any(1).mean())
-    denom = oracle - acc[best]
-    random_right = sum(share[i] * right[k].astype(np.float64) for i, k in enumerate(route_names))
-    conf = np.stack([C.max_softmax(lg[k]) for k in names], 1)
-    confident = float(correct[np.arange(n), conf.argmax(1)].mean())
-    ci95 = {"routed_minus_best_student": C.paired_bootstrap(routed_right.astype(float) - right[best]),
-            "routed_minus_random": C.paired_bootstrap(routed_right - random_right),
-            "routed_minus_cascade_same_macs": (C.paired_bootstrap(routed_right.astype(float) - c_right)
-                                               if same else None)}
-
-    router_curve = C.router_curve(test["selector_scores"], np.stack([pred[k] for k in names], 1), y,
-                                  [macs[k] for k in names], macs[SELECTOR], tie_margin, names)
-    all_cascade = [p for c in cascade_curves.values() for p in c]
-    iso = {target: {"router": C.iso_accuracy(router_curve, acc_target), "cascade": C.iso_accuracy(all_cascade, acc_target)}
-           for target, acc_target in (("teacher", acc[TEACHER]), ("best_student", acc[best]))}
-
+def routed_section(setup: Setup, test: dict, choose: dict, points: Points, right: dict, best: str) -> dict:
+    """The selector's own operating point (trainSelector's knob), the pre-hoc router of old."""
+    p = router_policy(setup.models, setup.macs, setup.students, setup.knob, setup.tie_margin, setup.selector_macs)
+    d = replay(p, test)
+    y = test["labels"]
+    names = [setup.models[k] for k in setup.students]
+    routed_right = d.pred == y
+    share = np.bincount(d.route, minlength=len(setup.models)) / len(y)
+    budget = score(p, choose).macs
+    same = points.pick(points.family("cascade"), budget=budget)
+    same_row = None
+    if same is not None:
+        s = points.sel[same].policy
+        same_row = {"cascade": ">".join(_params(s)["chain"]), "threshold": s.steps[0].threshold if s.steps else 0.0,
+                    "thresholds": [st.threshold for st in s.steps], "select_accuracy": points.sel[same].accuracy,
+                    "select_budget_macs": budget, "accuracy": points.test[same].accuracy,
+                    "macs_per_image": points.test[same].macs}
+    correct = np.stack([right[k] for k in names], 1)
+    random_right = sum(share[i] * right[k].astype(np.float64) for i, k in enumerate(names))
+    ci = {"routed_minus_best_student": C.paired_bootstrap(routed_right.astype(float) - right[best]),
+          "routed_minus_random": C.paired_bootstrap(routed_right - random_right),
+          "routed_minus_cascade_same_macs": (C.paired_bootstrap(routed_right.astype(float) - points.test[same].right)
+                                             if same is not None else None)}
     one = correct.sum(1) == 1
-    sel_route_test = router_routes(test["selector_scores"], names, macs, tie_margin, knob, None)
     selector = {
         "exactly_one_right": int(one.sum()),
-        "accuracy_on_exactly_one_right": float(correct[one, sel_route_test[one]].mean()) if one.any() else None,
-        "cascade_accuracy_on_exactly_one_right": float(c_right[one].mean()) if one.any() and same else None,
-        "route_share": {k: float((sel_route_test == i).mean()) for i, k in enumerate(names)},
-        "macs_share_of_cheapest_student": macs[SELECTOR] / min(macs[k] for k in names),
+        "accuracy_on_exactly_one_right": float(correct[one, d.route[one]].mean()) if one.any() else None,
+        "cascade_accuracy_on_exactly_one_right": (float(points.test[same].right[one].mean())
+                                                  if one.any() and same is not None else None),
+        "route_share": {k: float(share[i]) for i, k in enumerate(names)},
+        "macs_share_of_cheapest_student": setup.selector_macs / min(setup.macs[k] for k in setup.students),
+    }
+    routed = {"accuracy": float(routed_right.mean()), "macs_per_image": float(d.macs.mean()),
+              "route_share": {k: float(share[i]) for i, k in enumerate(names)}, "knob": setup.knob,
+              "escalate_threshold": None, "students": names, "tie_margin": setup.tie_margin}
+    return {"routed": routed, "same": same_row, "ci": ci, "selector": selector,
+            "random": float(random_right.mean()), "correct": correct}
+
+
+def iso_section(points: Points, targets: dict) -> tuple[dict, dict]:
+    """Per target and family: the cheapest point whose *select* accuracy reaches the target's select
+    accuracy, with its test accuracy and MACs (None: none reaches it)."""
+    fams = sorted({s.policy.family for s in points.sel} - {"single"})
+    detail = {}
+    for name, target in targets.items():
+        detail[name] = {}
+        for fam in fams:
+            idx = points.family(fam)
+            reach = [i for i in idx if points.sel[i].accuracy >= target - 1e-12]
+            i = min(reach, key=lambda i: (points.sel[i].macs, -points.sel[i].accuracy)) if reach else None
+            detail[name][fam] = None if i is None else points.row(i)
+    flat = {name: {"router": (d.get("router") or {}).get("macs_per_image"),
+                   "cascade": (d.get("cascade") or {}).get("macs_per_image")} for name, d in detail.items()}
+    return flat, detail
+
+
+def comparisons(points: Points, deployed: int | None, target: float) -> dict:
+    """The differences the issue's claims rest on, each at equal MACs (chosen on select), with CIs."""
+    pick = lambda *fams: points.pick(points.family(*fams), target)  # noqa: E731
+    committee = [f + COMMITTEE for f in REPLACE_FAMILIES]
+    return {
+        "policy_minus_cascade_same_macs": compare(points, deployed, points.family("cascade")),
+        "learned_minus_max_softmax": compare(points, pick("learned"), points.family("cascade")),
+        "hybrid_minus_cascade": compare(points, pick("hybrid"), points.family("cascade")),
+        "committee_minus_replace": compare(points, pick(*committee), points.family(*REPLACE_FAMILIES)),
     }
 
+
+def compression_section(costs: dict, names: list[str], routed_macs: float) -> tuple[dict, dict]:
     routed_params = costs[SELECTOR]["params"] + sum(costs[k]["params"] for k in names)
     routed_bytes = costs[SELECTOR]["bytes"] + sum(costs[k]["bytes"] for k in names)
     bundle = [TEACHER, *names, SELECTOR]
     systems = {
         "routed": {"params": routed_params, "bytes": routed_bytes, "macs": routed_macs},
-        # the bundle runs as the routed system (the teacher only takes escalated images)
         "bundle": {"params": sum(costs[k]["params"] for k in bundle),
                    "bytes": sum(costs[k]["bytes"] for k in bundle), "macs": routed_macs},
     }
@@ -160,25 +206,88 @@ def summarize(test: dict, select: dict, costs: dict, *, names: list[str], tie_ma
             "macs_reduction": _reduction(v["macs"], t["macs"])}
         for k, v in {**costs, **systems}.items()
     }
+    return systems, compression
+
+
+# ---------------------------------------------------------------- report.json
+
+
+def summarize(test: dict, select: dict, costs: dict, *, names: list[str], tie_margin: float, knob: float,
+              heldout: list[int] | None, meta: dict, policy: Policy, spare: dict | None = None) -> dict:
+    """report.json's content from the per-image arrays of `test`, `select` (and `spare`).
+
+    costs: name -> {role, arch, params, bytes, macs} for the teacher, the routed students (`names`,
+    route order = ascending MACs), other students and the selector.
+    """
+    y = test["labels"]
+    if len(y) == 0:
+        raise MoskdError("the evaluation split holds no images; raise --limit")
+    lg = logits_of(test)
+    right = {k: v.argmax(1) == y for k, v in lg.items()}
+    acc = {k: float(v.mean()) for k, v in right.items()}
+    sel_acc = {k: float((select[f"logits_{k}"].argmax(1) == select["labels"]).mean()) for k in names}
+    best = max(names, key=lambda k: (sel_acc[k], -costs[k]["macs"]))  # chosen on select
+    setup = make_setup(names, costs, tie_margin, knob)
+    choose, learn, _ = split_choose_learn(select, heldout, spare)
+    points = Points(candidates(setup, choose, learn), choose, test)
+    targets = {"teacher": resolve_target("teacher", choose, setup),
+               "best_student": resolve_target("best-student", choose, setup)}
+    dep = policy_section(policy, test, names, acc, best, right)
+    deployed = next((i for i, s in enumerate(points.sel) if s.policy.to_dict() | {"target": {}}
+                     == policy.to_dict() | {"target": {}}), None)
+    if deployed is None:  # fitted with other settings (--budget-macs, another target): score it as it is
+        points.sel.append(score(policy, choose))
+        points.test.append(score(policy, test))
+        deployed = len(points.sel) - 1
+    r = routed_section(setup, test, choose, points, right, best)
+    flat_iso, iso_points = iso_section(points, targets)
+    under = points.pick(list(range(len(points.sel))), budget=setup.macs[setup.teacher])
+    cmp = comparisons(points, deployed, targets["teacher"])
+    dep_right = dep.pop("_right")
+    ci = {**r["ci"],
+          "policy_minus_teacher": C.paired_bootstrap(dep_right.astype(float) - right[TEACHER]),
+          "policy_minus_best_student": C.paired_bootstrap(dep_right.astype(float) - right[best]),
+          **{k: (v["ci95"] if v else None) for k, v in cmp.items()}}
+    oracle = float(r["correct"].any(1).mean())
+    denom = oracle - acc[best]
+    conf = np.stack([C.max_softmax(lg[k]) for k in names], 1)
+    systems, compression = compression_section(costs, names, r["routed"]["macs_per_image"])
+    families = sorted({s.policy.family for s in points.sel} - {"single"})
     return {
-        **meta, "num_images": n,
-        "models": model_rows(lg, y, costs, num_classes),
-        "routed": {"accuracy": routed_acc, "macs_per_image": routed_macs, "route_share": route_share,
-                   "knob": knob, "escalate_threshold": escalate, "students": names, "tie_margin": tie_margin,
-                   "params": routed_params, "bytes": routed_bytes},
+        **meta, "num_images": int(len(y)),
+        "models": model_rows(lg, y, costs, lg[TEACHER].shape[1]),
+        "policy": {**dep, "best_under_teacher_macs": None if under is None else points.row(under)},
+        "routed": {**r["routed"], "params": systems["routed"]["params"], "bytes": systems["routed"]["bytes"]},
         "oracle": {"accuracy": oracle},
-        "baselines": {**{f"always_{k}": acc[k] for k in names},
-                      # expectation over random routers sending the same shares to each route
-                      "random_same_share": float(random_right.mean()),
-                      "most_confident": confident},
+        "baselines": {**{f"always_{k}": acc[k] for k in names}, "random_same_share": r["random"],
+                      "most_confident": float(r["correct"][np.arange(len(y)), conf.argmax(1)].mean())},
         "best_single_student": best,
-        "gap_closed": (routed_acc - acc[best]) / denom if denom > 1e-12 else None,
-        "cascade_same_macs": same,
-        "curves": {"router": router_curve, "cascade": cascade_curves,
-                   "random": C.random_curve(correct, [macs[k] for k in names], names)},
-        "iso_accuracy": iso,
-        "ci95": ci95,
-        "selector": selector,
+        "gap_closed": (r["routed"]["accuracy"] - acc[best]) / denom if denom > 1e-12 else None,
+        "cascade_same_macs": r["same"],
+        "comparisons": {k: v for k, v in cmp.items()},
+        "curves": {"router": [{"knob": s.policy.entry["knob"], "accuracy": t.accuracy, "macs_per_image": t.macs,
+                               "select_accuracy": s.accuracy, "share": {k: t.share[k] for k in names}}
+                              for s, t in sorted(((points.sel[i], points.test[i]) for i in points.family("router")),
+                                                 key=lambda st: st[1].macs)],
+                   "cascade": _chain_curves(points),
+                   "random": C.random_curve(r["correct"], [costs[k]["macs"] for k in names], names),
+                   "families": {fam: points.curve(points.family(fam)) for fam in families}},
+        "iso_accuracy": flat_iso, "iso_points": iso_points,
+        "select_targets": targets,
+        "ci95": ci,
+        "selector": r["selector"],
         "systems": systems,
         "compression": compression,
     }
+
+
+def _chain_curves(points: Points) -> dict:
+    """Max-softmax replacing cascades per chain ("a>b", "a>b>c"): their select-Pareto points on test."""
+    by_chain: dict[str, list[int]] = {}
+    for i in points.family("cascade"):
+        by_chain.setdefault(">".join(_params(points.sel[i].policy)["chain"]), []).append(i)
+    return {k: [{**row, "threshold": row["params"]["thresholds"][0]} for row in points.curve(idx)]
+            for k, idx in by_chain.items()}
+
+
+

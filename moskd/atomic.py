@@ -43,6 +43,17 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
     return write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
+def write_npz(path: str | os.PathLike, arrays: dict) -> Path:
+    """Arrays as a compressed .npz, written atomically (numpy writes to memory first, then write_bytes)."""
+    import io
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    return write_bytes(path, buf.getvalue())
+
+
 def read_json(path: str | os.PathLike) -> Any:
     path = Path(path)
     try:

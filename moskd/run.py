@@ -7,7 +7,8 @@ All stages of one experiment share one folder (DESIGN.md, "Data flow and the run
                            cache/views-k<K>.pt (the teacher-logit cache)
     RUN/students/<name>/   the same files; <arch> distilled, <arch>-baseline trained without a teacher
     RUN/selector/          the same files and labels.pt
-    RUN/report.json report.md plots/*.png eval/{select,test}.npz eval/meta.json
+    RUN/policy.json        the routing policy (moskd.policy), fitted on `select` by `moskd policy`
+    RUN/report.json report.md plots/*.png eval/{select,test[,spare]}.npz eval/meta.json
     RUN/report-limit<N>/   a `--limit N` evaluation (the same report files), beside the full one
     RUN/sweep/<run>/       `moskd sweep` runs; RUN/sweep/<arch>-{results.md,results.csv,runs.csv}
     RUN/seed<k>/           with `--seeds`: one whole run per seed; RUN/seeds.json, RUN/seeds.md
@@ -115,6 +116,10 @@ class ReportDir:
     @property
     def eval_meta(self) -> Path:
         return self.eval / "meta.json"
+
+    @property
+    def policy(self) -> Path:
+        return self.path / "policy.json"
 
 
 # The stages in pipeline order: what each leaves in the run directory and the command that makes it.
@@ -311,6 +316,23 @@ class RunDir:
         for s in students[1:]:  # one preprocessed batch feeds them all: the cheapest student's normalisation
             s.model = adapt_input(s.model, s.card, students[0].card, s.path)
         return students
+
+    @property
+    def policy(self) -> Path:
+        """The deployed routing policy (moskd.policy), fitted on `select` by `moskd policy`/`moskd report`."""
+        return self.report().policy
+
+    def load_policy(self, limit: int | None = None):
+        """RUN/policy.json as a moskd.policy.Policy, or None when no policy was fitted yet."""
+        from moskd.policy import Policy, PolicyError
+
+        path = self.report(limit).policy
+        if not path.is_file():
+            return None
+        try:
+            return Policy.from_dict(read_json(path))
+        except PolicyError as e:
+            raise MoskdError(f"{path}: {e}; refit it with moskd policy --run-dir {self.root}") from None
 
     def load_selector(self) -> dict:
         """The selector checkpoint (weights and card: route order, costs, operating point)."""

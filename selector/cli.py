@@ -13,7 +13,7 @@ With --labels-from select+spare it also trains on the `spare` images (the traini
 and a held-out part that
 (1) chooses its checkpoint by routed accuracy (the accuracy of the student each image is routed
 to), (2) calibrates its scores per student (Platt scaling: sigmoid(score) = P(student right)), and
-(3) chooses the router's operating point: the cost knob (see selector.model.route_from_scores)
+(3) chooses the router's operating point: the cost knob (see moskd.policy.entry_routes)
 with the best routed accuracy, ties to fewer MACs. `test` is never read.
 """
 from __future__ import annotations

@@ -11,8 +11,8 @@ Registered as `selector_cnn`, so moskd.models.build_model_from_checkpoint rebuil
 selector checkpoint's card (the selector stage declares this module, so moskd.models imports it
 on demand).
 
-The routing rule lives here too because training (checkpoint selection by routed accuracy) and
-the inference router must apply exactly the same rule.
+The routing rule it feeds (the cost knob, the tie margin) is the routing policy's entry rule and
+lives in moskd.policy, the one place every path decides through.
 """
 from __future__ import annotations
 
@@ -64,50 +64,3 @@ class SelectorCNN(nn.Module):
 def selector_cnn(num_classes: int, in_chans: int = 3, width: int = 32, dropout: float = 0.0) -> nn.Module:
     """num_classes is the number of students (the registry's common signature)."""
     return SelectorCNN(num_classes, in_chans, width, dropout)
-
-
-def relative_costs(macs) -> torch.Tensor:
-    """Each student's MACs over the dearest student's: the unit the router's cost knob is in."""
-    m = torch.as_tensor(macs, dtype=torch.float64)
-    return (m / m.max()).float()
-
-
-def route_from_scores(scores: torch.Tensor, tie_margin: float = 0.0, knob: float = 0.0,
-                      costs: torch.Tensor | None = None) -> torch.Tensor:
-    """One route per image from (B, S) scores; students are in route order (ascending MACs).
-
-    Each score is first charged for compute: score - knob * cost, with cost the student's MACs
-    relative to the dearest student (`relative_costs`). knob = 0 is the pure "most likely right"
-    rule; a large positive knob sends everything to the cheapest student, a large negative one to
-    the dearest, and the values in between trace the router's accuracy-vs-MACs curve (the
-    operating knob is chosen on `select`). The best charged score wins, but any student within
-    `tie_margin` of the best counts as a tie and the cheapest of the tied students is taken: when
-    the selector cannot tell two students apart, the cheaper one costs less for the same expected
-    accuracy. The rule looks only at the image's own scores, so a route never depends on the rest
-    of the batch.
-    """
-    if knob and costs is not None:
-        scores = scores - knob * costs.to(scores.device, scores.dtype)
-    best = scores.max(dim=1, keepdim=True).values
-    near = scores >= best - tie_margin  # the best student is always in this set
-    # first True along dim 1 = the cheapest near-best student
-    return near.to(torch.uint8).argmax(dim=1)
-
-
-def knob_grid(scores: torch.Tensor, costs: torch.Tensor, tie_margin: float = 0.0, points: int = 21) -> list[float]:
-    """Cost-knob values that sweep the router from all-dearest (first) to all-cheapest (last).
-
-    An image leaves the cheapest student for student j once knob < (s_j - s_0 - tie_margin) /
-    (c_j - c_0), so the quantiles of those switch points spread the sweep evenly over route
-    shares; a margin of 1 beyond the extreme switch points pins both ends, and an even grid between
-    them keeps at least `points` values when scores coincide.
-    """
-    s, c = scores.double(), costs.double().to(scores.device)
-    if s.shape[1] < 2 or len(s) == 0:
-        return [0.0]
-    dc = (c[1:] - c[0]).clamp_min(1e-9)
-    switch = ((s[:, 1:] - s[:, :1] - tie_margin) / dc).flatten()
-    lo, hi = switch.min().item() - 1.0, switch.max().item() + 1.0
-    qs = torch.quantile(switch, torch.linspace(0, 1, points, dtype=torch.float64)).tolist()
-    even = torch.linspace(lo, hi, points, dtype=torch.float64).tolist()
-    return sorted({round(v, 6) for v in [lo, hi, 0.0, *qs, *even]})

@@ -20,7 +20,16 @@ from moskd.run import SPLIT_KEYS, RunDir, write_json
 from moskd.runtime import Runtime, log, show_progress
 from selector.cli import TARGETS, SelectorConfig, main  # noqa: F401  (re-exported)
 from selector.labels import complementary_partition, describe, label_split, owner_targets, save_labels
-from selector.model import MAC_BUDGET, knob_grid, relative_costs, route_from_scores
+from moskd.policy import entry_routes, knob_grid, relative_costs
+from selector.model import MAC_BUDGET
+
+
+def routes(scores: torch.Tensor, tie_margin: float, knob: float = 0.0, macs: list[int] | None = None
+           ) -> torch.Tensor:
+    """The policy's selector entry rule (moskd.policy.entry_routes) on torch scores."""
+    costs = relative_costs(macs) if macs is not None else None
+    r = entry_routes(scores.detach().float().cpu().numpy(), tie_margin, knob, costs)
+    return torch.from_numpy(r).to(scores.device)
 
 
 def holdout_split(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,7 +64,7 @@ def routed_accuracy(tie_margin: float):
     better-calibrated epoch, whose scores the cascade's threshold relies on.
     """
     def metric(logits: torch.Tensor, batch) -> tuple[float, int]:
-        route = route_from_scores(logits.sigmoid(), tie_margin)
+        route = routes(logits.sigmoid(), tie_margin)
         right = batch[3].gather(1, route[:, None]).sum().item()
         bce = F.binary_cross_entropy_with_logits(logits, batch[2], reduction="sum").item() / batch[2].shape[1]
         return right - TIE_BREAK * bce, len(route)
@@ -166,14 +175,14 @@ def fit_platt(logits: torch.Tensor, correct: torch.Tensor, steps: int = 200) -> 
 def routed_stats(scores: torch.Tensor, correct: torch.Tensor, macs: list[int], tie_margin: float,
                  knob: float) -> tuple[float, float]:
     """(accuracy, student MACs per image) of routing these images at `knob`."""
-    route = route_from_scores(scores, tie_margin, knob, relative_costs(macs))
+    route = routes(scores, tie_margin, knob, macs)
     cost = torch.tensor(macs, dtype=torch.float64)[route].mean().item()
     return correct.gather(1, route[:, None]).float().mean().item(), cost
 
 
 def choose_knob(scores: torch.Tensor, correct: torch.Tensor, macs: list[int], tie_margin: float) -> dict:
     """The operating point on held-out `select` images: best routed accuracy, ties to fewer MACs."""
-    grid = knob_grid(scores, relative_costs(macs), tie_margin)
+    grid = knob_grid(scores.double().cpu().numpy(), relative_costs(macs), tie_margin)
     points = [(k, *routed_stats(scores, correct, macs, tie_margin, k)) for k in grid]
     knob, acc, cost = max(points, key=lambda p: (round(p[1], 12), -p[2]))
     return {"knob": knob, "accuracy": acc, "student_macs": cost,
@@ -183,7 +192,7 @@ def choose_knob(scores: torch.Tensor, correct: torch.Tensor, macs: list[int], ti
 def heldout_summary(scores: torch.Tensor, correct: torch.Tensor, tie_margin: float, knob: float,
                     names: list[str], macs: list[int]) -> dict:
     """Routed accuracy at the operating point on the held-out part, beside always-one-student and oracle."""
-    route = route_from_scores(scores, tie_margin, knob, relative_costs(macs))
+    route = routes(scores, tie_margin, knob, macs)
     out = {"heldout_images": len(route), "heldout_routed_acc": correct.gather(1, route[:, None]).mean().item(),
            "heldout_oracle": correct.max(1).values.mean().item()}
     out.update({f"heldout_always_{n}": correct[:, i].mean().item() for i, n in enumerate(names)})
