@@ -18,11 +18,35 @@ def _pyplot():
     return plt
 
 
+FAMILY_STYLES = {"router": ("tab:red", "-"), "cascade": ("tab:blue", "-"), "hybrid": ("tab:orange", "-"),
+                 "learned": ("tab:green", "-"), "cascade-committee": ("tab:blue", "--"),
+                 "hybrid-committee": ("tab:orange", "--"), "learned-committee": ("tab:green", "--")}
+
+
 def plot_accuracy_vs_macs(r: dict, path: Path) -> None:
-    """One figure holding every system: each model as a point, the router's knob curve, each
-    max-softmax cascade, random routing, the routed operating point and the oracle."""
+    """Two panels. Left: every policy family's select-chosen points (its select-Pareto front, scored on
+    test), each model and the deployed policy. Right: the selector's knob curve, each max-softmax
+    cascade, random routing, the selector's operating point and the oracle."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, (pax, ax) = plt.subplots(1, 2, figsize=(14, 5), sharey=True)
+    for fam, curve in r["curves"].get("families", {}).items():
+        color, style = FAMILY_STYLES.get(fam, ("tab:gray", ":"))
+        pax.plot([p["macs_per_image"] for p in curve], [p["accuracy"] for p in curve], style, color=color,
+                 marker=".", label=fam, alpha=0.85)
+    for k, v in r["models"].items():
+        if v["accuracy"] is not None:
+            pax.scatter(v["macs"], v["accuracy"], marker="s" if v["role"] == "teacher" else "o", color="black", s=30,
+                        zorder=4)
+            pax.annotate(k, (v["macs"], v["accuracy"]), textcoords="offset points", xytext=(5, 4), fontsize=7)
+    pol = r["policy"]
+    pax.scatter(pol["macs_per_image"], pol["accuracy"], marker="*", s=260, color="gold", edgecolor="black",
+                label=f"deployed ({pol['family']})", zorder=5)
+    pax.set_xscale("log")
+    pax.set_xlabel("MACs per image")
+    pax.set_ylabel(f"top-1 accuracy on {r['split']}")
+    pax.set_title("routing policies (points chosen on select)")
+    pax.grid(alpha=0.3)
+    pax.legend(loc="lower right", fontsize=7)
     ax.plot([p["macs_per_image"] for p in r["curves"]["router"]], [p["accuracy"] for p in r["curves"]["router"]],
             "-", color="tab:red", marker=".", label="router (cost knob swept)", zorder=3)
     for i, (key, curve) in enumerate(r["curves"]["cascade"].items()):
@@ -41,12 +65,11 @@ def plot_accuracy_vs_macs(r: dict, path: Path) -> None:
     ax.scatter(sum(r["models"][k]["macs"] for k in students), r["baselines"]["most_confident"], marker="P", s=80,
                color="tab:purple", label="more-confident student (runs all)", zorder=4)
     ax.scatter(r["routed"]["macs_per_image"], r["routed"]["accuracy"], marker="*", s=220, color="tab:red",
-               edgecolor="black", label="routed (operating point)", zorder=5)
+               edgecolor="black", label="selector alone (operating point)", zorder=5)
     ax.axhline(r["oracle"]["accuracy"], linestyle=":", color="tab:green", label="oracle (any student right)")
     ax.set_xscale("log")
     ax.set_xlabel("MACs per image")
-    ax.set_ylabel(f"top-1 accuracy on {r['split']}")
-    ax.set_title(f"{r['dataset']}: accuracy vs compute ({r['num_images']} images)")
+    ax.set_title(f"{r['dataset']}: selector, cascades, random ({r['num_images']} images)")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=7)
     fig.tight_layout()

@@ -212,7 +212,10 @@ class Policy:
         """One line: the chain, its thresholds and how answers combine."""
         start = ("selector(" + "|".join(self.models[k] for k in self.entry["students"])
                  + f", knob {self.entry['knob']:.4g})") if self.selector else self.models[self.entry["model"]]
-        steps = "".join(f" >[{s.score} < {s.threshold:.4g}] {self.models[s.target]}" for s in self.steps)
+        by_rule: dict = {}
+        for s in self.steps:  # steps with one rule, threshold and target read as one
+            by_rule.setdefault((s.score, round(s.threshold, 6), s.target), []).append(self.models[s.source])
+        steps = "".join(f" >[{score} < {t:.4g}] {self.models[target]}" for (score, t, target) in by_rule)
         return f"{self.family}: {start}{steps}" + (" (committee: mean probabilities)" if self.combine == "mean" else "")
 
     def to_dict(self) -> dict:

@@ -39,10 +39,32 @@ def report_rows(r: dict) -> dict[str, float | None]:
         "router_macs_at_teacher_accuracy": r["iso_accuracy"]["teacher"]["router"],
         "cascade_macs_at_teacher_accuracy": r["iso_accuracy"]["teacher"]["cascade"],
     })
+    rows.update(policy_rows(r))
     for k, m in r["models"].items():
         base = r["models"].get(f"{k}-baseline")
         if m["role"] == "student" and base is not None and base["accuracy"] is not None:
             rows[f"kd_gain_{k}"] = m["accuracy"] - base["accuracy"]
+    return rows
+
+
+def policy_rows(r: dict) -> dict[str, float | None]:
+    """The deployed routing policy's rows (DESIGN.md, "Routing policy") and each comparison's difference."""
+    pol = r.get("policy")
+    if not pol:  # a report from before the routing policy
+        return {}
+    under = pol.get("best_under_teacher_macs") or {}
+    cmp = r.get("comparisons", {})
+    rows = {"policy": pol["accuracy"], "policy_macs_per_image": pol["macs_per_image"],
+            "policy_macs_share_of_teacher": pol["macs_per_image"] / r["models"]["teacher"]["macs"],
+            "policy_minus_teacher": pol["minus_teacher"], "policy_minus_best_student": pol["minus_best_student"],
+            "policy_best_under_teacher_macs": under.get("accuracy"),
+            "policy_best_under_teacher_macs_minus_teacher": (under["accuracy"] - r["models"]["teacher"]["accuracy"]
+                                                             if under else None)}
+    for key in ("policy_minus_cascade_same_macs", "learned_minus_max_softmax", "hybrid_minus_cascade",
+                "committee_minus_replace"):
+        rows[key] = (cmp.get(key) or {}).get("difference")
+    for fam, row in r.get("iso_points", {}).get("teacher", {}).items():
+        rows[f"{fam}_macs_at_teacher_accuracy"] = row["macs_per_image"] if row else None
     return rows
 
 

@@ -11,7 +11,7 @@ from torch import nn
 from moskd.checkpoint import load_checkpoint
 from moskd.precision import policy
 from selector.labels import owner_targets
-from selector.model import route_from_scores
+from moskd.policy import entry_routes
 from selector.train import main as selector_main
 from moskd.run import RunDir
 from students.complementary import build_partition, class_confusion, cluster_classes, image_weights
@@ -120,7 +120,7 @@ def train_selector(x, target: torch.Tensor) -> nn.Module:
 
 @torch.no_grad()
 def routed_accuracy(students, selector, x, y) -> float:
-    route = route_from_scores(selector(x).sigmoid())
+    route = torch.from_numpy(entry_routes(selector(x).sigmoid().numpy()))
     answers = torch.stack([s(x).argmax(1) for s in students], 1).gather(1, route[:, None])[:, 0]
     return (answers == y).float().mean().item()
 

@@ -18,7 +18,8 @@ from moskd.data import load_data
 from moskd.models import build_model_from_checkpoint, create_model, register_model
 from moskd.profile import count_macs
 from selector.labels import label_stats, make_labels, preferred_routes
-from selector.model import MAC_BUDGET, route_from_scores
+from moskd.policy import entry_routes
+from selector.model import MAC_BUDGET
 from selector.train import holdout_split, main as train_selector
 from tests.conftest import TinyCNN
 
@@ -261,7 +262,7 @@ def test_route_rule_is_shared_with_training_metric():
     # same routes, same accuracy, better calibrated: scores higher (the checkpoint tie-break)
     sharper, _ = routed_accuracy(0.05)(torch.tensor([[6.0, -6.0], [-6.0, 6.0]]), (None, None, correct, correct))
     assert total < sharper <= 2.0
-    assert route_from_scores(logits.sigmoid(), 0.05).tolist() == [0, 1]
+    assert entry_routes(logits.sigmoid().numpy(), 0.05).tolist() == [0, 1]
 
 
 def test_student_with_other_normalisation_is_adapted_not_refused():
