@@ -96,13 +96,14 @@ class Bundle:
             raise BundleError(f"{path}: no runnable routing policy ({e}); export the bundle again") from None
         self.route_names = list(self.policy.models)
         self.names = list(m["students"])  # the selector's students, in route order
+        self.selector = self._load(m["selector"], threads) if self.policy.selector else None
+        self.selector_macs = int(self.policy.selector_macs)
         entries = {e["name"]: e for e in m["models"]}
         self.programs = []
         for k, name in enumerate(self.route_names):
             if k in self.policy.used() and name not in entries:
                 raise BundleError(f"{path}: the policy runs {name}, which the bundle does not hold; export it again")
             self.programs.append(self._load(entries[name], threads) if name in entries else None)
-        self.selector = self._load(m["selector"], threads) if self.policy.selector else None
         c = len(m["mean"])
         self._mean = np.asarray(m["mean"], dtype=np.float32).reshape(1, c, 1, 1)
         self._std = np.asarray(m["std"], dtype=np.float32).reshape(1, c, 1, 1)

@@ -1,5 +1,6 @@
 """Deployment bundle: export in both formats, the bundle equals the run, it runs in a fresh process
-without training code (ONNX: without torch), its routing rule equals the selector's, bad bundles."""
+without training code (ONNX: without torch), bad bundles. (A policy with deferral, committees and the
+teacher on every path: tests/test_one_path.py.)"""
 from __future__ import annotations
 
 import json
@@ -12,45 +13,34 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from PIL import Image
-from torch import nn
 
-from inference.bundle import load_bundle, route_scores
+from inference.bundle import load_bundle
 from inference.export import export_run
 from inference.export import main as export_main
 from inference.predict import main as inference_main
-from inference.router import Router, load_router
+from inference.router import load_router
 from moskd.data import load_data, normalize
-from selector.model import route_from_scores
 from tests.test_selector import trained_run  # noqa: F401  (session fixture: a tiny trained run)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = Path(__file__).resolve().parent.parent
-TRAINING = ("moskd", "selector", "students", "teacher", "timm", "torchvision")
+TRAINING = ("selector", "students", "teacher", "timm", "torchvision")
+CORE_ALLOWED = {"moskd", "moskd.policy"}  # the routing policy is numpy only; nothing else of moskd loads
 
 
 @pytest.fixture(scope="session")
 def bundles(trained_run, tmp_path_factory):  # noqa: F811
+    """Both formats of the tiny run, which has no RUN/policy.json: the selector alone routes."""
     root = tmp_path_factory.mktemp("bundles")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        # the ONNX bundle escalates half the test images to the teacher, so every route is exercised
-        run = load_router(trained_run)
-        best = run.router(_test_batch(run)).scores.max(1).values
-        # halfway across the widest gap between neighbouring scores in the middle third: no score sits
-        # near the threshold, where ONNX's last-bit differences from torch could flip an image's route
-        ordered = best.unique().sort().values
-        lo, hi = max(1, len(ordered) // 3), max(2, 2 * len(ordered) // 3)
-        i = lo + int((ordered[lo:hi] - ordered[lo - 1:hi - 1]).argmax())
-        tau = float((ordered[i - 1] + ordered[i]) / 2)
         export_run(trained_run, root / "torch", "torch", log=lambda *_: None)
-        export_run(trained_run, root / "onnx", "onnx", escalate=tau, log=lambda *_: None)
+        export_run(trained_run, root / "onnx", "onnx", log=lambda *_: None)
     finally:
         torch.set_num_threads(threads)
-    return {"torch": (root / "torch", None), "onnx": (root / "onnx", tau)}
+    return {"torch": (root / "torch", None), "onnx": (root / "onnx", None)}
 
 
 def _test_batch(run, n: int | None = None) -> torch.Tensor:
@@ -58,17 +48,18 @@ def _test_batch(run, n: int | None = None) -> torch.Tensor:
     return normalize(images, torch.tensor(run.card["mean"]), torch.tensor(run.card["std"]))
 
 
-def test_manifest_names_every_model_file_macs_and_the_operating_point(bundles, trained_run):  # noqa: F811
-    for fmt, (path, tau) in bundles.items():
+def test_manifest_names_every_model_file_macs_and_the_policy(bundles, trained_run):  # noqa: F811
+    for fmt, (path, _) in bundles.items():
         m = json.loads((path / "manifest.json").read_text())
-        run = load_router(trained_run, tau)
+        run = load_router(trained_run)
         assert m["format"] == fmt and m["class_names"] == run.class_names
         assert m["input_size"] == run.card["input_size"] and m["mean"] == run.card["mean"]
-        assert [s["name"] for s in m["students"]] == run.router.names  # route order
-        assert [s["macs"] for s in m["students"]] == [s.macs for s in run.students]
-        assert m["routing"]["tie_margin"] == run.router.tie_margin and m["routing"]["escalate"] == tau
-        assert (m["teacher"] is not None) == (tau is not None)
-        entries = [m["selector"], *m["students"], *([m["teacher"]] if m["teacher"] else [])]
+        assert m["students"] == run.router.names  # route order
+        assert m["policy"] == run.router.policy.to_dict() and m["policy"]["family"] == "router"
+        assert m["policy"]["entry"]["knob"] == run.card["knob"]  # the selector's operating knob travels
+        assert [e["name"] for e in m["models"]] == run.router.names  # the teacher is not reached: not bundled
+        assert [e["macs"] for e in m["models"]] == [s.macs for s in run.students]
+        entries = [m["selector"], *m["models"]]
         assert all((path / e["file"]).is_file() and e["file"].endswith(".pt2" if fmt == "torch" else ".onnx")
                    for e in entries)
         assert not list(path.glob("*.pt"))  # no checkpoints travel with the bundle
@@ -76,14 +67,12 @@ def test_manifest_names_every_model_file_macs_and_the_operating_point(bundles, t
 
 @pytest.mark.parametrize("fmt", ["torch", "onnx"])
 def test_bundle_equals_the_run_on_the_test_split(bundles, trained_run, fmt):  # noqa: F811
-    path, tau = bundles[fmt]
-    run = load_router(trained_run, tau)
+    path, _ = bundles[fmt]
+    run = load_router(trained_run)
     images = load_data("digits").splits["test"].images  # (N, 1, 8, 8) uint8, the whole split
     want = run.router(_test_batch(run))
     got = load_bundle(path).run(images.numpy())
     assert got.routes.tolist() == want.routes.tolist()
-    if tau is not None:
-        assert 0 < (got.routes == len(run.students)).sum() < len(images)  # teacher and students both answer
     assert got.logits.argmax(1).tolist() == want.logits.argmax(1).tolist()
     assert np.abs(got.logits - want.logits.numpy()).max() <= 1e-4
     assert np.abs(got.scores - want.scores.numpy()).max() <= 1e-5
@@ -96,7 +85,7 @@ def _png(path: Path, a: np.ndarray) -> Path:
 
 @pytest.mark.parametrize("fmt", ["torch", "onnx"])
 def test_bundle_runs_in_a_fresh_process_without_training_code(bundles, trained_run, tmp_path, fmt):  # noqa: F811
-    path, tau = bundles[fmt]
+    path, _ = bundles[fmt]
     images = load_data("digits").splits["test"].images[:12, 0].numpy()
     files = [_png(tmp_path / f"{i}.png", a) for i, a in enumerate(images)]
     script = textwrap.dedent(f"""
@@ -109,7 +98,9 @@ def test_bundle_runs_in_a_fresh_process_without_training_code(bundles, trained_r
         x = np.stack([read_image_array(Path(p), b.card) for p in {[str(f) for f in files]!r}])
         out = b.run(x)
         loaded = sorted({{m.split(".")[0] for m in sys.modules}})
-        print(json.dumps({{"labels": out.logits.argmax(1).tolist(), "routes": out.routes.tolist(), "modules": loaded}}))
+        core = sorted(m for m in sys.modules if m.split(".")[0] == "moskd")
+        print(json.dumps({{"labels": out.logits.argmax(1).tolist(), "routes": out.routes.tolist(), "modules": loaded,
+                          "core": core}}))
     """)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path,
@@ -117,9 +108,10 @@ def test_bundle_runs_in_a_fresh_process_without_training_code(bundles, trained_r
     assert res.returncode == 0, res.stderr
     got = json.loads(res.stdout.strip().splitlines()[-1])
     assert not set(TRAINING) & set(got["modules"]), got["modules"]
+    assert set(got["core"]) <= CORE_ALLOWED, got["core"]
     if fmt == "onnx":
         assert "torch" not in got["modules"] and "onnxruntime" in got["modules"]
-    run = load_router(trained_run, tau)
+    run = load_router(trained_run)
     want = run.router(normalize(torch.from_numpy(images[:, None]), torch.tensor(run.card["mean"]),
                                 torch.tensor(run.card["std"])))
     assert got["labels"] == want.logits.argmax(1).tolist() and got["routes"] == want.routes.tolist()
@@ -155,37 +147,3 @@ def test_bad_bundle_and_bad_export_are_one_line(bundles, trained_run, tmp_path, 
     assert code == 2 and "--force" in err and (broken / "manifest.json").is_file()  # nothing lost
     code, _, err = cli(export_main, ["--run-dir", str(tmp_path / "no-run"), "--out", str(tmp_path / "b")])
     assert code == 2 and "no such run directory" in err and "--run-dir" in err and not (tmp_path / "b").exists()
-
-
-def test_bundle_dispatch_keeps_order_and_equals_each_model_alone(bundles, trained_run, monkeypatch):  # noqa: F811
-    path, _ = bundles["torch"]
-    bundle, run = load_bundle(path), load_router(trained_run)
-    images = load_data("digits").splits["test"].images[:16]
-    routes = np.random.default_rng(0).integers(0, 2, len(images))  # both students, mixed positions
-    monkeypatch.setattr("inference.bundle.route_scores", lambda *a, **k: routes.copy())
-    got = bundle.run(images.numpy())
-    want = run.router.dispatch(_test_batch(run, 16), torch.from_numpy(routes))
-    assert np.abs(got.logits - want.detach().numpy()).max() <= 1e-4
-    assert got.macs.tolist() == [bundle.selector_macs + bundle.route_macs[r] for r in routes]
-
-
-# ---------------------------------------------------------------- the routing rule, twice
-
-
-scores_st = st.lists(st.lists(st.sampled_from([0.0, 0.1, 0.45, 0.5, 0.55, 0.9, 0.95, 1.0]) | st.floats(0, 1, width=32),
-                              min_size=2, max_size=2), min_size=1, max_size=20)
-
-
-@settings(max_examples=200, deadline=None)
-@given(scores=scores_st, margin=st.sampled_from([0.0, 0.05, 0.1, 0.5]) | st.floats(0, 1),
-       tau=st.none() | st.sampled_from([0.0, 0.5, 0.55, 1.1]) | st.floats(0, 1.2),
-       knob=st.sampled_from([0.0, -0.3, 0.2, 1.0]) | st.floats(-2, 2))
-def test_bundle_routing_equals_the_routers(scores, margin, tau, knob):
-    s = torch.tensor(scores, dtype=torch.float32)
-    costs = torch.tensor([0.25, 1.0])
-    router = Router(nn.Identity(), [nn.Identity(), nn.Identity()], nn.Identity() if tau is not None else None,
-                    escalate=tau, tie_margin=margin, knob=knob, costs=costs)
-    assert route_scores(s.numpy(), margin, tau, knob, costs.numpy()).tolist() == router.routes(s).tolist()
-    if tau is None:
-        assert (route_scores(s.numpy(), margin, None, knob, costs.numpy()).tolist()
-                == route_from_scores(s, margin, knob, costs).tolist())
