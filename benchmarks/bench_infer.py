@@ -33,9 +33,8 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_router's fixed route mix
-from bench_router import FixedMix, fixed_logits  # noqa: E402
+from bench_router import fixed_logits, fixed_mix_router  # noqa: E402
 
-from inference.router import Router  # noqa: E402
 from moskd.fold import FastPath, fast_model, prepare_input  # noqa: E402
 from moskd.models import create_model  # noqa: E402
 from moskd.profile import count_macs  # noqa: E402
@@ -91,7 +90,7 @@ def variants_for(raw: dict, example: torch.Tensor, batch: int, share: float, pat
         for k, m in fast.items():
             out[k][str(path)] = (lambda m, p: lambda x: m(prepare_input(x, p)))(m, path)
         if "routed" in wanted:
-            router = Router(FixedMix(fast["selector"], mix), [fast["googlenet"], fast["densenet121"]])
+            router = fixed_mix_router(fast["selector"], mix, fast["googlenet"], fast["densenet121"])
             out["routed"][str(path)] = (lambda r, p: lambda x: r(prepare_input(x, p)))(router, path)
     if onnx:
         folded = {k: fast_model(m, example, FastPath()) for k, m in raw.items()}
@@ -99,7 +98,7 @@ def variants_for(raw: dict, example: torch.Tensor, batch: int, share: float, pat
         for k, m in ort.items():
             out[k]["ort"] = m
         if "routed" in wanted:
-            out["routed"]["ort"] = Router(FixedMix(ort["selector"], mix), [ort["googlenet"], ort["densenet121"]])
+            out["routed"]["ort"] = fixed_mix_router(ort["selector"], mix, ort["googlenet"], ort["densenet121"])
     return out
 
 

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from inference.router import Router
+from moskd.policy import router_policy
 from moskd.models import create_model
 from moskd.profile import count_macs
 from selector.model import SelectorCNN
@@ -50,6 +51,12 @@ class FixedMix(nn.Module):
     def forward(self, x):
         self.selector(x)
         return self.fixed[: len(x)]
+
+
+def fixed_mix_router(selector: nn.Module, scores: torch.Tensor, cheap: nn.Module, dear: nn.Module) -> Router:
+    """The real Router running the selector-alone policy on a fixed route mix (knob 0, no tie margin)."""
+    policy = router_policy(["googlenet", "densenet121", "teacher"], [1.0, 2.0, 3.0], [0, 1], 0.0, 0.0, 0.0)
+    return Router(policy, [cheap, dear, None], FixedMix(selector, scores), num_students=2)
 
 
 def fixed_logits(n: int, cheap_share: float, seed: int = 0) -> torch.Tensor:
@@ -77,7 +84,7 @@ def bench_size(size: tuple[int, int, int], repeats: int, num_classes: int = 10) 
     dear = create_model("densenet121", num_classes, c).eval()
     sel = SelectorCNN(2, c).eval()
     x = torch.randn(BATCH, *size)
-    router = Router(FixedMix(sel, fixed_logits(BATCH, CHEAP_SHARE)), [cheap, dear], names=["googlenet", "densenet121"])
+    router = fixed_mix_router(sel, fixed_logits(BATCH, CHEAP_SHARE), cheap, dear)
     routes = router(x).routes
     share = (routes == 0).float().mean().item()
 

@@ -5,7 +5,7 @@
 Runs the run's router (checkpoints, eager, as `inference --run-dir --fast eager` does) and each
 bundle's runtime on every image of the split (the run's own dataset and split settings), and prints
 label and route agreement, the largest logit difference and each one's seconds (batches of 256).
-The bundle's escalation must match the run's (pass --escalate as given to moskd export).
+Both decide through the run's routing policy (RUN/policy.json; the bundle carries a copy).
 """
 from __future__ import annotations
 
@@ -30,9 +30,8 @@ def main(argv=None):
     p.add_argument("--run-dir", required=True)
     p.add_argument("--bundle", required=True, action="append")
     p.add_argument("--split", default="test")
-    p.add_argument("--escalate", type=float, default=None)
     a = p.parse_args(argv)
-    run = load_router(a.run_dir, a.escalate)
+    run = load_router(a.run_dir)
     cfg = run.selector_config
     data = load_data(run.card["dataset"], **{k: cfg[k] for k in ("split_seed", "select_fraction", "test_fraction")
                                              if k in cfg})

@@ -257,6 +257,8 @@ def report_run(run_dir, from_eval: bool = False, **kw) -> dict:
     else:
         report = evaluate_run(run_dir, **kw)
     paths = write_report(RunDir(run_dir).report(kw.get("limit")), report)
+    if kw.get("refit"):
+        print(f"policy: {report['policy']['description']} -> {RunDir(run_dir).report(kw.get('limit')).policy}")
     print(render_markdown(report))
     print(headline(report))
     print("wrote " + ", ".join(str(p) for p in paths))

@@ -27,7 +27,7 @@ RANGES: dict[str, tuple] = {
     "temperatures": (0, None, False, True), "teacher_cache": (0, None, True, True),
     "target_accuracy": (0, 1, False, True), "other_weight": (0, 1, False, True),
     "width": (1, None, True, True), "dropout": (0, 1, True, False), "holdout_fraction": (0, 1, False, False),
-    "tie_margin": (0, None, True, True), "escalate": (0, None, True, True),
+    "tie_margin": (0, None, True, True),
     "port": (0, 65535, True, True), "max_batch": (1, None, True, True), "max_bytes": (1, None, True, True),
     "max_wait_ms": (0, None, True, True), "threads": (1, None, True, True),
 }
