@@ -23,13 +23,23 @@ BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 HEADLINE = [  # (row, label) shown in README's table, in this order, when present
     ("teacher", "teacher ResNet50"), ("densenet121", "DenseNet121 distilled"),
     ("densenet121-baseline", "DenseNet121 baseline (no teacher)"), ("googlenet", "GoogLeNet distilled"),
-    ("googlenet-baseline", "GoogLeNet baseline (no teacher)"), ("routed", "**routed** (selector + one student)"),
+    ("googlenet-baseline", "GoogLeNet baseline (no teacher)"),
+    ("policy", "**deployed routing policy** (chosen on select)"),
+    ("policy_best_under_teacher_macs", "most accurate policy within the teacher's MACs (chosen on select)"),
+    ("routed", "selector alone (selector + one student)"),
     ("cascade_same_macs", "best max-softmax cascade at the routed MACs"),
     ("random_same_share", "random router, same shares"), ("oracle", "oracle (any student right)"),
 ]
-DIFFS = [("routed_minus_best_student", "routed − best single student"),
-         ("routed_minus_random", "routed − random router"),
-         ("routed_minus_cascade_same_macs", "routed − cascade at the routed MACs (chosen on select)"),
+DIFFS = [("policy_minus_teacher", "deployed policy − teacher"),
+         ("policy_minus_best_student", "deployed policy − best single student"),
+         ("policy_minus_cascade_same_macs", "deployed policy − best max-softmax cascade at its MACs"),
+         ("learned_minus_max_softmax", "learned deferral − max-softmax cascade at equal MACs"),
+         ("hybrid_minus_cascade", "hybrid (selector, then deferral) − cascade at equal MACs"),
+         ("committee_minus_replace", "committee − replacing answers at equal MACs"),
+         ("policy_best_under_teacher_macs_minus_teacher", "best policy within the teacher's MACs − teacher"),
+         ("routed_minus_best_student", "selector alone − best single student"),
+         ("routed_minus_random", "selector alone − random router"),
+         ("routed_minus_cascade_same_macs", "selector alone − cascade at its MACs (chosen on select)"),
          ("oracle_minus_best_student", "oracle − best single student"),
          ("kd_gain_densenet121", "KD gain DenseNet121"), ("kd_gain_googlenet", "KD gain GoogLeNet")]
 
@@ -69,8 +79,17 @@ def section(config: str, s: dict) -> str:
     gap = rows.get("gap_closed")
     if gap and gap["mean"] is not None:
         lines.append(f"| gap closed (fraction) | {gap['mean']:+.3f}" + (f" ± {gap['std']:.3f} |" if n > 1 else " |"))
-    lines += ["", f"MACs per image to reach the teacher's accuracy: router {_macs(rows.get('router_macs_at_teacher_accuracy'))}, "
-                  f"cascade {_macs(rows.get('cascade_macs_at_teacher_accuracy'))} (– = never reached).", ""]
+    families = [k[: -len("_macs_at_teacher_accuracy")] for k in rows
+                if k.endswith("_macs_at_teacher_accuracy") and k not in ("router_macs_at_teacher_accuracy",
+                                                                         "cascade_macs_at_teacher_accuracy")]
+    if families:  # per family: the cheapest point whose *select* accuracy reaches the teacher's
+        lines += ["", "MACs per image of the cheapest point whose `select` accuracy reaches the teacher's, per "
+                      "policy family (its test MACs; – = never): "
+                  + ", ".join(f"{f} {_macs(rows[f + '_macs_at_teacher_accuracy'])}" for f in families) + ".", ""]
+    else:
+        lines += ["", f"MACs per image to reach the teacher's accuracy: router "
+                      f"{_macs(rows.get('router_macs_at_teacher_accuracy'))}, cascade "
+                      f"{_macs(rows.get('cascade_macs_at_teacher_accuracy'))} (– = never reached).", ""]
     return "\n".join(lines)
 
 

@@ -58,6 +58,7 @@ def policy_rows(r: dict) -> dict[str, float | None]:
             "policy_macs_share_of_teacher": pol["macs_per_image"] / r["models"]["teacher"]["macs"],
             "policy_minus_teacher": pol["minus_teacher"], "policy_minus_best_student": pol["minus_best_student"],
             "policy_best_under_teacher_macs": under.get("accuracy"),
+            "policy_best_under_teacher_macs_macs_per_image": under.get("macs_per_image"),
             "policy_best_under_teacher_macs_minus_teacher": (under["accuracy"] - r["models"]["teacher"]["accuracy"]
                                                              if under else None)}
     for key in ("policy_minus_cascade_same_macs", "learned_minus_max_softmax", "hybrid_minus_cascade",
