@@ -57,7 +57,7 @@ def main(argv=None):
     p.add_argument("--run-dir", default=None, help="run directory")
     p.add_argument("--dry-run", action="store_true", help="only list what would be dropped")
     a = p.parse_args(argv)
-    a.run_dir = run_dir_argument(a.run, a.run_dir, PROG)
+    a.run_dir = run_dir_argument(a.run, a.run_dir)
     freed = clean_run(a.run_dir, a.dry_run)
     print(f"{PROG}: {'would free' if a.dry_run else 'freed'} {freed / 1e6:.1f} MB in {a.run_dir}")
     return 0

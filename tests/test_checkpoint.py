@@ -149,3 +149,12 @@ def test_old_fat_best_still_loads_and_clean_slims_it(tmp_path, good, cli):
     assert all(torch.equal(a, b) for a, b in zip(rebuilt.state_dict().values(), slimmed.state_dict().values()))
     code, _, err = cli(moskd_main, ["clean", str(tmp_path / "nowhere")])
     assert code == 2 and "no such run directory" in err
+
+
+def test_clean_without_a_run_directory_asks_for_one(cli):
+    """Issue 20: `moskd clean` alone took the program's name for the run directory."""
+    from moskd.cli import main as moskd_main
+
+    code, out, err = cli(moskd_main, ["clean"])
+    assert code == 2 and err.count("\n") == 1 and "no run directory given; pass --run-dir RUN" in err, err
+    assert "moskd clean: no such" not in err
