@@ -250,6 +250,16 @@ def drop_last(out_dir: Path) -> bool:
     return True
 
 
+def complete(out_dir: Path, summary: dict, keep_last: str) -> None:
+    """What every stage does last (rank 0): summary.json (atomic: it marks the stage finished), then
+    curves.png from metrics.jsonl, then, with --keep-last no, drop last.pt (after summary.json: a
+    crash before it leaves last.pt to resume from)."""
+    write_json(StageDir(out_dir).summary, summary)
+    plot_curves(out_dir)
+    if keep_last == "no":
+        drop_last(out_dir)
+
+
 def finish(stage: Stage, cfg: TrainConfig, rt: Runtime, summary: dict, test_loader: TensorLoader) -> dict:
     """Score best.pt once on `test` (reporting only: nothing is chosen on it); write summary.json."""
     if rt.is_main:
@@ -258,10 +268,7 @@ def finish(stage: Stage, cfg: TrainConfig, rt: Runtime, summary: dict, test_load
         model.load_state_dict(inference_weights(best))
         summary[f"test_{stage.metric_name}"] = evaluate(model, test_loader, stage.metric,
                                                        Runtime(rt.device), cfg.amp)
-        write_json(StageDir(stage.out_dir).summary, summary)  # atomic: summary.json marks the stage finished
-        plot_curves(stage.out_dir)  # curves.png from metrics.jsonl
-        if cfg.keep_last == "no":  # after summary.json: a crash before it leaves last.pt to resume from
-            drop_last(stage.out_dir)
+        complete(stage.out_dir, summary, cfg.keep_last)
         log(rt, f"{stage.role}: best select {stage.metric_name} {summary['best_select']:.4f} "
                 f"(epoch {summary['best_epoch']}), test {stage.metric_name} "
                 f"{summary[f'test_{stage.metric_name}']:.4f} -> {StageDir(stage.out_dir).best}")

@@ -78,7 +78,7 @@ def test_pipeline_end_to_end_then_skips_and_resumes(tmp_path, monkeypatch, cli):
                                       layout.student("googlenet").path, layout.selector.path]
     for s in steps:
         stage = StageDir(s.out)
-        assert all(p.is_file() for p in (stage.best, stage.summary, stage.metrics, stage.config)), s
+        assert all(p.is_file() for p in (stage.best, stage.summary, stage.metrics, stage.config, stage.curves)), s
     report_dir = layout.report(48)
     assert report_dir.json == layout.report().json and report_dir.eval_arrays("test").is_file()
     assert report_dir.eval_meta.is_file() and layout.pipeline_timings.is_file()
