@@ -92,6 +92,7 @@ def last_epoch_accuracy(run: StageDir, data, cfg: StudentConfig, rt: Runtime) ->
 
 def train_point(point: Point, seed: int, cfg: SweepConfig, data, rt: Runtime) -> dict:
     """Train (or reuse, or resume) one run; returns its row of <arch>-runs.csv."""
+    from moskd.engine import drop_last
     from moskd.runtime import log
     from students.train import run as train_student
 
@@ -100,7 +101,8 @@ def train_point(point: Point, seed: int, cfg: SweepConfig, data, rt: Runtime) ->
         summary = read_json(out.summary)
         log(rt, f"sweep: {out.path.name} already finished; reusing it (--force retrains)")
     else:
-        scfg = point.config(cfg, seed)
+        # last.pt stays until the last epoch's test accuracy is in summary.json; --keep-last no drops it then
+        scfg = dataclasses.replace(point.config(cfg, seed), keep_last="yes")
         if not cfg.force and out.last.is_file():
             scfg = dataclasses.replace(scfg, resume=True)
         summary = train_student(scfg, rt, out_dir=out.path, data=data)
@@ -108,6 +110,8 @@ def train_point(point: Point, seed: int, cfg: SweepConfig, data, rt: Runtime) ->
         summary["test_acc_last"] = last_epoch_accuracy(out, data, cfg, rt)
         if rt.is_main:
             write_json(out.summary, summary)
+    if cfg.keep_last == "no" and rt.is_main:
+        drop_last(out.path)
     return {"name": point.name, "kd_loss": cfg.kd_loss if point.alpha < 1 else "none",
             "temperature": point.temperature, "alpha": point.alpha, "seed": seed,
             "best_epoch": summary["best_epoch"], "select_acc": summary["best_select"],
