@@ -112,7 +112,7 @@ def test_pipeline_complementary_on_a_borrowed_teacher(tmp_path, monkeypatch, cli
     code, out, err = cli(pipeline_main, ["--run-dir", str(run), *SMALL, *small, "--teacher-from",
                                          str(first / "teacher"), "--complementary", "clusters"])
     assert code == 0, err
-    assert "teacher: skipped (finished)" in out
+    assert "teacher: shared (linked in, not retrained)" in out
     assert (run / "teacher/best.pt").stat().st_ino == (first / "teacher/best.pt").stat().st_ino
     for arch in ("densenet121", "googlenet"):
         card = load_checkpoint(run / f"students/{arch}/best.pt")["card"]

@@ -34,8 +34,10 @@ def fake_report(seed: int) -> dict:
 def test_seeds_share_the_teacher_and_aggregate_each_report(tmp_path, monkeypatch):
     calls = []
 
-    def fake_run(cfg, config=None):
+    def fake_run(cfg, config=None, teacher=None):
         run_dir = Path(cfg.run_dir)
+        if teacher is not None:  # what run() does first with a shared teacher
+            pipeline.share_teacher(teacher, run_dir / "teacher")
         calls.append((cfg.seed, (run_dir / "teacher" / "best.pt").exists()))
         teacher = run_dir / "teacher"
         if not (teacher / "summary.json").exists():  # the first seed trains the teacher (and its cache)
