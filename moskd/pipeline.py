@@ -52,9 +52,9 @@ class PipelineConfig:
     shared_teacher: bool = field(True, "with --seeds: train the teacher once (first seed) and share it")
     teacher_from: Optional[str] = field(None, "a finished teacher folder (e.g. runs/a/seed0/teacher) to hard-link "
                                               "into this run instead of training one: compare methods on one teacher")
-    keep_last: str = field("yes", "keep each finished stage's last.pt (optimizer state); no = drop it once the "
-                                  "stage has finished, as `moskd clean RUN` does (a digits run shrinks ~4x)",
-                           choices=["yes", "no"])
+    keep_last: str = field("no", "drop each stage's last.pt (optimizer state, only --resume reads it) once the "
+                                 "stage has finished, as `moskd clean RUN` does (a digits run shrinks ~4x); yes = "
+                                 "keep them (the stage commands keep them by default)", choices=["yes", "no"])
 
 
 def _recipe(config: Optional[str], dataset: str, device: str) -> Optional[str]:
