@@ -19,8 +19,6 @@ stay within the router's MACs on the selector's held-out `select` images). `test
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -31,13 +29,14 @@ from inference.report_markdown import headline, render_markdown
 from inference.report_plots import plot_accuracy_vs_macs, plot_confusions
 from inference.router import TEACHER, RunModels, load_router
 from inference.summary import SELECTOR, summarize
+from moskd.atomic import atomic_write, read_json, write_json, write_text
 from moskd.data import TensorLoader, load_data
 from moskd.config import Parser  # one-line errors, 'did you mean', values checked by name
 from moskd.errors import MoskdError, cli_entry
 from moskd.models import adapt_input, unwrap
 from moskd.precision import policy
 from moskd.profile import model_cost
-from moskd.run import ReportDir, RunDir, read_json, run_dir_argument, write_json, write_text
+from moskd.run import ReportDir, RunDir, run_dir_argument
 
 SPLITS = ("select", "test")
 
@@ -68,16 +67,8 @@ def collect(run: RunModels, extras: dict, loader: TensorLoader, progress: bool =
 
 
 def save_eval(path: Path, arrays: dict) -> None:
-    """The arrays as .npz, atomically (numpy writes through a path: a temporary one, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp.npz")
-    os.close(fd)
-    try:
-        np.savez_compressed(tmp, **{k: v for k, v in arrays.items() if k != "routed_logits"})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """The arrays as .npz, through the one atomic writer."""
+    atomic_write(path, lambda f: np.savez_compressed(f, **{k: v for k, v in arrays.items() if k != "routed_logits"}))
 
 
 def load_eval(path: Path) -> dict:

@@ -25,13 +25,14 @@ from timm.utils import ModelEmaV3
 from torch import nn
 from tqdm import tqdm
 
+from moskd.atomic import write_json, write_text
 from moskd.checkpoint import inference_weights, load_checkpoint, save_checkpoint
 from moskd.config import to_dict, write_config
 from moskd.data import TensorLoader
 from moskd.errors import MoskdError
 from moskd.plots import plot_curves
 from moskd.precision import Precision, policy
-from moskd.run import StageDir, write_json
+from moskd.run import StageDir
 from moskd.runtime import Runtime, log, show_progress
 from moskd.settings import DataConfig, TrainConfig  # noqa: F401  (re-exported: stages import them from here)
 
@@ -164,8 +165,7 @@ def fit(stage: Stage, cfg: TrainConfig, rt: Runtime, command: str) -> dict:
     if rt.is_main:
         out.mkdir(parents=True, exist_ok=True)
         write_config(cfg, StageDir(out).config)
-        with open(StageDir(out).metrics, "w") as f:  # rewritten from the checkpoint's history on resume
-            f.writelines(json.dumps(h) + "\n" for h in history)
+        write_metrics(StageDir(out).metrics, history)  # rewritten from the checkpoint's history on resume
     eval_model = ema.module if ema is not None else raw
 
     for epoch in range(start_epoch, cfg.epochs):
@@ -224,13 +224,17 @@ def fit(stage: Stage, cfg: TrainConfig, rt: Runtime, command: str) -> dict:
             if improved:  # best.pt before last.pt: a last.pt on disk implies its best epoch's best.pt
                 save_checkpoint(slim(ckpt), StageDir(out).best)
             save_checkpoint(ckpt, StageDir(out).last)
-            with open(StageDir(out).metrics, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            write_metrics(StageDir(out).metrics, history)
         log(rt, f"{stage.role} epoch {epoch + 1}/{cfg.epochs}  loss {record['train_loss']:.4f}  "
                 f"train {stage.metric_name} {record[f'train_{stage.metric_name}']:.4f}  "
                 f"select {stage.metric_name} {select_metric:.4f}  {seconds:.1f}s")
         rt.barrier()
     return {"best_select": best, "best_epoch": best_epoch + 1, "epochs": cfg.epochs}
+
+
+def write_metrics(path: Path, history: list[dict]) -> None:
+    """metrics.jsonl, one line per epoch, rewritten whole (atomically) after each epoch."""
+    write_text(path, "".join(json.dumps(h) + "\n" for h in history))
 
 
 INFERENCE_KEYS = ("model", "ema", "card", "config", "epoch", "best_metric", "best_epoch")

@@ -16,6 +16,7 @@ import json
 import sys
 from pathlib import Path
 
+from moskd.atomic import write_text
 from moskd.config import Parser  # one-line errors, 'did you mean', values checked by name
 from moskd.errors import MoskdError, cli_entry
 
@@ -163,7 +164,7 @@ def main(argv=None):
         if a.check:
             stale.append(str(path))
         else:
-            path.write_text(text)
+            write_text(path, text)
             print(f"wrote {path}")
     if stale:
         print(f"moskd results: {', '.join(stale)} differ from docs/results/*/seeds.json; run `moskd results`",
