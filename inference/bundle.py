@@ -49,7 +49,8 @@ def route_scores(scores: np.ndarray, tie_margin: float, escalate: float | None =
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
+    """Row-wise softmax in float64 (the one softmax of the reports, the bundle and the server)."""
+    z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
 

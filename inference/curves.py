@@ -17,16 +17,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from inference.bundle import softmax
 from selector.model import knob_grid, relative_costs, route_from_scores
 
 ALWAYS = 1.001  # a cascade threshold above any max softmax: always escalate
 BOOTSTRAP = 2000  # paired bootstrap resamples for a 95% CI
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits.astype(np.float64) - logits.max(1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(1, keepdims=True)
 
 
 def max_softmax(logits: np.ndarray) -> np.ndarray:

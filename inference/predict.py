@@ -10,13 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image  # noqa: F401  (tests patch Image.open here)
+from PIL import Image  # tests patch Image.open here
 
-from inference.images import (  # noqa: F401  (re-exported: tests and callers import them from here)
-    BadImage, image_extensions, light_background, preprocess_array, read_image_array, to_model_mode)
-from inference.cli import PROG, InferenceConfig, main, parse_args  # noqa: F401  (re-exported)
+from inference.images import (
+    BadImage, image_extensions, preprocess_array, read_image_array)
+from inference.cli import PROG
 from inference.output import failed_row, format_table, output_format, prediction_row, write_rows
-from moskd.data import normalize
+from moskd.loader import normalize
 from moskd.errors import MoskdError
 from moskd.fold import FastPath, fast_model, prepare_input
 from moskd.runtime import setup_runtime, show_progress
@@ -52,10 +52,6 @@ def preprocess(im: Image.Image, card: dict, invert: str = "auto") -> torch.Tenso
     return torch.from_numpy(preprocess_array(im, card, invert))
 
 
-def read_image(path: Path, card: dict, invert: str = "auto") -> torch.Tensor:
-    return torch.from_numpy(read_image_array(path, card, invert))
-
-
 # ---------------------------------------------------------------- predicting and writing
 
 
@@ -64,7 +60,7 @@ class RunPredictor:
     (inference.bundle.Bundle): uint8 batch in, logits, routes, scores and MACs out."""
 
     def __init__(self, run, device="cpu", fast: str = "eager"):
-        from inference.router import TEACHER
+        from inference.bundle import TEACHER
         from moskd.profile import count_macs
 
         self.run_models, self.device = run, torch.device(device)

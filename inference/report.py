@@ -27,16 +27,19 @@ from tqdm import tqdm
 
 from inference.report_markdown import headline, render_markdown
 from inference.report_plots import plot_accuracy_vs_macs, plot_confusions
-from inference.router import TEACHER, RunModels, load_router
+from inference.router import RunModels, load_router
+from inference.bundle import TEACHER
 from inference.summary import SELECTOR, summarize
 from moskd.atomic import atomic_write, read_json, write_json, write_text
-from moskd.data import TensorLoader, load_data
+from moskd.data import load_data
+from moskd.loader import TensorLoader
 from moskd.config import Parser  # one-line errors, 'did you mean', values checked by name
 from moskd.errors import MoskdError, cli_entry
 from moskd.models import adapt_input, unwrap
 from moskd.precision import policy
 from moskd.profile import model_cost
-from moskd.run import ReportDir, RunDir, run_dir_argument
+from moskd.run import ReportDir, RunDir
+from moskd.config import run_dir_argument
 
 SPLITS = ("select", "test")
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 
-from inference.router import TEACHER
+from inference.bundle import TEACHER
 
 
 def _fmt_int(v) -> str:

@@ -25,13 +25,14 @@ from typing import NamedTuple, Sequence
 import torch
 from torch import nn
 
+from inference.bundle import TEACHER
 from moskd.errors import MoskdError
 from moskd.models import adapt_input, build_model_from_checkpoint
 from moskd.precision import Precision, policy
-from moskd.run import RunDir, Student
+from moskd.run import RunDir
+from moskd.loaded import Student
 from selector.model import relative_costs, route_from_scores
 
-TEACHER = "teacher"
 
 
 class Routed(NamedTuple):

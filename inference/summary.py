@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from inference import curves as C
-from inference.router import TEACHER
+from inference.bundle import TEACHER
 from moskd.errors import MoskdError
 from selector.model import relative_costs
 

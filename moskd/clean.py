@@ -15,7 +15,8 @@ from moskd.checkpoint import read_checkpoint_file, save_checkpoint
 from moskd.engine import drop_last, slim
 from moskd.config import Parser  # one-line errors, 'did you mean', values checked by name
 from moskd.errors import MoskdError, cli_entry
-from moskd.run import StageDir, run_dir_argument
+from moskd.run import StageDir
+from moskd.config import run_dir_argument
 
 PROG = "moskd clean"
 

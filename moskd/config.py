@@ -33,8 +33,8 @@ import yaml
 
 from moskd.atomic import write_text
 from moskd.errors import MoskdError
-from moskd.values import (  # noqa: F401  (RANGES, check_ranges, timm_optimizers: re-exported)
-    RANGES, check_ranges, check_values, choices_of, nearest, not_a_choice, out_of_range, timm_optimizers)
+from moskd.values import (
+    check_values, choices_of, nearest, not_a_choice, out_of_range)
 
 C = TypeVar("C")
 

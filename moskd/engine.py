@@ -28,13 +28,13 @@ from tqdm import tqdm
 from moskd.atomic import write_json, write_text
 from moskd.checkpoint import inference_weights, load_checkpoint, save_checkpoint
 from moskd.config import to_dict, write_config
-from moskd.data import TensorLoader
+from moskd.loader import TensorLoader
 from moskd.errors import MoskdError
 from moskd.plots import plot_curves
 from moskd.precision import Precision, policy
 from moskd.run import StageDir
 from moskd.runtime import Runtime, log, show_progress
-from moskd.settings import DataConfig, TrainConfig  # noqa: F401  (re-exported: stages import them from here)
+from moskd.settings import TrainConfig
 
 Batch = tuple  # (images, targets, *extras), already on the device
 Metric = Callable[[torch.Tensor, Batch], tuple[float, int]]  # (logits, batch) -> (sum of scores, count)

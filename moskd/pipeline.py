@@ -26,7 +26,8 @@ from typing import Optional
 
 from moskd.config import field, parse_config
 from moskd.errors import MoskdError, cli_entry
-from moskd.run import RunDir, StageDir, write_json
+from moskd.run import RunDir, StageDir
+from moskd.atomic import write_json
 from moskd.seeds import aggregate_seeds
 from moskd.stages import Step, pipeline_steps
 

@@ -11,14 +11,16 @@ import torch
 import torch.nn.functional as F
 
 from moskd.checkpoint import inference_weights, load_checkpoint, save_checkpoint
-from moskd.data import DataBundle, TensorLoader, data_from_config
+from moskd.data import DataBundle, data_from_config
+from moskd.loader import TensorLoader
 from moskd.engine import Stage, complete, fit, on_logits, prepare_out_dir
 from moskd.errors import MoskdError
 from moskd.models import create_model
 from moskd.profile import count_macs
-from moskd.run import SPLIT_KEYS, RunDir
+from moskd.run import RunDir
+from moskd.loaded import SPLIT_KEYS
 from moskd.runtime import Runtime, log, show_progress
-from selector.cli import TARGETS, SelectorConfig, main  # noqa: F401  (re-exported)
+from selector.cli import TARGETS, SelectorConfig, main
 from selector.labels import complementary_partition, describe, label_split, owner_targets, save_labels
 from selector.model import MAC_BUDGET, knob_grid, relative_costs, route_from_scores
 

@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING
 
 from moskd.config import field, parse_config
 from moskd.errors import cli_entry
-from moskd.run import RunDir, StageDir, read_json, write_json, write_text  # no torch: paths and JSON only
+from moskd.run import RunDir, StageDir  # no torch: paths and JSON only
+from moskd.atomic import read_json, write_json, write_text
 from students.cli import StudentConfig
 
 if TYPE_CHECKING:
@@ -81,7 +82,7 @@ def grid(cfg: SweepConfig, arch: str) -> list[Point]:
 def last_epoch_accuracy(run: StageDir, data, cfg: StudentConfig, rt: Runtime) -> float:
     """Test accuracy of last.pt (the weights after the final epoch), beside best-on-select."""
     from moskd.checkpoint import load_checkpoint
-    from moskd.data import make_loader
+    from moskd.loader import make_loader
     from moskd.engine import evaluate, top1
     from moskd.models import build_model_from_checkpoint
     from moskd.runtime import Runtime

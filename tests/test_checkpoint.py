@@ -7,7 +7,7 @@ import torch
 from moskd.checkpoint import load_checkpoint, save_checkpoint
 from moskd.errors import MoskdError
 from moskd.models import build_model_from_checkpoint, create_model
-from teacher.train import main as teacher_main
+from teacher.cli import main as teacher_main
 
 CARD = {"role": "teacher", "arch": "test_small_cnn", "num_classes": 10, "class_names": list("0123456789"),
         "in_chans": 1, "input_size": [1, 8, 8], "mean": [0.3], "std": [0.37], "dataset": "digits"}

@@ -39,7 +39,7 @@ def test_umbrella_lists_every_stage_and_rejects_unknown():
 
 
 def test_help_of_teacher_train_names_the_seed_flags(cli):
-    from teacher.train import main as teacher_main
+    from teacher.cli import main as teacher_main
 
     code, out, _ = cli(teacher_main, ["--help"])  # in-process: a subprocess would only add torch's import time
     assert code == 0

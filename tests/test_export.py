@@ -20,9 +20,10 @@ from torch import nn
 from inference.bundle import load_bundle, route_scores
 from inference.export import export_run
 from inference.export import main as export_main
-from inference.predict import main as inference_main
+from inference.cli import main as inference_main
 from inference.router import Router, load_router
-from moskd.data import load_data, normalize
+from moskd.data import load_data
+from moskd.loader import normalize
 from selector.model import route_from_scores
 from tests.test_selector import trained_run  # noqa: F401  (session fixture: a tiny trained run)
 
