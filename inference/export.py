@@ -66,7 +66,8 @@ def parse_args(argv) -> argparse.Namespace:
     p.add_argument("--escalate", type=float, default=None, metavar="TAU",
                    help="operating point: images whose best student score < TAU go to the teacher (bundled)")
     p.add_argument("--fast", default="fold", choices=["fold", "eager"],
-                   help="fold Conv+BN pairs into the exported programs (outputs equal within 1e-5)")
+                   help="fold Conv+BN pairs into the exported programs (a model whose folded outputs differ by "
+                        "more than 1e-4 of the output scale is exported unfolded)")
     p.add_argument("--force", action="store_true", help="replace an existing bundle in --out")
     return p.parse_args(argv)
 

@@ -212,5 +212,5 @@ def run(cfg, inputs: list[str]) -> int:
     if failed:
         print(f"{PROG}: {failed} of {len(rows)} input(s) could not be predicted (see their error); "
               f"the others were predicted", file=sys.stderr)
-        raise SystemExit(1)
+        raise SystemExit(2)  # bad input (exit codes: 0 ok, 2 bad input, 130 interrupted, 1 internal failure)
     return 0

@@ -94,7 +94,7 @@ def test_results_check_fails_on_a_stale_readme(tmp_path, cli):
     (tmp_path / "docs" / "results" / "digits" / "seeds.json").write_text(json.dumps(seeds))
     (tmp_path / "README.md").write_text("intro\n<!-- results:begin -->\nold\n<!-- results:end -->\nrest\n")
     code, _, err = cli(results_main, ["--root", str(tmp_path), "--check"])
-    assert code == 1 and "README.md" in err
+    assert code == 2 and "README.md" in err
     code, _, _ = cli(results_main, ["--root", str(tmp_path)])
     text = (tmp_path / "README.md").read_text()
     assert code == 0 and text.startswith("intro\n") and text.endswith("rest\n") and "| **routed** (selector + one student) | 50.00 | " in text  # one seed: no spread shown
