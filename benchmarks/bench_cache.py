@@ -23,7 +23,9 @@ import time
 
 import torch
 
-from moskd.data import AugSpec, DataBundle, ImageSet, load_data, make_loader
+from moskd.data import DataBundle, ImageSet, load_data
+from moskd.loader import AugSpec
+from moskd.loader import make_loader
 from moskd.models import create_model
 from moskd.profile import count_macs
 from students.cache import choose_views

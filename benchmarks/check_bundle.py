@@ -17,7 +17,8 @@ import torch
 
 from inference.bundle import load_bundle
 from inference.router import load_router
-from moskd.data import load_data, normalize
+from moskd.data import load_data
+from moskd.loader import normalize
 
 
 def batched(fn, images, bs=256):

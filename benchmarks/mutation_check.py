@@ -68,6 +68,9 @@ T_REF = "tests/test_refusals.py"
 T_IN = "tests/test_input_checks.py"
 T_INF = "tests/test_inference.py"
 BY_HAND = f"{T_REP}::test_summarize_by_hand"
+CHOICES = "tests/test_choices_on_select.py"
+ATOMIC = "tests/test_atomic.py"
+T_RUN_DIR = "tests/test_run.py"
 
 MUTATIONS: list[Mutation] = [
     # ---------------------------------------------------------------- router and inference
@@ -288,6 +291,42 @@ MUTATIONS: list[Mutation] = [
     Mutation("P6", "students/train.py", "        warn_if_poor_teacher(tpath, data.num_classes)\n", "",
              (f"{T_IN}::test_a_student_warns_once_about_a_teacher_far_below_its_target",),
              "a student learns from a poor teacher without a word"),
+    # ---------------------------------------------------------------- choices on select, never on test
+    Mutation("Q1", "inference/summary.py",
+             "sel_acc = {k: float((sel_lg[k].argmax(1) == sel_y).mean()) for k in names}",
+             "sel_acc = {k: acc[k] for k in names}", (CHOICES,), "the best single student chosen on test"),
+    Mutation("Q2", "inference/summary.py",
+             "point = C.best_under_budget(C.cascade_curve(s_preds, s_confs, fmacs, sel_y, thresholds), budget)",
+             "point = C.best_under_budget(C.cascade_curve(*_cascade_inputs(test, fam), fmacs, y, thresholds), budget)",
+             (CHOICES,), "the cascade (and its threshold) at the routed MACs chosen on test"),
+    Mutation("Q3", "inference/summary.py",
+             "budget = macs[SELECTOR] + float(np.array([macs[k] for k in route_names])[sel_route].mean())",
+             "budget = macs[SELECTOR] + float(np.array([macs[k] for k in route_names])[route].mean())",
+             (CHOICES,), "the cascade's MACs budget measured on test routes"),
+    Mutation("Q4", "inference/summary.py", "thresholds = C.cascade_thresholds(s_confs[0])",
+             "thresholds = C.cascade_thresholds(_cascade_inputs(test, fam)[1][0])",
+             (CHOICES,), "the cascade curves' threshold grid taken from test confidences"),
+    Mutation("Q5", "inference/summary.py", '"knob": knob, "escalate_threshold": escalate,',
+             '"knob": float(C.routes_at(test["selector_scores"], knob, tie_margin, np.ones(len(names))).mean()), '
+             '"escalate_threshold": escalate,', (CHOICES,), "the operating point reported from test"),
+    # ---------------------------------------------------------------- every writer atomic
+    Mutation("A1", "moskd/atomic.py", "            os.fsync(f.fileno())  # the bytes are on disk before the name points at them\n",
+             "", (ATOMIC,), "the one writer renames bytes that may not be on disk"),
+    Mutation("A2", "moskd/atomic.py", "        os.replace(tmp, path)\n",
+             "        Path(path).write_bytes(Path(tmp).read_bytes())\n        Path(tmp).unlink()\n",
+             (ATOMIC, f"{T_RUN_DIR}::test_a_kill_during_the_write_leaves_the_old_file_whole"), "the one writer copies over the target in place"),
+    Mutation("A3", "moskd/checkpoint.py", "    atomic_write(path, lambda f: torch.save(obj, f))",
+             "    torch.save(obj, path)", (ATOMIC,), "checkpoints written in place"),
+    Mutation("A4", "moskd/config.py", "    write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))",
+             "    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))", (ATOMIC,),
+             "config.yaml written in place"),
+    Mutation("A5", "inference/report.py", "atomic_write(path, lambda f: np.savez_compressed(f,",
+             "(np.savez_compressed(path,", (ATOMIC,), "eval arrays written in place"),
+    Mutation("A6", "moskd/plots.py", 'atomic_write(out, lambda f: fig.savefig(f, format="png", dpi=100))',
+             'fig.savefig(out, format="png", dpi=100)', (ATOMIC,), "curves.png written in place"),
+    Mutation("A7", "moskd/engine.py", '    write_text(path, "".join(json.dumps(h) + "\\n" for h in history))',
+             '    Path(path).write_text("".join(json.dumps(h) + "\\n" for h in history))', (ATOMIC,),
+             "metrics.jsonl written in place"),
 ]
 
 

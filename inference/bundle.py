@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from moskd.policy import Policy, PolicyError, decide, softmax  # noqa: F401  (softmax: callers import it here)
+from moskd.policy import Policy, PolicyError, decide
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 2

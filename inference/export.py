@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import os
 import shutil
 import tempfile
@@ -31,6 +30,7 @@ import torch
 from torch import nn
 
 from inference.bundle import FORMAT_VERSION, MANIFEST
+from moskd.atomic import write_json
 from moskd.config import Parser  # one-line errors, 'did you mean', values checked by name
 from moskd.errors import MoskdError, cli_entry
 from moskd.fold import FastPath, fast_model
@@ -155,7 +155,7 @@ def export_run(run_dir: str | Path, out: str | Path, fmt: str = "torch", fast: s
             "fast_path": str(path),
             "source": {"run_dir": str(run_dir.resolve()), "torch": torch.__version__},
         }
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        write_json(tmp / MANIFEST, manifest)
         if out.exists():
             shutil.rmtree(out) if out.is_dir() else out.unlink()
         os.replace(tmp, out)

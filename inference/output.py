@@ -10,6 +10,7 @@ import os
 import sys
 from pathlib import Path
 
+from moskd.atomic import write_text
 from moskd.errors import MoskdError
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl"}
@@ -71,11 +72,7 @@ def write_rows(rows: list[dict], output: str, fmt: str, student_names: list[str]
         except BrokenPipeError:  # the reader (e.g. head) stopped early: not an error of ours
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return
-    path = Path(output)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    write_text(output, text)
 
 
 def format_table(rows: list[dict], student_names: list[str]) -> str:

@@ -25,7 +25,6 @@ import numpy as np
 from moskd.errors import MoskdError
 from moskd.policy import ALWAYS, Policy, Step, features, knob_grid, relative_costs, replay, router_policy, softmax
 
-TEACHER = "teacher"
 COMMITTEE = "-committee"
 FAMILIES = ("single", "router", "cascade", "hybrid", "learned",
             "cascade" + COMMITTEE, "hybrid" + COMMITTEE, "learned" + COMMITTEE)
@@ -115,8 +114,11 @@ class Setup:
 
 def _cascade(setup: Setup, family: str, chain: list[int], ths: list[float], combine: str,
              rules: list | None = None) -> Policy:
-    steps = [Step(a, b, "learned" if rules else "max_softmax", float(t), rules[i] if rules else None)
-             for i, (a, b, t) in enumerate(zip(chain, chain[1:], ths))]
+    steps = []
+    for i, (a, b, t) in enumerate(zip(chain, chain[1:], ths)):
+        if t <= 0:  # never defers: the chain ends here (so a bundle need not hold the models after it)
+            break
+        steps.append(Step(a, b, "learned" if rules else "max_softmax", float(t), rules[i] if rules else None))
     return Policy(family, setup.models, setup.macs, {"rule": "fixed", "model": chain[0]}, steps, combine)
 
 
@@ -164,7 +166,7 @@ def candidates(setup: Setup, choose: dict, learn: dict | None, with_selector: bo
                 base = router_policy(setup.models, setup.macs, setup.students, knob, setup.tie_margin,
                                      setup.selector_macs, "hybrid" + suffix)
                 for t in thresholds(conf, 16):
-                    steps = [Step(k, T, "max_softmax", float(t)) for k in setup.students]
+                    steps = [Step(k, T, "max_softmax", float(t)) for k in setup.students] if t > 0 else []
                     out.append(Policy(base.family, base.models, base.macs, base.entry, steps, combine))
     return out
 

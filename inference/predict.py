@@ -10,13 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image  # noqa: F401  (tests patch Image.open here)
+from PIL import Image  # tests patch Image.open here
 
-from inference.images import (  # noqa: F401  (re-exported: tests and callers import them from here)
-    BadImage, image_extensions, light_background, preprocess_array, read_image_array, to_model_mode)
-from inference.cli import PROG, InferenceConfig, main, parse_args  # noqa: F401  (re-exported)
+from inference.images import (
+    BadImage, image_extensions, preprocess_array, read_image_array)
+from inference.cli import PROG
 from inference.output import failed_row, format_table, output_format, prediction_row, write_rows
-from moskd.data import normalize
+from moskd.loader import normalize
 from moskd.errors import MoskdError
 from moskd.fold import FastPath, fast_model, prepare_input
 from moskd.runtime import setup_runtime, show_progress
@@ -50,10 +50,6 @@ def gather(inputs: list[str]) -> list[tuple[Path, str | None]]:
 def preprocess(im: Image.Image, card: dict, invert: str = "auto") -> torch.Tensor:
     """(C, H, W) uint8 tensor as the model card expects (before normalisation)."""
     return torch.from_numpy(preprocess_array(im, card, invert))
-
-
-def read_image(path: Path, card: dict, invert: str = "auto") -> torch.Tensor:
-    return torch.from_numpy(read_image_array(path, card, invert))
 
 
 # ---------------------------------------------------------------- predicting and writing
@@ -133,7 +129,7 @@ def predict_files(run, files: list[Path], batch_size: int, invert: str, device, 
     `run` is a predictor (load_predictor) or a run's RunModels (inference.router.load_router)."""
     from tqdm import tqdm
 
-    from inference.bundle import softmax
+    from moskd.policy import softmax
 
     if not hasattr(run, "route_names"):
         run = RunPredictor(run, device)
@@ -211,5 +207,5 @@ def run(cfg, inputs: list[str]) -> int:
     if failed:
         print(f"{PROG}: {failed} of {len(rows)} input(s) could not be predicted (see their error); "
               f"the others were predicted", file=sys.stderr)
-        raise SystemExit(1)
+        raise SystemExit(2)  # bad input (exit codes: 0 ok, 2 bad input, 130 interrupted, 1 internal failure)
     return 0

@@ -26,17 +26,18 @@ from tqdm import tqdm
 from inference.policy_fit import Setup, fit_policy
 from inference.report_markdown import headline, render_markdown
 from inference.report_plots import plot_accuracy_vs_macs, plot_confusions
-from inference.router import TEACHER, Router, RunModels, load_router
+from inference.router import Router, RunModels, load_router
 from inference.summary import SELECTOR, make_setup, summarize
-from moskd.atomic import write_npz
-from moskd.config import Parser  # one-line errors, 'did you mean', values checked by name
-from moskd.data import TensorLoader, load_data
+from moskd.atomic import read_json, write_json, write_npz, write_text
+from moskd.config import Parser, run_dir_argument  # one-line errors, 'did you mean', values checked by name
+from moskd.data import load_data
+from moskd.loader import TensorLoader
 from moskd.errors import MoskdError, cli_entry
 from moskd.models import adapt_input, unwrap
-from moskd.policy import Policy, replay
+from moskd.policy import TEACHER, Policy, replay
 from moskd.precision import policy as precision_policy
 from moskd.profile import model_cost
-from moskd.run import ReportDir, RunDir, read_json, run_dir_argument, write_json, write_text
+from moskd.run import ReportDir, RunDir
 
 SPLITS = ("select", "test", "spare")
 SPARE_IMAGES = 12_000  # enough to learn a deferral rule of a few dozen weights; the rest of spare is not read

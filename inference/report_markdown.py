@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import math
 
-TEACHER = "teacher"
+from moskd.policy import TEACHER
+
 COMPARISONS = (
     ("policy_minus_cascade_same_macs", "deployed policy - best max-softmax cascade at equal MACs"),
     ("learned_minus_max_softmax", "learned deferral - max-softmax cascade at equal MACs"),

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
+from moskd.atomic import atomic_write
+
 MARKERS = "s^vD<>ph"
 CASCADE_COLORS = ["tab:blue", "tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan"]
 
@@ -74,7 +76,7 @@ def plot_accuracy_vs_macs(r: dict, path: Path) -> None:
     ax.legend(loc="lower right", fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
     plt.close(fig)
 
 
@@ -96,5 +98,5 @@ def plot_confusions(r: dict, path: Path) -> None:
         ax.axis("off")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
     plt.close(fig)

@@ -20,11 +20,10 @@ from torch import nn
 
 from moskd.errors import MoskdError
 from moskd.models import adapt_input, build_model_from_checkpoint
-from moskd.policy import Policy, decide, router_policy
+from moskd.policy import TEACHER, Policy, decide, router_policy
 from moskd.precision import Precision, policy as precision_policy
 from moskd.run import RunDir, Student
 
-TEACHER = "teacher"
 
 
 class Routed(NamedTuple):

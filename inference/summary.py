@@ -13,10 +13,10 @@ from __future__ import annotations
 import numpy as np
 
 from inference import curves as C
-from inference.policy_fit import (COMMITTEE, TEACHER, Scored, Setup, candidates, choose_point, pareto,
+from inference.policy_fit import (COMMITTEE, Setup, candidates, choose_point, pareto,
                                   resolve_target, score, split_choose_learn)
 from moskd.errors import MoskdError
-from moskd.policy import Policy, replay, router_policy
+from moskd.policy import TEACHER, Policy, replay, router_policy
 
 SELECTOR = "selector"
 REPLACE_FAMILIES = ("cascade", "hybrid", "learned")

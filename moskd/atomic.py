@@ -1,8 +1,9 @@
-"""Atomic file writes: a reader, or a kill mid-write, sees the old file whole or the new one whole.
+"""The one file writer: a reader, or a kill mid-write, sees the old file whole or the new one whole.
 
-summary.json marks a finished stage and report.json a finished evaluation, so neither may ever be
-half-written; moskd.run re-exports these for the code that writes run files. Also a file's sha256,
-the identity that the teacher cache, the class partition and seeds.json key a checkpoint on.
+Every file moskd writes goes through `atomic_write`: checkpoints, configs, JSON, arrays, tables,
+plots and metrics.jsonl (summary.json marks a finished stage and report.json a finished evaluation,
+so neither may ever be half-written). Also a file's sha256, the identity that the teacher cache,
+the class partition and seeds.json key a checkpoint on.
 """
 from __future__ import annotations
 
@@ -11,27 +12,50 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Callable
 
 from moskd.errors import MoskdError
 
+_UMASK = os.umask(0o022)  # read once (os.umask can only be read by setting it): new files get 0666 & ~umask
+os.umask(_UMASK)
 
-def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write to a temporary file in the same folder, then rename over `path`: a reader (or a kill)
-    sees the old file whole or the new one whole, never a half-written one."""
+
+def fsync_dir(folder: str | os.PathLike) -> None:
+    """Make a rename in `folder` durable (the folder's entry, not only the file's bytes)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # e.g. a platform that cannot open folders
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
+    """`write(f)` into a temporary file in the same folder, fsync it, rename it over `path`, fsync
+    the folder. A kill at any point leaves `path` as it was or as it is meant to be."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, path.stat().st_mode & 0o7777 if path.exists() else 0o666 & ~_UMASK)  # mkstemp's is 0600
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())  # the bytes are on disk before the name points at them
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)
     return path
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    return atomic_write(path, lambda f: f.write(data))
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
@@ -44,14 +68,10 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
 
 
 def write_npz(path: str | os.PathLike, arrays: dict) -> Path:
-    """Arrays as a compressed .npz, written atomically (numpy writes to memory first, then write_bytes)."""
-    import io
-
+    """Arrays as a compressed .npz, through atomic_write (numpy writes into the open temporary file)."""
     import numpy as np
 
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
-    return write_bytes(path, buf.getvalue())
+    return atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
 
 
 def read_json(path: str | os.PathLike) -> Any:

@@ -9,30 +9,21 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from moskd.atomic import atomic_write
 from moskd.errors import MoskdError
 
 CARD_KEYS = ("role", "arch", "num_classes", "class_names", "in_chans", "input_size", "mean", "std", "dataset")
 
 
 def save_checkpoint(obj: dict, path: str | os.PathLike) -> None:
-    """torch.save to a temporary file in the same folder, then rename: a kill never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """torch.save through the one atomic writer: a kill never leaves half a file."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def read_checkpoint_file(path: str | os.PathLike) -> Any:

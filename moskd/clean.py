@@ -15,7 +15,8 @@ from moskd.checkpoint import read_checkpoint_file, save_checkpoint
 from moskd.engine import drop_last, slim
 from moskd.config import Parser  # one-line errors, 'did you mean', values checked by name
 from moskd.errors import MoskdError, cli_entry
-from moskd.run import StageDir, run_dir_argument
+from moskd.run import StageDir
+from moskd.config import run_dir_argument
 
 PROG = "moskd clean"
 
@@ -57,7 +58,7 @@ def main(argv=None):
     p.add_argument("--run-dir", default=None, help="run directory")
     p.add_argument("--dry-run", action="store_true", help="only list what would be dropped")
     a = p.parse_args(argv)
-    a.run_dir = run_dir_argument(a.run, a.run_dir, PROG)
+    a.run_dir = run_dir_argument(a.run, a.run_dir)
     freed = clean_run(a.run_dir, a.dry_run)
     print(f"{PROG}: {'would free' if a.dry_run else 'freed'} {freed / 1e6:.1f} MB in {a.run_dir}")
     return 0

@@ -12,8 +12,10 @@
     moskd results         README and docs/RESULTS.md tables from the committed seed files
     moskd clean     ...   drop optimizer state of finished stages (last.pt) to shrink a run
 
-The stage commands come from what the stages declare (moskd.stages); the last three are the
-core's own. A command's module is imported only when it is chosen, so `moskd --help` is instant.
+The stage commands come from what the four stages declare in their stage.py, listed once below
+(STAGES: the umbrella may name the stages; the rest of the core reads them through
+moskd.stages.stages()); the last three are the core's own. A command's module is imported only
+when it is chosen, so `moskd --help` is instant.
 """
 from __future__ import annotations
 
@@ -21,7 +23,13 @@ import difflib
 import importlib
 import sys
 
+from inference.stage import STAGE as INFERENCE
 from moskd.stages import Command, commands
+from selector.stage import STAGE as SELECTOR
+from students.stage import STAGE as STUDENTS
+from teacher.stage import STAGE as TEACHER_STAGE
+
+STAGES = (TEACHER_STAGE, STUDENTS, SELECTOR, INFERENCE)  # every stage, in pipeline order: the one list
 
 CORE_COMMANDS = (
     Command("pipeline", "moskd.pipeline",

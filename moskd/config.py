@@ -31,9 +31,10 @@ from typing import Any, Sequence, TypeVar
 
 import yaml
 
+from moskd.atomic import write_text
 from moskd.errors import MoskdError
-from moskd.values import (  # noqa: F401  (RANGES, check_ranges, timm_optimizers: re-exported)
-    RANGES, check_ranges, check_values, choices_of, nearest, not_a_choice, out_of_range, timm_optimizers)
+from moskd.values import (
+    check_values, choices_of, nearest, not_a_choice, out_of_range)
 
 C = TypeVar("C")
 
@@ -265,10 +266,7 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def write_config(cfg: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    tmp.replace(path)
+    write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
 def run_dir_argument(positional: str | None, option: str | None, default: str | None = None) -> str:

@@ -21,11 +21,9 @@ import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
 
-from moskd.datasets import (  # noqa: F401  (re-exported: callers import the sources' names from here)
-    DATASETS, DEBIAN_FASHION_DIR, FASHION_CLASSES, FASHION_FILES, read_idx, read_source, resize_images)
+from moskd.datasets import read_source, resize_images
 from moskd.errors import MoskdError, warn
-from moskd.loader import (  # noqa: F401  (re-exported)
-    AugSpec, TensorLoader, apply_views, make_loader, normalize, sample_views)
+from moskd.loader import AugSpec
 
 SPLITS = ("train", "select", "test")
 

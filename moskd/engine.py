@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -25,15 +25,16 @@ from timm.utils import ModelEmaV3
 from torch import nn
 from tqdm import tqdm
 
+from moskd.atomic import write_json, write_text
 from moskd.checkpoint import inference_weights, load_checkpoint, save_checkpoint
 from moskd.config import to_dict, write_config
-from moskd.data import TensorLoader
+from moskd.loader import TensorLoader
 from moskd.errors import MoskdError
 from moskd.plots import plot_curves
 from moskd.precision import Precision, policy
-from moskd.run import StageDir, write_json
+from moskd.run import StageDir
 from moskd.runtime import Runtime, log, show_progress
-from moskd.settings import DataConfig, TrainConfig  # noqa: F401  (re-exported: stages import them from here)
+from moskd.settings import TrainConfig
 
 Batch = tuple  # (images, targets, *extras), already on the device
 Metric = Callable[[torch.Tensor, Batch], tuple[float, int]]  # (logits, batch) -> (sum of scores, count)
@@ -136,101 +137,124 @@ def evaluate(model: nn.Module, loader: TensorLoader, metric: Metric, rt: Runtime
     return total / max(count, 1)
 
 
+@dataclass
+class _State:
+    """What one training run carries from epoch to epoch (all of it is in last.pt)."""
+    epoch: int = 0  # the next epoch to run
+    num_updates: int = 0
+    best: float = float("-inf")
+    best_epoch: int = -1
+    history: list = field(default_factory=list)
+
+
+def _restore(resume: dict, raw: nn.Module, optimizer, scheduler, ema) -> _State:
+    raw.load_state_dict(resume["model"])
+    optimizer.load_state_dict(resume["optimizer"])
+    scheduler.load_state_dict(resume["scheduler"])
+    if ema is not None and resume.get("ema") is not None:
+        ema.module.load_state_dict(resume["ema"])
+    return _State(resume["epoch"] + 1, resume["num_updates"], resume["best_metric"], resume["best_epoch"],
+                  list(resume["history"]))
+
+
+def _train_epoch(stage: Stage, model: nn.Module, raw: nn.Module, optimizer, scheduler, ema, prec: Precision,
+                 state: _State, cfg: TrainConfig, rt: Runtime, epoch: int) -> dict:
+    """One pass over `train`; returns the epoch's mean loss parts and training metric (all ranks)."""
+    torch.manual_seed(cfg.seed * 1_000_003 + epoch * 1009 + rt.rank)  # dropout etc.: per-epoch, resumable
+    stage.train_loader.set_epoch(epoch)
+    model.train()
+    part_sums: dict[str, torch.Tensor] = {}  # loss parts summed over images (kept on the device)
+    score_sum, seen = 0.0, 0
+    bar = tqdm(stage.train_loader, desc=f"{stage.role} {epoch + 1}/{cfg.epochs}", leave=False,
+               disable=not show_progress(rt), unit="batch")
+    for batch in bar:
+        result = stage.objective(model, batch, prec)
+        loss = result.parts["loss"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        state.num_updates += 1
+        scheduler.step_update(state.num_updates)
+        if ema is not None:
+            ema.update(raw, step=state.num_updates)
+        n = len(batch[1])
+        for name, value in result.parts.items():
+            part_sums[name] = part_sums.get(name, 0) + value.detach().float() * n
+        s, _ = stage.metric(result.logits.detach().float(), batch)
+        score_sum, seen = score_sum + s, seen + n
+    scheduler.step(epoch + 1)
+    names = list(part_sums)  # same order on every rank: the objective builds the dict the same way
+    train_stats = torch.tensor([score_sum, seen] + [part_sums[k].item() for k in names],
+                               dtype=torch.float64, device=rt.device)
+    if rt.distributed:
+        dist.all_reduce(train_stats)
+    count = train_stats[1].item()
+    losses = {("train_loss" if k == "loss" else f"train_loss_{k}"): train_stats[2 + i].item() / count
+              for i, k in enumerate(names)}
+    return {**losses, f"train_{stage.metric_name}": train_stats[0].item() / count, "_count": count}
+
+
 def fit(stage: Stage, cfg: TrainConfig, rt: Runtime, command: str) -> dict:
     """Train `stage.model` on its objective; returns a summary of the best (select) epoch."""
-    out = stage.out_dir
-    resume = prepare_out_dir(out, cfg, command, stage.card)
+    out = StageDir(stage.out_dir)
+    resume = prepare_out_dir(out.path, cfg, command, stage.card)
     rt.barrier()  # every rank has passed the guard before rank 0 writes anything
     prec = policy(rt.device, cfg.amp, training=True)
     raw = prec.model(stage.model)
     optimizer = create_optimizer_v2(raw, opt=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                     momentum=cfg.momentum)
-    steps = len(stage.train_loader)
-    scheduler = _scheduler(cfg, optimizer, steps)
+    scheduler = _scheduler(cfg, optimizer, len(stage.train_loader))
     ema = ModelEmaV3(raw, decay=cfg.ema_decay) if cfg.ema_decay > 0 else None
-    start_epoch, num_updates, best, best_epoch, history = 0, 0, float("-inf"), -1, []
+    state = _State()
     if resume is not None:
-        raw.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
-        if ema is not None and resume.get("ema") is not None:
-            ema.module.load_state_dict(resume["ema"])
-        start_epoch, num_updates = resume["epoch"] + 1, resume["num_updates"]
-        best, best_epoch, history = resume["best_metric"], resume["best_epoch"], list(resume["history"])
-        log(rt, f"resuming {out} after epoch {resume['epoch'] + 1}/{cfg.epochs}")
+        state = _restore(resume, raw, optimizer, scheduler, ema)
+        log(rt, f"resuming {out.path} after epoch {resume['epoch'] + 1}/{cfg.epochs}")
     model: nn.Module = torch.compile(raw) if cfg.compile else raw
     if rt.distributed:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[rt.device.index] if rt.cuda else None)
     if rt.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        write_config(cfg, StageDir(out).config)
-        with open(StageDir(out).metrics, "w") as f:  # rewritten from the checkpoint's history on resume
-            f.writelines(json.dumps(h) + "\n" for h in history)
+        out.path.mkdir(parents=True, exist_ok=True)
+        write_config(cfg, out.config)
+        write_metrics(out.metrics, state.history)  # rewritten from the checkpoint's history on resume
     eval_model = ema.module if ema is not None else raw
 
-    for epoch in range(start_epoch, cfg.epochs):
+    for epoch in range(state.epoch, cfg.epochs):
         t0 = time.perf_counter()
-        torch.manual_seed(cfg.seed * 1_000_003 + epoch * 1009 + rt.rank)  # dropout etc.: per-epoch, resumable
-        stage.train_loader.set_epoch(epoch)
-        model.train()
-        part_sums: dict[str, torch.Tensor] = {}  # loss parts summed over images (kept on the device)
-        score_sum, seen = 0.0, 0
-        bar = tqdm(stage.train_loader, desc=f"{stage.role} {epoch + 1}/{cfg.epochs}", leave=False,
-                   disable=not show_progress(rt), unit="batch")
-        for batch in bar:
-            result = stage.objective(model, batch, prec)
-            loss = result.parts["loss"]
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            num_updates += 1
-            scheduler.step_update(num_updates)
-            if ema is not None:
-                ema.update(raw, step=num_updates)
-            n = len(batch[1])
-            for name, value in result.parts.items():
-                part_sums[name] = part_sums.get(name, 0) + value.detach().float() * n
-            s, _ = stage.metric(result.logits.detach().float(), batch)
-            score_sum, seen = score_sum + s, seen + n
-        scheduler.step(epoch + 1)
-        names = list(part_sums)  # same order on every rank: the objective builds the dict the same way
-        train_stats = torch.tensor([score_sum, seen] + [part_sums[k].item() for k in names],
-                                   dtype=torch.float64, device=rt.device)
-        if rt.distributed:
-            dist.all_reduce(train_stats)
-        count = train_stats[1].item()
-        losses = {("train_loss" if k == "loss" else f"train_loss_{k}"): train_stats[2 + i].item() / count
-                  for i, k in enumerate(names)}
+        train = _train_epoch(stage, model, raw, optimizer, scheduler, ema, prec, state, cfg, rt, epoch)
+        count = train.pop("_count")
         select_metric = evaluate(eval_model, stage.select_loader, stage.metric, rt, cfg.amp)
         seconds = time.perf_counter() - t0
-        improved = select_metric > best
+        improved = select_metric > state.best
         if improved:
-            best, best_epoch = select_metric, epoch
+            state.best, state.best_epoch = select_metric, epoch
         record = {
-            "epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], **losses,
-            f"train_{stage.metric_name}": train_stats[0].item() / count,
-            f"select_{stage.metric_name}": select_metric, "best_epoch": best_epoch + 1,
+            "epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], **train,
+            f"select_{stage.metric_name}": select_metric, "best_epoch": state.best_epoch + 1,
             "seconds": round(seconds, 3), "images_per_s": round(count / seconds, 1),
             "world_size": rt.world, "precision": prec.name,
         }
-        history.append(record)
+        state.history.append(record)
         if rt.is_main:
             ckpt = {
                 "model": raw.state_dict(), "ema": ema.module.state_dict() if ema is not None else None,
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "epoch": epoch, "num_updates": num_updates, "best_metric": best, "best_epoch": best_epoch,
-                "history": history, "config": to_dict(cfg), "card": stage.card,
+                "epoch": epoch, "num_updates": state.num_updates, "best_metric": state.best,
+                "best_epoch": state.best_epoch, "history": state.history, "config": to_dict(cfg), "card": stage.card,
             }
             if improved:  # best.pt before last.pt: a last.pt on disk implies its best epoch's best.pt
-                save_checkpoint(slim(ckpt), StageDir(out).best)
-            save_checkpoint(ckpt, StageDir(out).last)
-            with open(StageDir(out).metrics, "a") as f:
-                f.write(json.dumps(record) + "\n")
+                save_checkpoint(slim(ckpt), out.best)
+            save_checkpoint(ckpt, out.last)
+            write_metrics(out.metrics, state.history)
         log(rt, f"{stage.role} epoch {epoch + 1}/{cfg.epochs}  loss {record['train_loss']:.4f}  "
                 f"train {stage.metric_name} {record[f'train_{stage.metric_name}']:.4f}  "
                 f"select {stage.metric_name} {select_metric:.4f}  {seconds:.1f}s")
         rt.barrier()
-    return {"best_select": best, "best_epoch": best_epoch + 1, "epochs": cfg.epochs}
+    return {"best_select": state.best, "best_epoch": state.best_epoch + 1, "epochs": cfg.epochs}
+
+
+def write_metrics(path: Path, history: list[dict]) -> None:
+    """metrics.jsonl, one line per epoch, rewritten whole (atomically) after each epoch."""
+    write_text(path, "".join(json.dumps(h) + "\n" for h in history))
 
 
 INFERENCE_KEYS = ("model", "ema", "card", "config", "epoch", "best_metric", "best_epoch")
@@ -250,6 +274,16 @@ def drop_last(out_dir: Path) -> bool:
     return True
 
 
+def complete(out_dir: Path, summary: dict, keep_last: str) -> None:
+    """What every stage does last (rank 0): summary.json (atomic: it marks the stage finished), then
+    curves.png from metrics.jsonl, then, with --keep-last no, drop last.pt (after summary.json: a
+    crash before it leaves last.pt to resume from)."""
+    write_json(StageDir(out_dir).summary, summary)
+    plot_curves(out_dir)
+    if keep_last == "no":
+        drop_last(out_dir)
+
+
 def finish(stage: Stage, cfg: TrainConfig, rt: Runtime, summary: dict, test_loader: TensorLoader) -> dict:
     """Score best.pt once on `test` (reporting only: nothing is chosen on it); write summary.json."""
     if rt.is_main:
@@ -258,10 +292,7 @@ def finish(stage: Stage, cfg: TrainConfig, rt: Runtime, summary: dict, test_load
         model.load_state_dict(inference_weights(best))
         summary[f"test_{stage.metric_name}"] = evaluate(model, test_loader, stage.metric,
                                                        Runtime(rt.device), cfg.amp)
-        write_json(StageDir(stage.out_dir).summary, summary)  # atomic: summary.json marks the stage finished
-        plot_curves(stage.out_dir)  # curves.png from metrics.jsonl
-        if cfg.keep_last == "no":  # after summary.json: a crash before it leaves last.pt to resume from
-            drop_last(stage.out_dir)
+        complete(stage.out_dir, summary, cfg.keep_last)
         log(rt, f"{stage.role}: best select {stage.metric_name} {summary['best_select']:.4f} "
                 f"(epoch {summary['best_epoch']}), test {stage.metric_name} "
                 f"{summary[f'test_{stage.metric_name}']:.4f} -> {StageDir(stage.out_dir).best}")

@@ -2,7 +2,7 @@
 
 A view of an image is three integers (horizontal shift, vertical shift, flip), so the teacher-logit
 cache can store exactly which view each cached logit belongs to, and augmentation runs as one
-batched gather on the training device. moskd.data re-exports everything here.
+batched gather on the training device.
 """
 from __future__ import annotations
 

@@ -26,7 +26,8 @@ from typing import Optional
 
 from moskd.config import field, parse_config
 from moskd.errors import MoskdError, cli_entry
-from moskd.run import RunDir, StageDir, write_json
+from moskd.run import RunDir, StageDir
+from moskd.atomic import write_json
 from moskd.seeds import aggregate_seeds
 from moskd.stages import Step, pipeline_steps
 
@@ -52,9 +53,9 @@ class PipelineConfig:
     shared_teacher: bool = field(True, "with --seeds: train the teacher once (first seed) and share it")
     teacher_from: Optional[str] = field(None, "a finished teacher folder (e.g. runs/a/seed0/teacher) to hard-link "
                                               "into this run instead of training one: compare methods on one teacher")
-    keep_last: str = field("yes", "keep each finished stage's last.pt (optimizer state); no = drop it once the "
-                                  "stage has finished, as `moskd clean RUN` does (a digits run shrinks ~4x)",
-                           choices=["yes", "no"])
+    keep_last: str = field("no", "drop each stage's last.pt (optimizer state, only --resume reads it) once the "
+                                 "stage has finished, as `moskd clean RUN` does (a digits run shrinks ~4x); yes = "
+                                 "keep them (the stage commands keep them by default)", choices=["yes", "no"])
 
 
 def _recipe(config: Optional[str], dataset: str, device: str) -> Optional[str]:
@@ -76,8 +77,12 @@ def _header(i: int, n: int, title: str) -> None:
     print(f"\n=== [{i}/{n}] {title} " + "=" * max(3, 60 - len(title)), flush=True)
 
 
-def _run_step(step: Step, argv: list[str], cfg: PipelineConfig) -> str:
-    """Run one step unless its stage is finished; resume it if interrupted. Returns what happened."""
+def _run_step(step: Step, argv: list[str], cfg: PipelineConfig, shared: frozenset[Path] = frozenset()) -> str:
+    """Run one step unless its stage is finished; resume it if interrupted. Returns what happened.
+    A stage folder in `shared` was linked in from another run (a shared teacher): never retrained
+    here, --force included."""
+    if step.out is not None and step.out in shared:
+        return "shared (linked in, not retrained)"
     if step.out is None:
         importlib.import_module(step.module).main(argv)
         return "done"
@@ -92,8 +97,14 @@ def _run_step(step: Step, argv: list[str], cfg: PipelineConfig) -> str:
     return "resumed" if "--resume" in argv else "done"
 
 
-def run(cfg: PipelineConfig, config: Optional[str] = None) -> dict:
+def run(cfg: PipelineConfig, config: Optional[str] = None, teacher: Optional[Path] = None) -> dict:
+    """The pipeline on one run directory; `teacher`: a finished teacher folder to link in and use
+    as it is (--teacher-from, or the first seed's shared teacher)."""
     run_dir = RunDir(cfg.run_dir)
+    shared = frozenset()
+    if teacher is not None:
+        share_teacher(teacher, run_dir.teacher.path)
+        shared = frozenset({run_dir.teacher.path})
     common = ["--run-dir", cfg.run_dir, "--dataset", cfg.dataset, "--data-dir", cfg.data_dir,
               "--device", cfg.device, "--seed", str(cfg.seed)]
     recipe = _recipe(config, cfg.dataset, cfg.device)
@@ -112,7 +123,7 @@ def run(cfg: PipelineConfig, config: Optional[str] = None) -> dict:
     for i, step in enumerate(steps, 1):
         _header(i, len(steps), step.title)
         t0 = time.perf_counter()
-        what = _run_step(step, flags[step.kind] + list(step.argv), cfg)
+        what = _run_step(step, flags[step.kind] + list(step.argv), cfg, shared)
         timings[step.title] = round(time.perf_counter() - t0, 1)
         print(f"{step.title}: {what} in {timings[step.title]:.1f}s", flush=True)
     write_json(run_dir.pipeline_timings, timings)
@@ -124,13 +135,16 @@ def run(cfg: PipelineConfig, config: Optional[str] = None) -> dict:
 
 def share_teacher(source: Path, target: Path) -> None:
     """Hard-link a finished teacher folder (checkpoint, summary, cache) into another run directory;
-    last.pt (optimizer state, only needed to resume) stays behind."""
+    last.pt (optimizer state, only needed to resume) stays behind. A file already there that is not
+    the source's (a teacher trained before, or linked from an older one) is replaced."""
     last = StageDir(source).last
     for f in source.rglob("*"):
         if f.is_file() and f != last and not f.name.startswith("."):
             dest = target / f.relative_to(source)
             if dest.exists():
-                continue
+                if os.path.samefile(f, dest):
+                    continue
+                dest.unlink()
             dest.parent.mkdir(parents=True, exist_ok=True)
             try:
                 os.link(f, dest)
@@ -156,11 +170,12 @@ def run_seeds(cfg: PipelineConfig, config: Optional[str] = None, command: str = 
     for k in cfg.seeds:
         seed_dir = root.seed(k)
         print(f"\n##### seed {k} -> {seed_dir.root}", flush=True)
-        if source is not None:
-            share_teacher(source, seed_dir.teacher.path)
-        elif cfg.shared_teacher and k != cfg.seeds[0] and first.teacher.finished:
-            share_teacher(first.teacher.path, seed_dir.teacher.path)
-        run(dataclasses.replace(cfg, run_dir=str(seed_dir.root), seed=k, seeds=[]), config)
+        teacher = source
+        if teacher is None and cfg.shared_teacher and k != cfg.seeds[0]:
+            if not first.teacher.finished:
+                raise MoskdError(f"{first.teacher.path}: the shared teacher did not finish; rerun the same command")
+            teacher = first.teacher.path  # trained (or, with --force, retrained) by the first seed only
+        run(dataclasses.replace(cfg, run_dir=str(seed_dir.root), seed=k, seeds=[]), config, teacher)
     summary = aggregate_seeds(root.root, cfg.seeds, teacher_shared=cfg.shared_teacher or source is not None,
                               command=command)
     print(f"\nseeds: {root.seeds_json}, {root.seeds_md}")
@@ -176,10 +191,7 @@ def main(argv=None):
     if cfg.seeds:
         run_seeds(cfg, config, command=" ".join(["moskd pipeline", *(sys.argv[2:] if argv is None else argv)]))
     else:
-        source = borrowed_teacher(cfg)
-        if source is not None:
-            share_teacher(source, RunDir(cfg.run_dir).teacher.path)
-        run(cfg, config)
+        run(cfg, config, borrowed_teacher(cfg))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from moskd.atomic import atomic_write
 from moskd.run import StageDir
 
 
@@ -47,5 +48,5 @@ def plot_curves(stage_dir: str | Path, out: str | Path | None = None) -> Path:
     for ax in (ax_loss, ax_metric):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.savefig(out, dpi=100)
+    atomic_write(out, lambda f: fig.savefig(f, format="png", dpi=100))
     return out

@@ -33,6 +33,7 @@ from typing import Callable, Optional
 import numpy as np
 
 VERSION = 1
+TEACHER = "teacher"  # the route name of the teacher, the last model of every policy that reaches it
 SCORES = ("max_softmax", "learned")
 COMBINES = ("replace", "mean")
 ALWAYS = 1.001  # a max-softmax threshold above any probability: always defer

@@ -2,12 +2,12 @@
 
 Every docs/results/<config>/seeds.json (copied from a `moskd pipeline --seeds ...` run directory,
 with its seeds.md) becomes one section of docs/RESULTS.md and one block of README.md (between the
-`<!-- results:begin -->` and `<!-- results:end -->` markers). `--check` only compares: it exits 1
-when a file is not what the seed files give (tests/test_results.py runs it), so no number in the
+`<!-- results:begin -->` and `<!-- results:end -->` markers). `--check` only compares: it exits 2
+when a file is not what the seed files give (tests/test_seeds.py runs it), so no number in the
 README or docs can drift from the measurement it came from.
 
     moskd results            rewrite README.md and docs/RESULTS.md
-    moskd results --check    exit 1 if either differs
+    moskd results --check    exit 2 if either differs
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import json
 import sys
 from pathlib import Path
 
+from moskd.atomic import write_text
 from moskd.config import Parser  # one-line errors, 'did you mean', values checked by name
 from moskd.errors import MoskdError, cli_entry
 
@@ -173,7 +174,7 @@ def main(argv=None):
     p = Parser(prog="moskd results", description=__doc__, allow_abbrev=False,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", default=".", help="the repository checkout holding README.md and docs/")
-    p.add_argument("--check", action="store_true", help="compare only; exit 1 if a file differs")
+    p.add_argument("--check", action="store_true", help="compare only; exit 2 if a file differs")
     a = p.parse_args(argv)
     stale = []
     for path, text in outputs(Path(a.root)).items():
@@ -182,9 +183,9 @@ def main(argv=None):
         if a.check:
             stale.append(str(path))
         else:
-            path.write_text(text)
+            write_text(path, text)
             print(f"wrote {path}")
     if stale:
         print(f"moskd results: {', '.join(stale)} differ from docs/results/*/seeds.json; run `moskd results`",
               file=sys.stderr)
-        raise SystemExit(1)
+        raise SystemExit(2)  # stale files are bad input, not a failure of moskd

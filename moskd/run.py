@@ -26,11 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from moskd.atomic import read_json, write_bytes, write_json, write_text  # noqa: F401  (re-exported)
-from moskd.config import run_dir_argument  # noqa: F401  (re-exported)
+from moskd.atomic import read_json
 from moskd.errors import MoskdError
-from moskd.loaded import (BASELINE_SUFFIX, SPLIT_KEYS, Student, check_same_split, is_baseline,  # noqa: F401
-                          load_teacher)
+from moskd.loaded import BASELINE_SUFFIX, Student, check_same_split, is_baseline, load_teacher
 
 if TYPE_CHECKING:
     from torch import nn

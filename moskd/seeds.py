@@ -16,7 +16,8 @@ import numpy as np
 
 from moskd.atomic import file_sha256
 from moskd.errors import MoskdError
-from moskd.run import RunDir, write_json, write_text
+from moskd.run import RunDir
+from moskd.atomic import write_json, write_text
 
 
 def report_rows(r: dict) -> dict[str, float | None]:

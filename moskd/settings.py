@@ -1,6 +1,6 @@
 """The settings every training stage shares: the data (DataConfig) and the training recipe
 (TrainConfig). Plain dataclasses that import no torch, so a command's --help and its config checks
-never load it; moskd.engine re-exports both."""
+never load it."""
 from __future__ import annotations
 
 from dataclasses import dataclass

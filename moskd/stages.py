@@ -1,18 +1,14 @@
 """What the stages declare to the core: their commands, their pipeline steps, their model modules.
 
-moskd (the core) imports no stage. Each stage package (teacher/, students/, selector/,
-inference/) declares one `STAGE = StageInfo(...)` in its `stage.py`, listed in pyproject.toml
-under `[project.entry-points."moskd.stages"]`; the umbrella CLI (`moskd COMMAND`),
-`moskd pipeline` and the model registry read the stages from there. A declaration imports nothing
-heavy (no torch), so `moskd --help` answers at once; a command's module is imported only when it runs.
-
-The list comes from the checkout's pyproject.toml when moskd runs from a source tree (so a stage
-added there is seen without reinstalling), else from the installed package's entry points.
+Each stage package (teacher/, students/, selector/, inference/) declares one
+`STAGE = StageInfo(...)` in its `stage.py`. The four are listed once, in moskd.cli (STAGES), the
+umbrella command that dispatches to them; the rest of the core (the pipeline, the model registry,
+the config sections) reads them through `stages()` here and imports no stage itself. A declaration
+imports nothing heavy (no torch), so `moskd --help` answers at once; a command's module is
+imported only when it runs.
 """
 from __future__ import annotations
 
-import importlib
-import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -20,8 +16,6 @@ from typing import TYPE_CHECKING, Callable, Optional
 
 if TYPE_CHECKING:
     from moskd.run import RunDir
-
-GROUP = "moskd.stages"
 
 
 @dataclass(frozen=True)
@@ -59,47 +53,13 @@ class StageInfo:
     # pipeline's settings (e.g. baselines, complementary), each stage reads the ones it knows
 
 
-def _from_pyproject() -> Optional[list[str]]:
-    """The entry points of GROUP in the checkout's pyproject.toml, when moskd runs from one."""
-    path = Path(__file__).resolve().parent.parent / "pyproject.toml"
-    if not path.is_file():
-        return None
-    try:
-        import tomllib
-    except ImportError:  # Python 3.10: the table is plain `name = "module"` lines
-        text = path.read_text()
-        if not re.search(r'^name\s*=\s*"moskd"', text, flags=re.M):
-            return None
-        block = re.search(rf'^\[project\.entry-points\."{re.escape(GROUP)}"\]\n(.*?)(?=^\[|\Z)', text, re.M | re.S)
-        return re.findall(r'^\s*\w+\s*=\s*"([^"]+)"', block.group(1), flags=re.M) if block else []
-    data = tomllib.loads(path.read_text())
-    project = data.get("project", {})
-    if project.get("name") != "moskd":
-        return None
-    return list(project.get("entry-points", {}).get(GROUP, {}).values())
-
-
-def stage_modules() -> list[str]:
-    """The declared stages (entry point values, e.g. "teacher.stage:STAGE")."""
-    found = _from_pyproject()
-    if found is None:
-        from importlib.metadata import entry_points
-
-        found = [ep.value for ep in entry_points(group=GROUP)]
-    return found
-
-
 @lru_cache(maxsize=None)
 def stages() -> tuple[StageInfo, ...]:
-    """Every declared stage, in pipeline order."""
-    infos = []
-    for value in stage_modules():
-        module, _, attr = value.partition(":")
-        info = getattr(importlib.import_module(module), attr or "STAGE")
-        if not isinstance(info, StageInfo):
-            raise TypeError(f"{value}: declares {type(info).__name__}, not a moskd.stages.StageInfo")
-        infos.append(info)
-    return tuple(sorted(infos, key=lambda s: s.order))
+    """Every stage, in pipeline order: the umbrella's list (moskd.cli imports this module, so the
+    list is read when first asked for, not at import)."""
+    from moskd.cli import STAGES
+
+    return tuple(sorted(STAGES, key=lambda s: s.order))
 
 
 def commands() -> dict[str, Command]:

@@ -3,7 +3,6 @@ declared choices with the nearest name when a value is misspelt, --device's synt
 with --force. moskd.config applies these to flags and config files alike."""
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import math
 import re
@@ -105,11 +104,6 @@ def choices_of(cls: type) -> dict[str, tuple]:
             if "choices" in f.metadata:
                 out[f.name] = (f.metadata["choices"], f.metadata.get("ignore_case", False))
     return out
-
-
-def check_ranges(cfg: Any) -> None:
-    """check_values for a config dataclass instance (its fields' declared choices included)."""
-    check_values({f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}, choices_of(type(cfg)))
 
 
 def timm_optimizers() -> list[str]:

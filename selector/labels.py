@@ -14,11 +14,12 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from moskd.checkpoint import read_checkpoint_file, save_checkpoint
-from moskd.data import DataBundle, TensorLoader
+from moskd.checkpoint import save_checkpoint
+from moskd.data import DataBundle
+from moskd.loader import TensorLoader
 from moskd.errors import MoskdError
 from moskd.precision import policy
-from moskd.run import Student
+from moskd.loaded import Student
 
 
 @torch.inference_mode()
@@ -111,11 +112,6 @@ def save_labels(labels: dict, path: str | Path) -> None:
     save_checkpoint(labels, path)  # atomic; plain tensors, strings and numbers: loads with weights_only
 
 
-def load_labels(path: str | Path) -> dict:
-    obj = read_checkpoint_file(path)
-    if not isinstance(obj, dict) or not {"students", "correct", "route"} <= set(obj):
-        raise MoskdError(f"{path}: not a selector labels file; rerun trainSelector")
-    return obj
 
 
 def describe(stats: dict, split: str = "select") -> str:

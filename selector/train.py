@@ -11,14 +11,16 @@ import torch
 import torch.nn.functional as F
 
 from moskd.checkpoint import inference_weights, load_checkpoint, save_checkpoint
-from moskd.data import DataBundle, TensorLoader, data_from_config
-from moskd.engine import Stage, drop_last, fit, on_logits, prepare_out_dir
+from moskd.data import DataBundle, data_from_config
+from moskd.loader import TensorLoader
+from moskd.engine import Stage, complete, fit, on_logits, prepare_out_dir
 from moskd.errors import MoskdError
 from moskd.models import create_model
 from moskd.profile import count_macs
-from moskd.run import SPLIT_KEYS, RunDir, write_json
+from moskd.run import RunDir
+from moskd.loaded import SPLIT_KEYS
 from moskd.runtime import Runtime, log, show_progress
-from selector.cli import TARGETS, SelectorConfig, main  # noqa: F401  (re-exported)
+from selector.cli import TARGETS, SelectorConfig, main
 from selector.labels import complementary_partition, describe, label_split, owner_targets, save_labels
 from moskd.policy import entry_routes, knob_grid, relative_costs
 from selector.model import MAC_BUDGET
@@ -295,9 +297,7 @@ def run(cfg: SelectorConfig, rt: Runtime) -> dict:
         summary["train_images"] = len(stage.train_loader.images)  # `select`'s training part (+ spare)
         if spare:
             summary["spare_labels"] = spare["stats"]
-        write_json(out.summary, summary)  # atomic: summary.json marks the stage finished
-        if cfg.keep_last == "no":  # after summary.json, as engine.finish does for the other stages
-            drop_last(out.path)
+        complete(out.path, summary, cfg.keep_last)  # summary.json, curves.png, --keep-last
         always = ", ".join(f"{n} {summary[f'heldout_always_{n}']:.4f}" for n in names)
         log(rt, f"selector: held-out routed acc {summary['heldout_routed_acc']:.4f} at knob "
                 f"{operating['knob']:.4f} (always: {always}; oracle {summary['heldout_oracle']:.4f}) -> {out.best}")

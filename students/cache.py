@@ -22,7 +22,9 @@ from tqdm import tqdm
 
 from moskd.atomic import file_sha256
 from moskd.checkpoint import read_checkpoint_file, save_checkpoint
-from moskd.data import AugSpec, DataBundle, apply_views, normalize, sample_views
+from moskd.data import DataBundle
+from moskd.loader import AugSpec
+from moskd.loader import apply_views, normalize, sample_views
 from moskd.errors import MoskdError
 from moskd.precision import policy
 from moskd.runtime import Runtime, log, show_progress

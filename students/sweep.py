@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,8 @@ from typing import TYPE_CHECKING
 
 from moskd.config import field, parse_config
 from moskd.errors import cli_entry
-from moskd.run import RunDir, StageDir, read_json, write_json, write_text  # no torch: paths and JSON only
+from moskd.run import RunDir, StageDir  # no torch: paths and JSON only
+from moskd.atomic import read_json, write_json, write_text
 from students.cli import StudentConfig
 
 if TYPE_CHECKING:
@@ -80,7 +82,7 @@ def grid(cfg: SweepConfig, arch: str) -> list[Point]:
 def last_epoch_accuracy(run: StageDir, data, cfg: StudentConfig, rt: Runtime) -> float:
     """Test accuracy of last.pt (the weights after the final epoch), beside best-on-select."""
     from moskd.checkpoint import load_checkpoint
-    from moskd.data import make_loader
+    from moskd.loader import make_loader
     from moskd.engine import evaluate, top1
     from moskd.models import build_model_from_checkpoint
     from moskd.runtime import Runtime
@@ -92,6 +94,7 @@ def last_epoch_accuracy(run: StageDir, data, cfg: StudentConfig, rt: Runtime) ->
 
 def train_point(point: Point, seed: int, cfg: SweepConfig, data, rt: Runtime) -> dict:
     """Train (or reuse, or resume) one run; returns its row of <arch>-runs.csv."""
+    from moskd.engine import drop_last
     from moskd.runtime import log
     from students.train import run as train_student
 
@@ -100,7 +103,8 @@ def train_point(point: Point, seed: int, cfg: SweepConfig, data, rt: Runtime) ->
         summary = read_json(out.summary)
         log(rt, f"sweep: {out.path.name} already finished; reusing it (--force retrains)")
     else:
-        scfg = point.config(cfg, seed)
+        # last.pt stays until the last epoch's test accuracy is in summary.json; --keep-last no drops it then
+        scfg = dataclasses.replace(point.config(cfg, seed), keep_last="yes")
         if not cfg.force and out.last.is_file():
             scfg = dataclasses.replace(scfg, resume=True)
         summary = train_student(scfg, rt, out_dir=out.path, data=data)
@@ -108,6 +112,8 @@ def train_point(point: Point, seed: int, cfg: SweepConfig, data, rt: Runtime) ->
         summary["test_acc_last"] = last_epoch_accuracy(out, data, cfg, rt)
         if rt.is_main:
             write_json(out.summary, summary)
+    if cfg.keep_last == "no" and rt.is_main:
+        drop_last(out.path)
     return {"name": point.name, "kd_loss": cfg.kd_loss if point.alpha < 1 else "none",
             "temperature": point.temperature, "alpha": point.alpha, "seed": seed,
             "best_epoch": summary["best_epoch"], "select_acc": summary["best_select"],
@@ -132,10 +138,11 @@ def aggregate(rows: list[dict]) -> list[dict]:
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    write_text(path, buf.getvalue())
 
 
 def markdown(table: list[dict], arch: str) -> str:

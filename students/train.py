@@ -9,16 +9,20 @@ import torch
 from torch import nn
 
 from moskd.atomic import file_sha256
-from moskd.data import DataBundle, data_from_config, make_loader
+from moskd.data import DataBundle, data_from_config
+from moskd.loader import make_loader
 from moskd.engine import Stage, finish, fit, prepare_out_dir
 from moskd.errors import MoskdError
 from moskd.models import SEED_STUDENTS, available_models, create_model, stem_kwargs, unwrap
 from moskd.precision import policy
 from moskd.profile import model_cost
-from moskd.run import SPLIT_KEYS, RunDir, load_teacher, write_json
+from moskd.run import RunDir
+from moskd.loaded import load_teacher
+from moskd.loaded import SPLIT_KEYS
+from moskd.atomic import write_json
 from moskd.runtime import Runtime, log
 from students.cache import cache_key, load_or_build
-from students.cli import StudentConfig, main  # noqa: F401  (re-exported: callers and tests import them from here)
+from students.cli import StudentConfig, main
 from students.complementary import build_partition, image_weights, load_partition
 from students.losses import KD_LOSSES, cached_objective, label_objective, online_objective
 from students.teacher_check import warn_if_poor_teacher

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import torch
 
-from moskd.data import data_from_config, make_loader
+from moskd.data import data_from_config
+from moskd.loader import make_loader
 from moskd.engine import Stage, cross_entropy, finish, fit
 from moskd.models import create_model, stem_kwargs
 from moskd.run import RunDir
 from moskd.runtime import Runtime
-from teacher.cli import TeacherConfig, main  # noqa: F401  (re-exported: callers and tests import them from here)
+from teacher.cli import TeacherConfig, main
 
 
 def run(cfg: TeacherConfig, rt: Runtime) -> dict:

@@ -7,7 +7,7 @@ import torch
 from moskd.checkpoint import load_checkpoint, save_checkpoint
 from moskd.errors import MoskdError
 from moskd.models import build_model_from_checkpoint, create_model
-from teacher.train import main as teacher_main
+from teacher.cli import main as teacher_main
 
 CARD = {"role": "teacher", "arch": "test_small_cnn", "num_classes": 10, "class_names": list("0123456789"),
         "in_chans": 1, "input_size": [1, 8, 8], "mean": [0.3], "std": [0.37], "dataset": "digits"}
@@ -149,3 +149,12 @@ def test_old_fat_best_still_loads_and_clean_slims_it(tmp_path, good, cli):
     assert all(torch.equal(a, b) for a, b in zip(rebuilt.state_dict().values(), slimmed.state_dict().values()))
     code, _, err = cli(moskd_main, ["clean", str(tmp_path / "nowhere")])
     assert code == 2 and "no such run directory" in err
+
+
+def test_clean_without_a_run_directory_asks_for_one(cli):
+    """Issue 20: `moskd clean` alone took the program's name for the run directory."""
+    from moskd.cli import main as moskd_main
+
+    code, out, err = cli(moskd_main, ["clean"])
+    assert code == 2 and err.count("\n") == 1 and "no run directory given; pass --run-dir RUN" in err, err
+    assert "moskd clean: no such" not in err

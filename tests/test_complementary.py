@@ -12,12 +12,12 @@ from moskd.checkpoint import load_checkpoint
 from moskd.precision import policy
 from selector.labels import owner_targets
 from moskd.policy import entry_routes
-from selector.train import main as selector_main
+from selector.cli import main as selector_main
 from moskd.run import RunDir
 from students.complementary import build_partition, class_confusion, cluster_classes, image_weights
 from students.losses import cached_objective
-from students.train import main as student_main
-from teacher.train import main as teacher_main
+from students.cli import main as student_main
+from teacher.cli import main as teacher_main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

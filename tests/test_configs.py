@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 
 from moskd.config import load_yaml_overrides
-from selector.train import SelectorConfig
-from students.train import StudentConfig
-from teacher.train import TeacherConfig
+from selector.cli import SelectorConfig
+from students.cli import StudentConfig
+from teacher.cli import TeacherConfig
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 STAGES = {"teacher": TeacherConfig, "students": StudentConfig, "selector": SelectorConfig}

@@ -7,7 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from moskd.data import AugSpec, apply_views, load_data, make_loader, sample_views
+from moskd.data import load_data
+from moskd.loader import AugSpec
+from moskd.loader import apply_views, make_loader, sample_views
 from moskd.errors import MoskdError
 
 

@@ -39,7 +39,7 @@ def test_umbrella_lists_every_stage_and_rejects_unknown():
 
 
 def test_help_of_teacher_train_names_the_seed_flags(cli):
-    from teacher.train import main as teacher_main
+    from teacher.cli import main as teacher_main
 
     code, out, _ = cli(teacher_main, ["--help"])  # in-process: a subprocess would only add torch's import time
     assert code == 0
@@ -48,3 +48,11 @@ def test_help_of_teacher_train_names_the_seed_flags(cli):
                  "--label-smoothing", "--seed", "--resume", "--device", "--config"):
         assert flag in out, flag
     assert "--run " not in out
+
+
+def test_ci_runs_the_two_process_gloo_teacher_through_torchrun():
+    ci = (ROOT / ".ci/run").read_text()
+    assert ".ci/torchrun-teacher" in ci.splitlines()
+    step = (ROOT / ".ci/torchrun-teacher").read_text()
+    assert re.search(r"torchrun --standalone --nproc-per-node 2 --no-python \\\n\s+teacherTrain --run-dir", step)
+    assert '["world_size"] == 2' in step

@@ -11,10 +11,12 @@ import yaml
 
 import moskd.engine
 from moskd.checkpoint import load_checkpoint
-from moskd.data import load_data, make_loader
-from moskd.engine import Stage, TrainConfig, finish, fit
+from moskd.data import load_data
+from moskd.loader import make_loader
+from moskd.engine import Stage, finish, fit
+from moskd.settings import TrainConfig
 from moskd.runtime import Runtime
-from teacher.train import main as teacher_main
+from teacher.cli import main as teacher_main
 
 # a small CNN with batch norm and dropout (so the per-epoch RNG handling is exercised); the engine is
 # under test here, not an architecture. The torchrun test's subprocesses need a registry name: googlenet.

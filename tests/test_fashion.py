@@ -8,12 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from moskd.data import (
-    FASHION_CLASSES,
-    load_data,
-    read_idx,
-    resize_images,
-)
+from moskd.data import load_data
+from moskd.datasets import resize_images
+from moskd.datasets import FASHION_CLASSES, read_idx
 from moskd.errors import MoskdError
 from moskd.models import create_model
 from moskd.profile import count_macs

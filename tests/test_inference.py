@@ -13,10 +13,11 @@ import torch
 import torchvision
 from PIL import Image
 
-from inference.predict import main as inference_main
+from inference.cli import main as inference_main
 from inference.predict import predict_files, preprocess
 from inference.router import load_router
-from moskd.data import load_data, normalize
+from moskd.data import load_data
+from moskd.loader import normalize
 from moskd.profile import count_macs, count_params
 from tests.test_selector import trained_run  # noqa: F401  (session fixture: a tiny trained run)
 
@@ -196,7 +197,7 @@ def test_every_bad_file_gets_one_stderr_line_and_the_rest_are_written(trained_ru
     out = tmp_path / "preds.jsonl"
     code, stdout, err = cli(inference_main, ["--run-dir", str(trained_run), str(tmp_path / "in"), str(missing),
                                              "--output", str(out), "--device", "cpu"])
-    assert code == 1 and stdout == ""  # the table is on stderr
+    assert code == 2 and stdout == ""  # bad inputs: exit 2; the table is on stderr
     lines = err.strip().splitlines()
     bad_inputs = [("empty.png", "empty"), ("notes.png", "not an image"), ("truncated.png", "truncated"),
                   ("dangling.png", "no such file"), ("nowhere.png", "no such file")]
@@ -242,7 +243,7 @@ def test_permission_errors_as_root_too(trained_run, tmp_path, cli, monkeypatch):
     code, _, err = cli(inference_main, ["--run-dir", str(trained_run), str(tmp_path / "in"), "--output", str(out),
                                         "--device", "cpu", "--quiet"])
     lines = err.strip().splitlines()
-    assert code == 1
+    assert code == 2
     # --quiet: no table, so each failed input gets its own line
     assert [ln for ln in lines if "locked.png" in ln] == [f"inference: {locked}: permission denied"]
     assert len([ln for ln in lines if str(closed) in ln and "cannot list folder" in ln]) == 1
@@ -276,7 +277,7 @@ def test_output_to_stdout_has_a_row_per_input_in_order_and_quiet_drops_the_table
     inputs = [b, bad, empty, a]  # input order, not sorted
     code, out, err = cli(inference_main, ["--run-dir", str(trained_run), *map(str, inputs), "--output", "-",
                                           "--quiet", "--device", "cpu", *(["--output-format", "jsonl"] * (fmt == "jsonl"))])
-    assert code == 1
+    assert code == 2
     if fmt == "csv":
         import csv
         import io

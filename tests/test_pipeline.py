@@ -29,7 +29,7 @@ def small_seed_models(monkeypatch, tmp_path) -> list[str]:
 
 def test_pipeline_end_to_end_then_skips_and_resumes(tmp_path, monkeypatch, cli):
     run = tmp_path / "run"
-    args = ["--run-dir", str(run), *SMALL, *small_seed_models(monkeypatch, tmp_path)]
+    args = ["--run-dir", str(run), *SMALL, *small_seed_models(monkeypatch, tmp_path), "--keep-last", "yes"]
 
     # first run: killed right after GoogLeNet's first epoch checkpoint
     real_save = moskd.engine.save_checkpoint
@@ -78,7 +78,7 @@ def test_pipeline_end_to_end_then_skips_and_resumes(tmp_path, monkeypatch, cli):
                                       layout.student("googlenet").path, layout.selector.path]
     for s in steps:
         stage = StageDir(s.out)
-        assert all(p.is_file() for p in (stage.best, stage.summary, stage.metrics, stage.config)), s
+        assert all(p.is_file() for p in (stage.best, stage.summary, stage.metrics, stage.config, stage.curves)), s
     report_dir = layout.report(48)
     assert report_dir.json == layout.report().json and report_dir.eval_arrays("test").is_file()
     assert report_dir.eval_meta.is_file() and layout.pipeline_timings.is_file()
@@ -90,10 +90,11 @@ def test_pipeline_end_to_end_then_skips_and_resumes(tmp_path, monkeypatch, cli):
     assert (run / "teacher/last.pt").stat().st_mtime_ns == before
 
 
-def test_pipeline_keep_last_no_leaves_only_slim_checkpoints(tmp_path, monkeypatch, cli):
+def test_pipeline_leaves_only_slim_checkpoints_by_default(tmp_path, monkeypatch, cli):
+    """A finished pipeline stage needs no optimizer state: `moskd pipeline` drops every last.pt
+    unless --keep-last yes (issue 20: the default digits run was 750 MB)."""
     run = tmp_path / "run"
-    code, _, err = cli(pipeline_main, ["--run-dir", str(run), *SMALL, *small_seed_models(monkeypatch, tmp_path),
-                                       "--keep-last", "no"])
+    code, _, err = cli(pipeline_main, ["--run-dir", str(run), *SMALL, *small_seed_models(monkeypatch, tmp_path)])
     assert code == 0, err
     assert not list(run.rglob("last.pt"))  # every finished stage dropped its optimizer state
     for best in run.rglob("best.pt"):
@@ -112,7 +113,7 @@ def test_pipeline_complementary_on_a_borrowed_teacher(tmp_path, monkeypatch, cli
     code, out, err = cli(pipeline_main, ["--run-dir", str(run), *SMALL, *small, "--teacher-from",
                                          str(first / "teacher"), "--complementary", "clusters"])
     assert code == 0, err
-    assert "teacher: skipped (finished)" in out
+    assert "teacher: shared (linked in, not retrained)" in out
     assert (run / "teacher/best.pt").stat().st_ino == (first / "teacher/best.pt").stat().st_ino
     for arch in ("densenet121", "googlenet"):
         card = load_checkpoint(run / f"students/{arch}/best.pt")["card"]

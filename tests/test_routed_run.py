@@ -18,7 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
-from inference.predict import main as inference_main
+from inference.cli import main as inference_main
 from moskd.data import load_data
 from tests.conftest import AnswerNet, save_answer_model
 

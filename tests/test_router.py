@@ -157,7 +157,7 @@ def digits_test_images():
 
 def _routed(split_run, images, escalate=None):
     from inference.router import load_router
-    from moskd.data import normalize
+    from moskd.loader import normalize
 
     run = load_router(split_run.path, escalate, device="cpu")
     x = normalize(images, torch.tensor(run.card["mean"]), torch.tensor(run.card["std"]))

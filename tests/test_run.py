@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 from moskd.errors import MoskdError
-from moskd.run import RunDir, run_dir_argument, write_json
+from moskd.run import RunDir
+from moskd.config import run_dir_argument
+from moskd.atomic import write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 DESIGN = (ROOT / "docs" / "DESIGN.md").read_text()
@@ -143,7 +145,7 @@ def test_limited_report_goes_beside_unless_the_run_itself_was_limited(tmp_path):
 
 WRITER = textwrap.dedent("""
     import json, os, sys, time
-    import moskd.run
+    import moskd.atomic
 
     class HalfThenHang:
         '''A file whose write() puts half the bytes on disk, says so, then hangs (to be killed).'''
@@ -162,7 +164,7 @@ WRITER = textwrap.dedent("""
     if how == "atomic":
         real = os.fdopen
         os.fdopen = lambda *a, **k: HalfThenHang(real(*a, **k))
-        moskd.run.write_json(path, new)
+        moskd.atomic.write_json(path, new)
     else:  # in place, as Path.write_text does: what the test must be able to catch
         with open(path, "w") as f:
             HalfThenHang(f).write(json.dumps(new))

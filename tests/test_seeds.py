@@ -34,8 +34,10 @@ def fake_report(seed: int) -> dict:
 def test_seeds_share_the_teacher_and_aggregate_each_report(tmp_path, monkeypatch):
     calls = []
 
-    def fake_run(cfg, config=None):
+    def fake_run(cfg, config=None, teacher=None):
         run_dir = Path(cfg.run_dir)
+        if teacher is not None:  # what run() does first with a shared teacher
+            pipeline.share_teacher(teacher, run_dir / "teacher")
         calls.append((cfg.seed, (run_dir / "teacher" / "best.pt").exists()))
         teacher = run_dir / "teacher"
         if not (teacher / "summary.json").exists():  # the first seed trains the teacher (and its cache)
@@ -92,7 +94,7 @@ def test_results_check_fails_on_a_stale_readme(tmp_path, cli):
     (tmp_path / "docs" / "results" / "digits" / "seeds.json").write_text(json.dumps(seeds))
     (tmp_path / "README.md").write_text("intro\n<!-- results:begin -->\nold\n<!-- results:end -->\nrest\n")
     code, _, err = cli(results_main, ["--root", str(tmp_path), "--check"])
-    assert code == 1 and "README.md" in err
+    assert code == 2 and "README.md" in err
     code, _, _ = cli(results_main, ["--root", str(tmp_path)])
     text = (tmp_path / "README.md").read_text()
     assert code == 0 and text.startswith("intro\n") and text.endswith("rest\n") and "| **routed** (selector + one student) | 50.00 | " in text  # one seed: no spread shown

@@ -20,7 +20,8 @@ from moskd.profile import count_macs
 from selector.labels import label_stats, make_labels, preferred_routes
 from moskd.policy import entry_routes
 from selector.model import MAC_BUDGET
-from selector.train import holdout_split, main as train_selector
+from selector.cli import main as train_selector
+from selector.train import holdout_split
 from tests.conftest import TinyCNN
 
 LIMIT = 60  # images per split in the tiny run
@@ -159,7 +160,7 @@ def test_selector_gives_one_score_per_student(students):
 
 def test_selector_rebuilds_from_its_checkpoint(trained_run):
     """The rebuilt best.pt, routed by the rule written out by hand, scores what summary.json says."""
-    from moskd.data import normalize
+    from moskd.loader import normalize
 
     ckpt = load_checkpoint(trained_run / "selector" / "best.pt", role="selector")
     model = build_model_from_checkpoint(ckpt)
@@ -266,7 +267,7 @@ def test_route_rule_is_shared_with_training_metric():
 
 
 def test_student_with_other_normalisation_is_adapted_not_refused():
-    from moskd.data import normalize
+    from moskd.loader import normalize
     from moskd.models import adapt_input
 
     torch.manual_seed(0)

@@ -63,7 +63,7 @@ def test_static_choices_match_the_registries_they_stand_for():
     """The config modules load no torch, so they spell some registries' names; keep them equal."""
     from moskd.models import STEMS
     from moskd.values import choices_of
-    from selector.train import TARGETS
+    from selector.cli import TARGETS
     from students.losses import KD_LOSSES
 
     configs = section_configs()

@@ -14,15 +14,16 @@ from torch import nn
 
 import students.train
 from moskd.checkpoint import load_checkpoint, read_checkpoint_file, save_checkpoint
-from moskd.data import load_data, make_loader
+from moskd.data import load_data
+from moskd.loader import make_loader
 from moskd.models import register_model
-from moskd.run import load_teacher
+from moskd.loaded import load_teacher
 from moskd.runtime import Runtime
 from students.cache import cache_key, choose_views, load_or_build
 from students.losses import distillation_loss
 from students.sweep import main as sweep_main
-from students.train import main as student_main
-from teacher.train import main as teacher_main
+from students.cli import main as student_main
+from teacher.cli import main as teacher_main
 
 LIMIT = 48
 SLICE = ["--limit", str(LIMIT), "--batch-size", "48", "--eval-batch-size", "48", "--device", "cpu", "--epochs", "1"]
