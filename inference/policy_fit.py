@@ -119,7 +119,8 @@ def _cascade(setup: Setup, family: str, chain: list[int], ths: list[float], comb
         if t <= 0:  # never defers: the chain ends here (so a bundle need not hold the models after it)
             break
         steps.append(Step(a, b, "learned" if rules else "max_softmax", float(t), rules[i] if rules else None))
-    return Policy(family, setup.models, setup.macs, {"rule": "fixed", "model": chain[0]}, steps, combine)
+    return Policy(family, setup.models, setup.macs, {"rule": "fixed", "model": chain[0]}, steps, combine,
+                  {"chain": [setup.models[k] for k in chain]})  # the chain it was drawn from (for the curves)
 
 
 def _grid(choose: dict, chain: list[int], combine: str, rules: list | None, points: int) -> list[list[float]]:

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from inference.policy_fit import Setup, fit_policy
 from inference.report_markdown import headline, render_markdown
 from inference.report_plots import plot_accuracy_vs_macs, plot_confusions
-from inference.router import Router, RunModels, load_router
+from inference.router import Router, RunModels, load_policy, load_router
 from inference.summary import SELECTOR, make_setup, summarize
 from moskd.atomic import read_json, write_json, write_npz, write_text
 from moskd.config import Parser, run_dir_argument  # one-line errors, 'did you mean', values checked by name
@@ -141,7 +141,7 @@ def evaluate_run(run_dir: str | Path, *, dataset: str | None = None, data_dir: s
     none (or `refit`), run it for real on `test`, and return report.json's content."""
     run_dir = RunDir(run_dir)
     run_dir.require("teacher", "students", "selector")
-    run = load_router(run_dir.root, device, with_teacher=True, policy=None if refit else run_dir.load_policy(limit))
+    run = load_router(run_dir.root, device, with_teacher=True, policy=None if refit else load_policy(run_dir, limit))
     data = load_data(**_data_settings(run, dataset, data_dir, download, limit))
     names = run.router.names
     classes = len(run.class_names)
@@ -166,7 +166,7 @@ def evaluate_run(run_dir: str | Path, *, dataset: str | None = None, data_dir: s
             "meta": {"dataset": data.name, "split": "test", "input_size": list(card["input_size"]),
                      "class_names": run.class_names}}
     out = run_dir.report(limit)
-    policy = run_dir.load_policy(limit) if not refit else None
+    policy = load_policy(run_dir, limit) if not refit else None
     if policy is None:
         policy = fit_and_save(out, meta, arrays, target, budget_macs)
     if run.router.policy.to_dict() != policy.to_dict():  # the router was built before the policy was fitted
@@ -227,7 +227,7 @@ def report_from_eval(run_dir: str | Path, limit: int | None = None, refit: bool 
     """report.json's content from the saved RUN/eval arrays, without running a model (the policy is
     refitted from them when asked, or when the run has none)."""
     out, meta, arrays = load_saved(run_dir, limit)
-    policy = None if refit else RunDir(run_dir).load_policy(limit)
+    policy = None if refit else load_policy(RunDir(run_dir), limit)
     if policy is None:
         policy = fit_and_save(out, meta, arrays, target, budget_macs)
     for split, a in arrays.items():

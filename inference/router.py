@@ -20,7 +20,8 @@ from torch import nn
 
 from moskd.errors import MoskdError
 from moskd.models import adapt_input, build_model_from_checkpoint
-from moskd.policy import TEACHER, Policy, decide, router_policy
+from moskd.atomic import read_json
+from moskd.policy import TEACHER, Policy, PolicyError, decide, router_policy
 from moskd.precision import Precision, policy as precision_policy
 from moskd.run import RunDir, Student
 
@@ -106,6 +107,17 @@ class RunModels:
         return self.selector_card
 
 
+def load_policy(run: RunDir, limit: int | None = None) -> Policy | None:
+    """RUN/policy.json (RUN/report-limit<N>/ with a limit) as a Policy, or None when none was fitted yet."""
+    path = run.report(limit).policy
+    if not path.is_file():
+        return None
+    try:
+        return Policy.from_dict(read_json(path))
+    except PolicyError as e:
+        raise MoskdError(f"{path}: {e}; refit it with moskd policy --run-dir {run.root}") from None
+
+
 def selector_policy(card: dict, students: list[Student], teacher_macs: float) -> Policy:
     """The selector alone at trainSelector's knob: what a run routes by before `moskd policy` fitted
     RUN/policy.json."""
@@ -135,10 +147,10 @@ def load_router(run_dir: str | Path, device="cpu", with_teacher: bool = False, p
         if s.card["num_classes"] != classes:
             raise MoskdError(f"{s.path}: {s.card['num_classes']} classes, {students[0].path} has {classes}; "
                              f"retrain the students on one dataset")
-    policy = policy if policy is not None else run.load_policy()
+    policy = policy if policy is not None else load_policy(run)
     names = [s.name for s in students]
     if policy is not None and policy.models[:-1] != names:
-        raise MoskdError(f"{run.policy}: routes {', '.join(policy.models[:-1])}, the selector {', '.join(names)}; "
+        raise MoskdError(f"{run.report().policy}: routes {', '.join(policy.models[:-1])}, the selector {', '.join(names)}; "
                          f"refit it with moskd policy --run-dir {run.root}")
     need_teacher = with_teacher or (policy is not None and len(students) in policy.used())
     teacher, teacher_card = None, None

@@ -267,8 +267,7 @@ def summarize(test: dict, select: dict, costs: dict, *, names: list[str], tie_ma
         "comparisons": {k: v for k, v in cmp.items()},
         "curves": {"router": [{"knob": s.policy.entry["knob"], "accuracy": t.accuracy, "macs_per_image": t.macs,
                                "select_accuracy": s.accuracy, "share": {k: t.share[k] for k in names}}
-                              for s, t in sorted(((points.sel[i], points.test[i]) for i in points.family("router")),
-                                                 key=lambda st: st[1].macs)],
+                              for s, t in ((points.sel[i], points.test[i]) for i in points.family("router"))],
                    "cascade": _chain_curves(points),
                    "random": C.random_curve(r["correct"], [costs[k]["macs"] for k in names], names),
                    "families": {fam: points.curve(points.family(fam)) for fam in families}},
@@ -285,8 +284,8 @@ def _chain_curves(points: Points) -> dict:
     """Max-softmax replacing cascades per chain ("a>b", "a>b>c"): their select-Pareto points on test."""
     by_chain: dict[str, list[int]] = {}
     for i in points.family("cascade"):
-        by_chain.setdefault(">".join(_params(points.sel[i].policy)["chain"]), []).append(i)
-    return {k: [{**row, "threshold": row["params"]["thresholds"][0]} for row in points.curve(idx)]
+        by_chain.setdefault(">".join(points.sel[i].policy.target["chain"]), []).append(i)
+    return {k: [{**row, "threshold": (row["params"]["thresholds"] or [0.0])[0]} for row in points.curve(idx)]
             for k, idx in by_chain.items()}
 
 

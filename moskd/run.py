@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from moskd.atomic import read_json
 from moskd.errors import MoskdError
 from moskd.loaded import BASELINE_SUFFIX, Student, check_same_split, is_baseline, load_teacher
 
@@ -314,23 +313,6 @@ class RunDir:
         for s in students[1:]:  # one preprocessed batch feeds them all: the cheapest student's normalisation
             s.model = adapt_input(s.model, s.card, students[0].card, s.path)
         return students
-
-    @property
-    def policy(self) -> Path:
-        """The deployed routing policy (moskd.policy), fitted on `select` by `moskd policy`/`moskd report`."""
-        return self.report().policy
-
-    def load_policy(self, limit: int | None = None):
-        """RUN/policy.json as a moskd.policy.Policy, or None when no policy was fitted yet."""
-        from moskd.policy import Policy, PolicyError
-
-        path = self.report(limit).policy
-        if not path.is_file():
-            return None
-        try:
-            return Policy.from_dict(read_json(path))
-        except PolicyError as e:
-            raise MoskdError(f"{path}: {e}; refit it with moskd policy --run-dir {self.root}") from None
 
     def load_selector(self) -> dict:
         """The selector checkpoint (weights and card: route order, costs, operating point)."""

@@ -17,11 +17,13 @@ from PIL import Image
 from inference.bundle import load_bundle
 from inference.export import export_run
 from inference.predict import load_predictor
-from inference.predict import main as inference_main
+from inference.cli import main as inference_main
+from inference.router import load_policy
 from inference.report import eval_dir, evaluate_run, load_eval, report_from_eval
 from moskd.data import load_data
 from moskd.policy import Policy, Step, relative_costs, softmax
-from moskd.run import RunDir, write_json
+from moskd.atomic import write_json
+from moskd.run import RunDir
 from tests.test_selector import trained_run  # noqa: F401  (session fixture: a tiny trained run)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -42,7 +44,7 @@ def policy_run(trained_run, tmp_path_factory):  # noqa: F811
     shutil.copytree(trained_run, run)
     evaluate_run(run, device="cpu")  # the saved arrays (and a fitted policy, replaced below)
     test = load_eval(eval_dir(run) / "test.npz")
-    fitted = RunDir(run).load_policy()
+    fitted = load_policy(RunDir(run))
     models, macs = fitted.models, fitted.macs
     costs = relative_costs(macs[:2])
     s = test["selector_scores"].astype(np.float64)
@@ -55,7 +57,7 @@ def policy_run(trained_run, tmp_path_factory):  # noqa: F811
                     {"rule": "selector", "students": [0, 1], "knob": knob, "tie_margin": tie,
                      "costs": costs.tolist(), "macs": float(card["selector_macs"])},
                     [Step(0, 2, "max_softmax", threshold), Step(1, 2, "max_softmax", threshold)], "mean")
-    write_json(RunDir(run).policy, policy.to_dict())
+    write_json(RunDir(run).report().policy, policy.to_dict())
     report_from_eval(run)  # the replay of that policy on the saved arrays
     return run, policy
 

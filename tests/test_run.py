@@ -62,7 +62,8 @@ def test_stage_folders_hold_the_files_design_lists():
     (lambda r: r.teacher_cache("<K>"), "RUN/teacher/cache/views-k<K>.pt"),
     (lambda r: r.selector.labels, "RUN/selector/labels.pt"),
     (lambda r: r.report().eval_meta, "RUN/eval/meta.json"),
-    (lambda r: r.report().eval_arrays("select"), "RUN/eval/{select,test}.npz"),
+    (lambda r: r.report().eval_arrays("select"), "RUN/eval/{select,test[,spare]}.npz"),
+    (lambda r: r.report().policy, "RUN/policy.json"),
     (lambda r: r.seed("<k>").root, "RUN/seed<k>/"),
     (lambda r: r.seeds_json, "RUN/seeds.json"),
     (lambda r: r.seeds_md, "RUN/seeds.md"),
@@ -74,7 +75,7 @@ def test_every_run_path_is_the_one_design_names(path, documented):
     got = "RUN/" + rel(path(run), run)
     assert documented in DESIGN, f"DESIGN.md does not name {documented}"
     if documented.startswith("RUN/"):
-        want = documented.rstrip("/").replace("{select,test}", "select").replace("<N>", "50")
+        want = documented.rstrip("/").replace("{select,test[,spare]}", "select").replace("<N>", "50")
         assert got == want
     else:
         assert got.endswith("/" + documented)
