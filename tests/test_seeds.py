@@ -97,7 +97,7 @@ def test_results_check_fails_on_a_stale_readme(tmp_path, cli):
     assert code == 2 and "README.md" in err
     code, _, _ = cli(results_main, ["--root", str(tmp_path)])
     text = (tmp_path / "README.md").read_text()
-    assert code == 0 and text.startswith("intro\n") and text.endswith("rest\n") and "| **routed** (selector + one student) | 50.00 | " in text  # one seed: no spread shown
+    assert code == 0 and text.startswith("intro\n") and text.endswith("rest\n") and "| selector alone (selector + one student) | 50.00 | " in text  # one seed: no spread shown
     assert cli(results_main, ["--root", str(tmp_path), "--check"])[0] == 0
 
 
