@@ -1,23 +1,33 @@
-"""`moskd serve` under load on the loopback address: latency and throughput, with and without
-coalescing, plus garbage bodies that must never cost a 5xx or a lost request.
+"""`moskd serve` under load on the loopback address: latency and throughput with batching on and
+off (and through Ray Serve), plus garbage bodies that must never cost a 5xx or a lost request.
 
-    python benchmarks/bench_serve.py --bundle DIR [--requests 200] [--concurrency 1 8 32]
-                                     [--garbage 0.1] [--max-wait-ms 5] [--threads N]
+    python benchmarks/bench_serve.py --bundle DIR [--requests 400] [--concurrency 1 8 32]
+                                     [--garbage 0.1] [--max-batch 32] [--threads 1] [--rounds 2]
+                                     [--ray] [--replicas 1]
 
-Starts the real server (`python -m moskd.cli serve`, uvicorn) once per setting on a free loopback
-port: coalescing on (--max-batch 32, --max-wait-ms as given) and off (--max-batch 1). For each
-concurrency level it sends a bounded number of requests (--requests) from that many concurrent
-clients: digits test images as PNG bodies, and a --garbage share of bad bodies (random bytes, an
-empty body, a wrong content type, a body over the size limit). Printed per row: p50 and p99 latency
-of the image requests, images per second, the mean routed batch size (from /health), and the
-status counts; any 5xx or any request without an answer is counted and flagged.
+This script is the client, in its own process; each server is a `moskd serve` subprocess on a free
+loopback port. The two single-process servers (--max-batch as given, and --max-batch 1) run side
+by side: for each concurrency level they take turns (--rounds rounds, the order swapped each
+round), so both see the same machine load. With --ray, a `moskd serve --backend ray` server is
+measured after them (Ray's own processes are not running while the others are measured).
+
+Each row sends --requests requests per round from that many concurrent clients (keep-alive
+HTTP/1.1 connections on asyncio streams, one per client):
+digits test images as PNG bodies, and a --garbage share of bad bodies (random bytes, an empty body,
+a wrong content type, a body over the size limit). Printed per row: p50 and p99 latency of the
+image requests, images per second, the mean routed batch size (from /health), the status counts,
+and any 5xx or image without its answer (lost). Then the issue's checks, each PASS or FAIL: at the
+highest concurrency, mean batch >= 8 and images/s >= 1.3x --max-batch 1; at concurrency 1, p50
+within 1 ms of --max-batch 1; no 5xx and nothing lost anywhere.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
 import io
+import json
 import os
+import platform
 import random
 import socket
 import statistics
@@ -64,37 +74,86 @@ def garbage(rng: random.Random) -> tuple[bytes, str]:
 
 
 class Server:
-    def __init__(self, bundle: str, max_batch: int, max_wait_ms: float, threads: int | None):
+    def __init__(self, bundle: str, args: list[str], python: str = sys.executable, wait_s: float = 300):
         self.port = free_port()
-        cmd = [sys.executable, "-m", "moskd.cli", "serve", "--bundle", bundle, "--port", str(self.port),
-               "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms), "--max-bytes", str(MAX_BYTES)]
-        if threads:
-            cmd += ["--threads", str(threads)]
+        cmd = [python, "-m", "moskd.cli", "serve", "--bundle", bundle, "--port", str(self.port),
+               "--max-bytes", str(MAX_BYTES), *args]
         env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
         self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         self.url = f"http://127.0.0.1:{self.port}"
-        deadline = time.time() + 120
+        deadline = time.time() + wait_s
         while time.time() < deadline:
             if self.proc.poll() is not None:
-                raise SystemExit(f"server exited: {self.proc.stderr.read().decode()[-500:]}")
+                raise SystemExit(f"server exited: {self.proc.stderr.read().decode()[-800:]}")
             try:
-                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
                     return
             except httpx.HTTPError:
-                time.sleep(0.3)
+                pass
+            time.sleep(0.5)
         self.stop()
-        raise SystemExit("server did not answer /health within 120 s")
+        raise SystemExit(f"server did not answer /health within {wait_s:.0f} s")
 
     def stop(self):
-        self.proc.terminate()
+        self.proc.terminate()  # the Ray backend shuts Ray down on SIGTERM
         try:
-            self.proc.wait(10)
+            self.proc.wait(60)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
 
 
-async def load(url: str, pngs: list[bytes], requests: int, concurrency: int, garbage_share: float, seed: int):
+class Connection:
+    """A keep-alive HTTP/1.1 connection on asyncio streams: a far lighter client than httpx, so on
+    2 shared cores the client takes as little as possible of the CPU the servers are measured on."""
+
+    def __init__(self, port: int):
+        self.port, self.reader, self.writer = port, None, None
+
+    async def request(self, method: str, path: str, body: bytes = b"", ctype: str | None = None) -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(body)}\r\n"
+        if ctype:
+            head += f"Content-Type: {ctype}\r\n"
+        try:
+            self.writer.write(head.encode() + b"\r\n" + body)
+            await self.writer.drain()
+            status = int((await self.reader.readline()).split()[1])
+            headers = {}
+            while (line := await self.reader.readline()) not in (b"\r\n", b""):
+                k, _, v = line.decode("latin-1").partition(":")
+                headers[k.strip().lower()] = v.strip().lower()
+            if headers.get("transfer-encoding") == "chunked":
+                data = b""
+                while (n := int((await self.reader.readline()).strip(), 16)):
+                    data += await self.reader.readexactly(n)
+                    await self.reader.readline()
+                await self.reader.readline()
+            else:
+                data = await self.reader.readexactly(int(headers.get("content-length", 0)))
+        except (OSError, asyncio.IncompleteReadError, ValueError, IndexError):
+            self.close()
+            raise ConnectionError(f"{method} {path}: no answer") from None
+        if headers.get("connection") == "close":
+            self.close()
+        return status, data
+
+    def close(self):
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+
+async def health(port: int) -> dict:
+    c = Connection(port)
+    try:
+        return json.loads((await c.request("GET", "/health"))[1])
+    finally:
+        c.close()
+
+
+async def load(port: int, pngs: list[bytes], requests: int, concurrency: int, garbage_share: float, seed: int):
     rng = random.Random(seed)
     jobs = []
     for i in range(requests):
@@ -103,66 +162,131 @@ async def load(url: str, pngs: list[bytes], requests: int, concurrency: int, gar
         else:
             jobs.append(("image", pngs[i % len(pngs)], "image/png"))
     latencies, statuses, lost = [], {}, 0
-    queue = list(enumerate(jobs))
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=120) as client:
-        async def worker():
-            nonlocal lost
-            while queue:
-                _, (kind, body, ctype) = queue.pop()
-                t0 = time.perf_counter()
-                try:
-                    r = await client.post("/predict", content=body, headers={"content-type": ctype})
-                except httpx.HTTPError:
-                    lost += 1
-                    continue
-                statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
-                if kind == "image":
-                    if r.status_code == 200 and len(r.json()["predictions"]) == 1:
-                        latencies.append(time.perf_counter() - t0)
-                    else:
-                        lost += 1  # a good image must be answered with its prediction
+    queue = list(reversed(jobs))
+    before = await health(port)
 
-        t0 = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        wall = time.perf_counter() - t0
-        health = (await client.get("/health")).json()
-    return latencies, statuses, lost, wall, health
+    async def worker():
+        nonlocal lost
+        conn = Connection(port)
+        while queue:
+            kind, body, ctype = queue.pop()
+            t0 = time.perf_counter()
+            try:
+                status, data = await conn.request("POST", "/predict", body, ctype)
+            except ConnectionError:
+                lost += 1
+                continue
+            statuses[status] = statuses.get(status, 0) + 1
+            if kind == "image":
+                if status == 200 and len(json.loads(data)["predictions"]) == 1:
+                    latencies.append(time.perf_counter() - t0)
+                else:
+                    lost += 1  # a good image must be answered with its prediction
+        conn.close()
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    wall = time.perf_counter() - t0
+    after = await health(port)
+    return {"lat": latencies, "statuses": statuses, "lost": lost, "wall": wall,
+            "images": after["images"] - before["images"], "batches": after["batches"] - before["batches"]}
+
+
+def merge(rows: list[dict]) -> dict:
+    out = {"lat": [], "statuses": {}, "lost": 0, "wall": 0.0, "images": 0, "batches": 0}
+    for r in rows:
+        out["lat"] += r["lat"]
+        out["lost"] += r["lost"]
+        for k in ("wall", "images", "batches"):
+            out[k] += r[k]
+        for k, v in r["statuses"].items():
+            out["statuses"][k] = out["statuses"].get(k, 0) + v
+    q = statistics.quantiles(out["lat"], n=100) if len(out["lat"]) > 1 else [float("nan")] * 99
+    out.update(p50=q[49] * 1000, p99=q[98] * 1000, rate=out["images"] / out["wall"],
+               batch=out["images"] / max(1, out["batches"]), fives=sum(v for k, v in out["statuses"].items() if k >= 500))
+    return out
+
+
+def show(label: str, conc: int, r: dict) -> None:
+    shown = " ".join(f"{k}:{v}" for k, v in sorted(r["statuses"].items()))
+    print(f"| {label} | {conc} | {r['p50']:.1f} | {r['p99']:.1f} | {r['rate']:.1f} | {r['batch']:.1f} | {shown} "
+          f"| {r['lost']} | {r['fives']} |", flush=True)
+
+
+def measure(servers: dict, pngs, a) -> dict:
+    """{(label, concurrency): merged row}; the servers take turns, the order swapped every round."""
+    rows = {}
+    labels = list(servers)
+    for conc in a.concurrency:
+        got = {label: [] for label in labels}
+        for rnd in range(a.rounds):
+            for label in labels if rnd % 2 == 0 else labels[::-1]:
+                got[label].append(asyncio.run(load(servers[label].port, pngs, a.requests, conc, a.garbage,
+                                                   seed=1000 * conc + rnd)))
+        for label in labels:
+            rows[label, conc] = merge(got[label])
+            show(label, conc, rows[label, conc])
+    return rows
+
+
+def warm(server: Server, pngs) -> None:
+    asyncio.run(load(server.port, pngs, 40, 4, 0.0, seed=0))
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bundle", required=True, help="bundle folder (moskd export)")
-    p.add_argument("--requests", type=int, default=200, help="requests per (setting, concurrency)")
+    p.add_argument("--requests", type=int, default=400, help="requests per row and round")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--garbage", type=float, default=0.1, help="share of bad bodies")
-    p.add_argument("--max-wait-ms", type=float, default=5.0)
-    p.add_argument("--threads", type=int, default=None, help="server's torch/onnxruntime threads")
+    p.add_argument("--max-batch", type=int, default=32, help="the batching server's --max-batch")
+    p.add_argument("--threads", type=int, default=1, help="servers' torch/onnxruntime threads")
+    p.add_argument("--rounds", type=int, default=2, help="turns each server takes per concurrency level")
+    p.add_argument("--ray", action="store_true", help="also measure moskd serve --backend ray")
+    p.add_argument("--replicas", type=int, default=1, help="with --ray: replicas per deployment")
+    p.add_argument("--ray-python", default=sys.executable, help="with --ray: the Python that has ray installed")
     a = p.parse_args(argv)
     pngs = digit_pngs(64)
-    print(f"bundle {a.bundle}; {a.requests} requests per row, {a.garbage:.0%} garbage bodies; loopback")
-    print(f"{'coalescing':<22} {'conc':>4} {'p50 ms':>8} {'p99 ms':>8} {'img/s':>8} {'batch':>6}  statuses  lost  5xx")
-    bad = 0
-    for label, max_batch in ((f"on (32, {a.max_wait_ms:g} ms)", 32), ("off (max-batch 1)", 1)):
-        server = Server(a.bundle, max_batch, a.max_wait_ms, a.threads)
+    print(f"bundle {a.bundle}; {a.requests} requests per row and round, {a.rounds} rounds, {a.garbage:.0%} garbage "
+          f"bodies; loopback; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the start; "
+          f"Python {platform.python_version()}")
+    print("| server | concurrency | p50 ms | p99 ms | images/s | mean batch | statuses | lost | 5xx |")
+    print("|---|---:|---:|---:|---:|---:|---|---:|---:|")
+    common = ["--threads", str(a.threads)]
+    on, off = f"batched (max-batch {a.max_batch})", "max-batch 1"
+    servers = {}
+    try:
+        servers[on] = Server(a.bundle, ["--max-batch", str(a.max_batch), *common])
+        servers[off] = Server(a.bundle, ["--max-batch", "1", *common])
+        for s in servers.values():
+            warm(s, pngs)
+        rows = measure(servers, pngs, a)
+    finally:
+        for s in servers.values():
+            s.stop()
+    if a.ray:
+        label = f"ray (replicas {a.replicas}, max-batch {a.max_batch})"
+        ray = Server(a.bundle, ["--backend", "ray", "--replicas", str(a.replicas), "--max-batch", str(a.max_batch),
+                                *common], python=a.ray_python)
         try:
-            for conc in a.concurrency:
-                before = httpx.get(server.url + "/health").json()
-                lat, statuses, lost, wall, health = asyncio.run(
-                    load(server.url, pngs, a.requests, conc, a.garbage, seed=conc))
-                images = health["images"] - before["images"]
-                batches = max(1, health["batches"] - before["batches"])
-                q = statistics.quantiles(lat, n=100) if len(lat) > 1 else (lat or [float("nan")]) * 99
-                fives = sum(v for k, v in statuses.items() if k >= 500)
-                bad += fives + lost
-                shown = " ".join(f"{k}:{v}" for k, v in sorted(statuses.items()))
-                print(f"{label:<22} {conc:>4} {q[49] * 1000:>8.1f} {q[98] * 1000:>8.1f} {images / wall:>8.1f} "
-                      f"{images / batches:>6.1f}  {shown}  {lost:>4} {fives:>4}", flush=True)
+            warm(ray, pngs)
+            rows.update(measure({label: ray}, pngs, a))
         finally:
-            server.stop()
-    print("no 5xx and no lost request" if bad == 0 else f"FAILED: {bad} 5xx or lost requests")
-    return 1 if bad else 0
+            ray.stop()
+    print(f"load average {os.getloadavg()[0]:.1f} at the end")
+    hi, lo = max(a.concurrency), min(a.concurrency)
+    checks = [
+        (f"concurrency {hi}: mean batch {rows[on, hi]['batch']:.1f} >= 8", rows[on, hi]["batch"] >= 8),
+        (f"concurrency {hi}: images/s {rows[on, hi]['rate']:.1f} / {rows[off, hi]['rate']:.1f} = "
+         f"{rows[on, hi]['rate'] / rows[off, hi]['rate']:.2f}x >= 1.3x", rows[on, hi]["rate"] >= 1.3 * rows[off, hi]["rate"]),
+        (f"concurrency {lo}: p50 {rows[on, lo]['p50']:.2f} ms vs {rows[off, lo]['p50']:.2f} ms, within 1 ms",
+         abs(rows[on, lo]["p50"] - rows[off, lo]["p50"]) <= 1.0),
+        ("no 5xx and no lost request in any row", all(r["fives"] == 0 and r["lost"] == 0 for r in rows.values())),
+    ]
+    for text, ok in checks:
+        print(f"{'PASS' if ok else 'FAIL'}  {text}")
+    return 0 if all(ok for _, ok in checks) else 1
 
 
 if __name__ == "__main__":
