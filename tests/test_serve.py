@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import io
 import socket
+import sys
 import threading
 import time
 
@@ -247,3 +248,23 @@ def test_serve_cli_errors_are_one_line(bundles, tmp_path, cli):  # noqa: F811
     assert code == 2 and "moskd export --escalate" in err
     code, _, err = cli(serve_main, [])
     assert code == 2 and "--bundle" in err
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--replicas", "0", "--backend", "ray"], "--replicas 0: must be >= 1"),
+    (["--replicas", "2"], "--replicas needs --backend ray"),
+    (["--backend", "rayy"], "did you mean ray?"),
+    (["--max-wait-ms", "5"], "unrecognized arguments: --max-wait-ms"),
+])
+def test_backend_flags_are_checked_in_one_line(bundles, flags, words, cli):  # noqa: F811
+    code, _, err = cli(serve_main, ["--bundle", str(bundles["torch"][0]), "--port", "0", *flags])
+    assert code == 2 and words in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_ray_backend_needs_a_bundle_and_the_ray_extra(bundles, tmp_path, cli, monkeypatch):  # noqa: F811
+    code, _, err = cli(serve_main, ["--run-dir", str(tmp_path), "--backend", "ray", "--port", "0"])
+    assert code == 2 and "--backend ray serves a bundle" in err
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if the ray extra were not installed
+    monkeypatch.delitem(sys.modules, "inference.serve_ray", raising=False)
+    code, _, err = cli(serve_main, ["--bundle", str(bundles["torch"][0]), "--backend", "ray", "--port", "0"])
+    assert code == 2 and "pip install -e '.[ray]'" in err and len(err.strip().splitlines()) == 1, err
