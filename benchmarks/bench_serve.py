@@ -1,21 +1,23 @@
 """`moskd serve` under load on the loopback address: latency and throughput with batching on and
 off (and through Ray Serve), plus garbage bodies that must never cost a 5xx or a lost request.
 
-    python benchmarks/bench_serve.py --bundle DIR [--requests 400] [--concurrency 1 8 32]
-                                     [--garbage 0.1] [--max-batch 32] [--threads 1] [--rounds 2]
+    python benchmarks/bench_serve.py --bundle DIR [--requests 150] [--concurrency 1 8 32]
+                                     [--garbage 0.1] [--max-batch 32] [--threads 1] [--rounds 8]
                                      [--ray] [--replicas 1]
 
 This script is the client, in its own process; each server is a `moskd serve` subprocess on a free
 loopback port. The two single-process servers (--max-batch as given, and --max-batch 1) run side
-by side: for each concurrency level they take turns (--rounds rounds, the order swapped each
-round), so both see the same machine load. With --ray, a `moskd serve --backend ray` server is
+by side, so both see the same machine load: at concurrency 1 one client sends each request to
+each server in turn; above it they take turns (--rounds rounds, the order swapped each round). With --ray, a `moskd serve --backend ray` server is
 measured after them (Ray's own processes are not running while the others are measured).
 
 Each row sends --requests requests per round from that many concurrent clients (keep-alive
 HTTP/1.1 connections on asyncio streams, one per client):
 digits test images as PNG bodies, and a --garbage share of bad bodies (random bytes, an empty body,
 a wrong content type, a body over the size limit). Printed per row: p50 and p99 latency of the
-image requests, images per second, the mean routed batch size (from /health), the status counts,
+image requests, images per second, the server's CPU time per image (its process and every
+descendant: with Ray, all of Ray's processes; from /proc), the mean routed batch size (from
+/health; with Ray, the ingress's batches), the status counts,
 and any 5xx or image without its answer (lost). Then the issue's checks, each PASS or FAIL: at the
 highest concurrency, mean batch >= 8 and images/s >= 1.3x --max-batch 1; at concurrency 1, p50
 within 1 ms of --max-batch 1; no 5xx and nothing lost anywhere.
@@ -41,6 +43,29 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 MAX_BYTES = 200_000
+
+
+def cpu_seconds(root: int) -> float | None:
+    """CPU time (user + system) of a process and all its descendants so far (Ray's processes are the
+    server's); None where /proc is not there."""
+    tick, parent, used = os.sysconf("SC_CLK_TCK"), {}, {}
+    try:
+        pids = [int(d) for d in os.listdir("/proc") if d.isdigit()]
+    except OSError:
+        return None
+    for pid in pids:
+        try:
+            fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parent[pid], used[pid] = int(fields[1]), (int(fields[11]) + int(fields[12])) / tick
+    total = 0.0
+    for pid in used:
+        p = pid
+        while p > 1 and p != root:
+            p = parent.get(p, 0)
+        total += used[pid] if p == root else 0.0
+    return total
 
 
 def free_port() -> int:
@@ -153,7 +178,7 @@ async def health(port: int) -> dict:
         c.close()
 
 
-async def load(port: int, pngs: list[bytes], requests: int, concurrency: int, garbage_share: float, seed: int):
+def jobs_for(requests: int, pngs: list[bytes], garbage_share: float, seed: int) -> list:
     rng = random.Random(seed)
     jobs = []
     for i in range(requests):
@@ -161,68 +186,105 @@ async def load(port: int, pngs: list[bytes], requests: int, concurrency: int, ga
             jobs.append(("garbage", *garbage(rng)))
         else:
             jobs.append(("image", pngs[i % len(pngs)], "image/png"))
-    latencies, statuses, lost = [], {}, 0
+    return jobs
+
+
+def new_row() -> dict:
+    return {"lat": [], "statuses": {}, "lost": 0, "wall": 0.0, "images": 0, "batches": 0, "cpu": 0.0}
+
+
+async def send(conn: Connection, job, row: dict) -> None:
+    """One job on one connection, its outcome counted in row (row["wall"] gains its time)."""
+    kind, body, ctype = job
+    t0 = time.perf_counter()
+    try:
+        status, data = await conn.request("POST", "/predict", body, ctype)
+    except ConnectionError:
+        row["lost"] += 1
+        return
+    finally:
+        row["wall"] += time.perf_counter() - t0
+    row["statuses"][status] = row["statuses"].get(status, 0) + 1
+    if kind == "image":
+        if status == 200 and len(json.loads(data)["predictions"]) == 1:
+            row["lat"].append(time.perf_counter() - t0)
+        else:
+            row["lost"] += 1  # a good image must be answered with its prediction
+
+
+async def load(servers: list, jobs: list, concurrency: int) -> list[dict]:
+    """One row per server. One server: `concurrency` clients share the jobs (row["wall"]: the
+    elapsed time). Several servers (concurrency 1 only): one client sends each job to every server
+    in turn, the order rotating job by job, so they see the same machine load request by request
+    (row["wall"]: the time spent waiting on that server)."""
+    assert len(servers) == 1 or concurrency == 1
+    rows = [new_row() for _ in servers]
+    before = [await health(s.port) for s in servers]
+    cpu0 = [cpu_seconds(s.proc.pid) for s in servers]
     queue = list(reversed(jobs))
-    before = await health(port)
 
     async def worker():
-        nonlocal lost
-        conn = Connection(port)
+        conns = [Connection(s.port) for s in servers]
+        turn = 0
         while queue:
-            kind, body, ctype = queue.pop()
-            t0 = time.perf_counter()
-            try:
-                status, data = await conn.request("POST", "/predict", body, ctype)
-            except ConnectionError:
-                lost += 1
-                continue
-            statuses[status] = statuses.get(status, 0) + 1
-            if kind == "image":
-                if status == 200 and len(json.loads(data)["predictions"]) == 1:
-                    latencies.append(time.perf_counter() - t0)
-                else:
-                    lost += 1  # a good image must be answered with its prediction
-        conn.close()
+            job = queue.pop()
+            for k in range(len(servers)):
+                i = (turn + k) % len(servers)
+                await send(conns[i], job, rows[i])
+            turn += 1
+        for c in conns:
+            c.close()
 
     t0 = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    wall = time.perf_counter() - t0
-    after = await health(port)
-    return {"lat": latencies, "statuses": statuses, "lost": lost, "wall": wall,
-            "images": after["images"] - before["images"], "batches": after["batches"] - before["batches"]}
+    if len(servers) == 1:
+        rows[0]["wall"] = time.perf_counter() - t0
+    for s, row, b, c0 in zip(servers, rows, before, cpu0):
+        after, c1 = await health(s.port), cpu_seconds(s.proc.pid)
+        row["cpu"] = None if c0 is None or c1 is None else c1 - c0
+        row["images"], row["batches"] = after["images"] - b["images"], after["batches"] - b["batches"]
+    return rows
 
 
 def merge(rows: list[dict]) -> dict:
-    out = {"lat": [], "statuses": {}, "lost": 0, "wall": 0.0, "images": 0, "batches": 0}
+    out = new_row()
     for r in rows:
         out["lat"] += r["lat"]
         out["lost"] += r["lost"]
+        out["cpu"] = None if out["cpu"] is None or r["cpu"] is None else out["cpu"] + r["cpu"]
         for k in ("wall", "images", "batches"):
             out[k] += r[k]
         for k, v in r["statuses"].items():
             out["statuses"][k] = out["statuses"].get(k, 0) + v
     q = statistics.quantiles(out["lat"], n=100) if len(out["lat"]) > 1 else [float("nan")] * 99
-    out.update(p50=q[49] * 1000, p99=q[98] * 1000, rate=out["images"] / out["wall"],
+    out.update(cpu_ms=float("nan") if out["cpu"] is None else 1000 * out["cpu"] / max(1, out["images"]),
+               p50=q[49] * 1000, p99=q[98] * 1000, rate=out["images"] / out["wall"],
                batch=out["images"] / max(1, out["batches"]), fives=sum(v for k, v in out["statuses"].items() if k >= 500))
     return out
 
 
 def show(label: str, conc: int, r: dict) -> None:
     shown = " ".join(f"{k}:{v}" for k, v in sorted(r["statuses"].items()))
-    print(f"| {label} | {conc} | {r['p50']:.1f} | {r['p99']:.1f} | {r['rate']:.1f} | {r['batch']:.1f} | {shown} "
+    print(f"| {label} | {conc} | {r['p50']:.1f} | {r['p99']:.1f} | {r['rate']:.1f} | {r['cpu_ms']:.2f} | {r['batch']:.1f} | {shown} "
           f"| {r['lost']} | {r['fives']} |", flush=True)
 
 
 def measure(servers: dict, pngs, a) -> dict:
-    """{(label, concurrency): merged row}; the servers take turns, the order swapped every round."""
+    """{(label, concurrency): merged row}. At concurrency 1 every request goes to each server in
+    turn; above it the servers take turns, --rounds times, the order swapped every round."""
     rows = {}
     labels = list(servers)
     for conc in a.concurrency:
         got = {label: [] for label in labels}
-        for rnd in range(a.rounds):
-            for label in labels if rnd % 2 == 0 else labels[::-1]:
-                got[label].append(asyncio.run(load(servers[label].port, pngs, a.requests, conc, a.garbage,
-                                                   seed=1000 * conc + rnd)))
+        if conc == 1:
+            jobs = jobs_for(a.requests * a.rounds, pngs, a.garbage, seed=1)
+            for label, row in zip(labels, asyncio.run(load([servers[x] for x in labels], jobs, 1))):
+                got[label].append(row)
+        else:
+            for rnd in range(a.rounds):
+                jobs = jobs_for(a.requests, pngs, a.garbage, seed=1000 * conc + rnd)
+                for label in labels if rnd % 2 == 0 else labels[::-1]:
+                    got[label] += asyncio.run(load([servers[label]], jobs, conc))
         for label in labels:
             rows[label, conc] = merge(got[label])
             show(label, conc, rows[label, conc])
@@ -230,19 +292,19 @@ def measure(servers: dict, pngs, a) -> dict:
 
 
 def warm(server: Server, pngs) -> None:
-    asyncio.run(load(server.port, pngs, 40, 4, 0.0, seed=0))
+    asyncio.run(load([server], jobs_for(40, pngs, 0.0, seed=0), 4))
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bundle", required=True, help="bundle folder (moskd export)")
-    p.add_argument("--requests", type=int, default=400, help="requests per row and round")
+    p.add_argument("--requests", type=int, default=150, help="requests per row and round")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--garbage", type=float, default=0.1, help="share of bad bodies")
     p.add_argument("--max-batch", type=int, default=32, help="the batching server's --max-batch")
     p.add_argument("--threads", type=int, default=1, help="servers' torch/onnxruntime threads")
-    p.add_argument("--rounds", type=int, default=2, help="turns each server takes per concurrency level")
+    p.add_argument("--rounds", type=int, default=8, help="turns each server takes per concurrency level")
     p.add_argument("--ray", action="store_true", help="also measure moskd serve --backend ray")
     p.add_argument("--replicas", type=int, default=1, help="with --ray: replicas per deployment")
     p.add_argument("--ray-python", default=sys.executable, help="with --ray: the Python that has ray installed")
@@ -251,8 +313,8 @@ def main(argv=None):
     print(f"bundle {a.bundle}; {a.requests} requests per row and round, {a.rounds} rounds, {a.garbage:.0%} garbage "
           f"bodies; loopback; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the start; "
           f"Python {platform.python_version()}")
-    print("| server | concurrency | p50 ms | p99 ms | images/s | mean batch | statuses | lost | 5xx |")
-    print("|---|---:|---:|---:|---:|---:|---|---:|---:|")
+    print("| server | concurrency | p50 ms | p99 ms | images/s | server CPU ms/image | mean batch | statuses | lost | 5xx |")
+    print("|---|---:|---:|---:|---:|---:|---:|---|---:|---:|")
     common = ["--threads", str(a.threads)]
     on, off = f"batched (max-batch {a.max_batch})", "max-batch 1"
     servers = {}
