@@ -9,7 +9,9 @@ This script is the client, in its own process; each server is a `moskd serve` su
 loopback port. The two single-process servers (--max-batch as given, and --max-batch 1) run side
 by side, so both see the same machine load: at concurrency 1 one client sends each request to
 each server in turn; above it they take turns (--rounds rounds, the order swapped each round). With --ray, a `moskd serve --backend ray` server is
-measured after them (Ray's own processes are not running while the others are measured).
+measured after them (Ray's own processes are not running while the others are measured). At
+concurrency 1 a third server, identical to the batched one, is paired with them as a control:
+how far apart two identical servers' p50s come out is the noise floor of the p50 check.
 
 Each row sends --requests requests per round from that many concurrent clients (keep-alive
 HTTP/1.1 connections on asyncio streams, one per client):
@@ -273,8 +275,8 @@ def measure(servers: dict, pngs, a) -> dict:
     """{(label, concurrency): merged row}. At concurrency 1 every request goes to each server in
     turn; above it the servers take turns, --rounds times, the order swapped every round."""
     rows = {}
-    labels = list(servers)
     for conc in a.concurrency:
+        labels = [x for x in servers if conc == 1 or CONTROL not in x]  # the control pairs at concurrency 1 only
         got = {label: [] for label in labels}
         if conc == 1:
             jobs = jobs_for(a.requests * a.rounds, pngs, a.garbage, seed=1)
@@ -289,6 +291,9 @@ def measure(servers: dict, pngs, a) -> dict:
             rows[label, conc] = merge(got[label])
             show(label, conc, rows[label, conc])
     return rows
+
+
+CONTROL = "(control)"
 
 
 def warm(server: Server, pngs) -> None:
@@ -321,6 +326,8 @@ def main(argv=None):
     try:
         servers[on] = Server(a.bundle, ["--max-batch", str(a.max_batch), *common])
         servers[off] = Server(a.bundle, ["--max-batch", "1", *common])
+        if min(a.concurrency) == 1:  # the noise floor: a second process identical to the batched one
+            servers[f"{on} {CONTROL}"] = Server(a.bundle, ["--max-batch", str(a.max_batch), *common])
         for s in servers.values():
             warm(s, pngs)
         rows = measure(servers, pngs, a)
@@ -346,6 +353,9 @@ def main(argv=None):
          abs(rows[on, lo]["p50"] - rows[off, lo]["p50"]) <= 1.0),
         ("no 5xx and no lost request in any row", all(r["fives"] == 0 and r["lost"] == 0 for r in rows.values())),
     ]
+    if (f"{on} {CONTROL}", 1) in rows:
+        print(f"noise floor at concurrency 1: two identical batched servers' p50 {rows[on, 1]['p50']:.2f} ms and "
+              f"{rows[f'{on} {CONTROL}', 1]['p50']:.2f} ms")
     for text, ok in checks:
         print(f"{'PASS' if ok else 'FAIL'}  {text}")
     return 0 if all(ok for _, ok in checks) else 1
