@@ -1,9 +1,15 @@
 """moskd serve: answers equal the bundle's, each error status (400, 413, 415) with its one line,
-coalescing (two concurrent requests served by one routed batch), several files in one request."""
+batching without waiting (an idle model runs at once, what queues meanwhile is the next batch),
+a 413 that reaches a client sending the whole body first, several files in one request."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
+import socket
+import sys
+import threading
+import time
 
 import httpx
 import numpy as np
@@ -39,7 +45,7 @@ def bundle(bundles):  # noqa: F811
 
 @pytest.fixture
 def client(bundle):
-    with TestClient(create_app(bundle, max_batch=8, max_wait_ms=1, max_bytes=20_000)) as c:
+    with TestClient(create_app(bundle, max_batch=8, max_bytes=20_000)) as c:
         yield c
 
 
@@ -105,27 +111,160 @@ def concurrent_posts(app, images) -> list:
     return asyncio.run(go())
 
 
-def test_two_concurrent_requests_are_served_by_one_batch(bundle, images):
-    # max_batch 2 with a long max wait: the batch runs as soon as both images are queued, and only
-    # then, so one batch of 2 proves coalescing without relying on timing
-    app = create_app(bundle, max_batch=2, max_wait_ms=60_000)
-    replies = concurrent_posts(app, images[:2])
-    assert [r.status_code for r in replies] == [200, 200]
-    assert app.state.stats.batch_sizes == [2]
-    want = bundle.run(images[:2, None]).logits.argmax(1).tolist()
+class Gated:
+    """The bundle behind a gate: its first batch holds the model until the test opens the gate."""
+
+    def __init__(self, bundle):
+        self.bundle, self.started, self.gate = bundle, threading.Event(), threading.Event()
+        self.card, self.class_names, self.route_names = bundle.card, bundle.class_names, bundle.route_names
+        self.info = bundle.info
+
+    def run(self, x):
+        self.started.set()
+        assert self.gate.wait(60), "the test never opened the gate"
+        return self.bundle.run(x)
+
+
+def test_an_idle_model_runs_at_once_and_what_queues_meanwhile_is_the_next_batch(bundle, images):
+    # no timing: the first image runs alone the moment it arrives (the model was idle); three sent
+    # while that batch holds the model queue up and run together as the next batch
+    gated = Gated(bundle)
+    app = create_app(gated, max_batch=8)
+
+    async def go():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+            post = lambda a: c.post("/predict", content=png(a), headers={"content-type": "image/png"})  # noqa: E731
+            first = asyncio.ensure_future(post(images[0]))
+            assert await asyncio.to_thread(gated.started.wait, 60)
+            rest = [asyncio.ensure_future(post(a)) for a in images[1:4]]
+            while app.state.batcher._queue.qsize() < 3:  # decoded off the loop, then queued
+                await asyncio.sleep(0.005)
+            gated.gate.set()
+            return await asyncio.gather(first, *rest)
+
+    replies = asyncio.run(go())
+    assert [r.status_code for r in replies] == [200] * 4
+    assert app.state.stats.batch_sizes == [1, 3]
+    want = bundle.run(images[:4, None]).logits.argmax(1).tolist()
     assert [r.json()["predictions"][0]["class_index"] for r in replies] == want
+    assert asyncio.run(_health(app))["mean_batch"] == 2.0
 
 
-def test_without_coalescing_each_image_is_its_own_batch(bundle, images):
-    app = create_app(bundle, max_batch=1, max_wait_ms=60_000)
+async def _health(app) -> dict:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        return (await c.get("/health")).json()
+
+
+def test_max_batch_caps_the_next_batch(bundle, images):
+    gated = Gated(bundle)
+    app = create_app(gated, max_batch=2)
+
+    async def go():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+            post = lambda a: c.post("/predict", content=png(a), headers={"content-type": "image/png"})  # noqa: E731
+            first = asyncio.ensure_future(post(images[0]))
+            assert await asyncio.to_thread(gated.started.wait, 60)
+            rest = [asyncio.ensure_future(post(a)) for a in images[1:6]]
+            while app.state.batcher._queue.qsize() < 5:
+                await asyncio.sleep(0.005)
+            gated.gate.set()
+            return await asyncio.gather(first, *rest)
+
+    assert [r.status_code for r in asyncio.run(go())] == [200] * 6
+    assert app.state.stats.batch_sizes == [1, 2, 2, 1]
+
+
+def test_without_batching_each_image_is_its_own_batch(bundle, images):
+    app = create_app(bundle, max_batch=1)
     assert [r.status_code for r in concurrent_posts(app, images[:3])] == [200] * 3
     assert app.state.stats.batch_sizes == [1, 1, 1]
+
+
+@contextlib.contextmanager
+def live_server(app):
+    """The app under real uvicorn (h11) on a free loopback port, in a thread."""
+    import uvicorn
+
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", http="h11", loop="asyncio")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not (server.started and server.servers):
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.01)
+    try:
+        yield server.servers[0].sockets[0].getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+def _reply(sock) -> bytes:
+    """One HTTP/1.1 response (headers and a Content-Length body) read from the socket."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed before a full response: {data[:200]!r}"
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head + b"\r\n\r\n" + body
+
+
+def test_a_client_that_sends_the_whole_oversized_body_before_reading_gets_its_413(bundle):
+    # 48 MB: more than the loopback socket buffers hold, so the client's sendall finishes only
+    # because the server reads (and drops) the body; then it reads its 413, and the connection
+    # still serves the next request
+    app = create_app(bundle, max_bytes=20_000)
+    size, block = 48 << 20, b"z" * (1 << 20)
+    with live_server(app) as port, socket.create_connection(("127.0.0.1", port), timeout=60) as s:
+        s.sendall(b"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Type: image/png\r\n"
+                  + f"Content-Length: {size}\r\n\r\n".encode())
+        for _ in range(size // len(block)):
+            s.sendall(block)
+        reply = _reply(s)
+        assert reply.startswith(b"HTTP/1.1 413") and b"limit" in reply, reply[:300]
+        assert b"connection: close" not in reply.lower()
+        s.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert _reply(s).startswith(b"HTTP/1.1 200")
+
+
+def test_a_body_past_the_drain_bound_gets_its_413_and_a_closed_connection(bundle):
+    app = create_app(bundle, max_bytes=20_000, drain_bytes=100_000)
+    with live_server(app) as port:
+        r = httpx.post(f"http://127.0.0.1:{port}/predict", content=b"z" * 200_000, headers={"content-type": "image/png"})
+        assert r.status_code == 413 and r.headers["connection"] == "close"
+        r = httpx.post(f"http://127.0.0.1:{port}/predict", content=b"z" * 50_000, headers={"content-type": "image/png"})
+        assert r.status_code == 413 and r.headers.get("connection") != "close"  # read to its end: keep-alive
 
 
 def test_serve_cli_errors_are_one_line(bundles, tmp_path, cli):  # noqa: F811
     code, _, err = cli(serve_main, ["--bundle", str(tmp_path / "none"), "--port", "0"])
     assert code == 2 and "manifest.json not found" in err
     code, _, err = cli(serve_main, ["--bundle", str(bundles["torch"][0]), "--escalate", "0.5", "--port", "0"])
-    assert code == 2 and "moskd export --escalate" in err
+    assert code == 2 and "--escalate" in err  # escalation is the routing policy's (RUN/policy.json), not a flag
     code, _, err = cli(serve_main, [])
     assert code == 2 and "--bundle" in err
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--replicas", "0", "--backend", "ray"], "--replicas 0: must be >= 1"),
+    (["--replicas", "2"], "--replicas needs --backend ray"),
+    (["--backend", "rayy"], "did you mean ray?"),
+    (["--max-wait-ms", "5"], "unrecognized arguments: --max-wait-ms"),
+])
+def test_backend_flags_are_checked_in_one_line(bundles, flags, words, cli):  # noqa: F811
+    code, _, err = cli(serve_main, ["--bundle", str(bundles["torch"][0]), "--port", "0", *flags])
+    assert code == 2 and words in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_ray_backend_needs_a_bundle_and_the_ray_extra(bundles, tmp_path, cli, monkeypatch):  # noqa: F811
+    code, _, err = cli(serve_main, ["--run-dir", str(tmp_path), "--backend", "ray", "--port", "0"])
+    assert code == 2 and "--backend ray serves a bundle" in err
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if the ray extra were not installed
+    monkeypatch.delitem(sys.modules, "inference.serve_ray", raising=False)
+    code, _, err = cli(serve_main, ["--bundle", str(bundles["torch"][0]), "--backend", "ray", "--port", "0"])
+    assert code == 2 and "pip install -e '.[ray]'" in err and len(err.strip().splitlines()) == 1, err
