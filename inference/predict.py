@@ -73,10 +73,13 @@ class RunPredictor:
         self.names, self.route_names = router.names, router.route_names
         size = run.card["input_size"]
         self._mean, self._std = (torch.tensor(run.card[k], device=self.device) for k in ("mean", "std"))
-        models = {name: {"name": name, "macs": float(m)} for name, m in zip(self.policy.models, self.policy.macs)}
+        used = set(self.policy.used())  # the models this predictor can run (the teacher only when a step reaches it)
+        models = {name: {"name": name, "macs": float(m)} for k, (name, m) in enumerate(zip(self.policy.models,
+                                                                                          self.policy.macs)) if k in used}
         for s in run.students:
-            models[s.name]["arch"] = s.card["arch"]
-        if run.teacher_card is not None:
+            if s.name in models:
+                models[s.name]["arch"] = s.card["arch"]
+        if run.teacher_card is not None and self.route_names[-1] in models:
             models[self.route_names[-1]]["arch"] = run.teacher_card["arch"]
         if router.selector is not None:
             models["selector"] = {"arch": run.selector_card["arch"], "macs": count_macs(router.selector, size)}
@@ -85,7 +88,7 @@ class RunPredictor:
             fast = lambda m: fast_model(m, example, self.fast) if m is not None else None  # noqa: E731
             used = self.policy.used()
             router = Router(self.policy, [fast(m) if k in used else None for k, m in enumerate(router.models)],
-                            fast(router.selector), router.num_students)
+                            fast(router.selector), router.num_students, router.num_classes)
         self.router = router
         self._info = {"format": "run", "dataset": run.card["dataset"], "classes": list(self.class_names),
                       "input_size": list(size), "models": models, "policy": self.policy.to_dict(),

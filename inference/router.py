@@ -44,7 +44,7 @@ class Router(nn.Module):
     """models: one module per policy.models entry (None for a model the policy never reaches)."""
 
     def __init__(self, policy: Policy, models: Sequence[nn.Module | None], selector: nn.Module | None,
-                 num_students: int | None = None):
+                 num_students: int | None = None, num_classes: int | None = None):
         super().__init__()
         if len(models) != len(policy.models):
             raise ValueError(f"the policy runs {len(policy.models)} models, {len(models)} given")
@@ -59,6 +59,7 @@ class Router(nn.Module):
         self.route_names = list(policy.models)
         self.num_students = num_students if num_students is not None else len(policy.models) - 1
         self.names = self.route_names[:self.num_students]  # the students, in route order
+        self.num_classes = num_classes  # the width of an empty batch's answer (None: ask a model)
         self.precision: Precision | None = None  # set by load_router: layout and autocast of every forward
 
     def scores(self, x: torch.Tensor) -> torch.Tensor:
@@ -73,6 +74,11 @@ class Router(nn.Module):
             x = prec.input(x)
         with prec.autocast() if prec is not None else contextlib.nullcontext():
             scores = self.scores(x)
+            if len(x) == 0:  # no image reaches any model: an empty answer of the right width
+                empty = (x.new_zeros((0, self.num_classes), dtype=torch.float32) if self.num_classes is not None
+                         else torch.log_softmax(self.models[self.policy.used()[0]](x).float(), 1))
+                none = torch.zeros(0, dtype=torch.int64, device=x.device)
+                return Routed(empty, none, scores, none, none.double())
 
             def run_model(k: int, idx: np.ndarray) -> np.ndarray:
                 sub = x.index_select(0, torch.from_numpy(idx).to(x.device))
@@ -166,7 +172,7 @@ def load_router(run_dir: str | Path, device="cpu", with_teacher: bool = False, p
         policy = selector_policy(card, students, teacher_macs)
     uses_teacher = len(students) in policy.used()
     router = Router(policy, [s.model for s in students] + [teacher if uses_teacher else None],
-                    selector_model if policy.selector else None, len(students))
+                    selector_model if policy.selector else None, len(students), classes)
     router.selector_module = selector_model  # evaluation reads the selector's scores whatever the policy
     teacher = teacher.eval() if teacher is not None else None
     router.precision = prec = precision_policy(device)  # inference policy: fp32 on the CPU, as the bundle runs

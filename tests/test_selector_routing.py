@@ -2,15 +2,17 @@
 from __future__ import annotations
 
 import math
+import shutil
 
+import numpy as np
 import pytest
 import torch
 
 from inference.router import load_router
 from moskd.checkpoint import load_checkpoint
+from moskd.policy import entry_routes, knob_grid, relative_costs
 from selector.labels import make_labels
-from selector.model import knob_grid, relative_costs, route_from_scores
-from selector.train import choose_knob, fit_platt
+from selector.train import choose_knob, fit_platt, routes
 from tests.test_selector import trained_run  # noqa: F401  (session fixture: a tiny trained run)
 
 
@@ -36,12 +38,21 @@ def test_platt_scaling_recovers_a_known_miscalibration():
 
 
 def test_knob_grid_spans_all_dearest_to_all_cheapest():
-    scores = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.5, 0.55]])
+    scores = np.array([[0.9, 0.1], [0.2, 0.8], [0.5, 0.55]])
     costs = relative_costs([10, 40])
+    assert costs.tolist() == [0.25, 1.0]
     grid = knob_grid(scores, costs)
     assert len(grid) >= 11 and grid == sorted(grid)
-    assert route_from_scores(scores, 0.0, grid[0], costs).tolist() == [1, 1, 1]
-    assert route_from_scores(scores, 0.0, grid[-1], costs).tolist() == [0, 0, 0]
+    assert entry_routes(scores, 0.0, grid[0], costs).tolist() == [1, 1, 1]
+    assert entry_routes(scores, 0.0, grid[-1], costs).tolist() == [0, 0, 0]
+
+
+def test_selector_train_routes_on_torch_scores_are_the_policy_entry_rule():
+    scores = torch.tensor([[0.90, 0.93], [0.90, 0.90], [0.50, 0.80]])
+    assert routes(scores, 0.05).tolist() == [0, 0, 1] and routes(scores, 0.0).tolist() == [1, 0, 1]
+    assert routes(scores, 0.05).dtype == torch.int64
+    # knob 0.2 on costs .25 and 1: charged .85/.73, .85/.70, .45/.60
+    assert routes(scores, 0.0, 0.2, [25, 100]).tolist() == [0, 0, 1]
 
 
 def test_operating_knob_is_the_most_accurate_then_cheapest():
@@ -49,22 +60,33 @@ def test_operating_knob_is_the_most_accurate_then_cheapest():
     scores = torch.tensor([[0.2, 0.8], [0.4, 0.7], [0.5, 0.55]])
     correct = torch.tensor([[0, 1], [0, 1], [1, 1]], dtype=torch.float)
     op = choose_knob(scores, correct, [25, 100], 0.0)
-    route = route_from_scores(scores, 0.0, op["knob"], relative_costs([25, 100]))
+    route = entry_routes(scores.numpy(), 0.0, op["knob"], relative_costs([25, 100]))
     # best accuracy (1.0) needs images 0 and 1 on the dear student; the cheapest such point keeps 2 cheap
     assert route.tolist() == [1, 1, 0] and op["accuracy"] == 1.0
     assert op["student_macs"] == pytest.approx((100 + 100 + 25) / 3)
+    # the curve spans the sweep: all-dear (accuracy 1, 100 MACs) at its first knob, all-cheap at its last
+    assert op["curve"][0]["student_macs"] == pytest.approx(100) and op["curve"][0]["accuracy"] == 1.0
+    assert op["curve"][-1]["student_macs"] == pytest.approx(25) and op["curve"][-1]["accuracy"] == pytest.approx(1 / 3)
 
 
-def test_trained_selector_is_calibrated_and_hands_its_knob_to_the_router(trained_run):  # noqa: F811
+def test_trained_selector_is_calibrated_and_hands_its_knob_to_the_router(trained_run, tmp_path):  # noqa: F811
     ckpt = load_checkpoint(trained_run / "selector" / "best.pt", role="selector")
     card = ckpt["card"]
     assert isinstance(card["knob"], float) and card["calibrated"] is True
     assert len(card["heldout_index"]) > 0
     calib = (ckpt["model"]["calib_scale"], ckpt["model"]["calib_bias"])
     assert not (torch.equal(calib[0], torch.ones(2)) and torch.equal(calib[1], torch.zeros(2)))
-    run = load_router(trained_run)
-    assert run.router.knob == card["knob"]
-    assert run.router.costs.tolist() == pytest.approx(relative_costs(card["student_macs"]).tolist())
+    # a copy without any fitted RUN/policy.json (other tests may fit one): the selector alone routes
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_run, run_dir, ignore=shutil.ignore_patterns("policy.json", "report*", "eval"))
+    run = load_router(run_dir)
+    entry = run.router.policy.entry
+    assert entry["rule"] == "selector" and entry["knob"] == card["knob"] and run.router.policy.steps == []
+    assert entry["tie_margin"] == card["tie_margin"] and entry["macs"] == card["selector_macs"]
+    assert entry["costs"] == pytest.approx(relative_costs(card["student_macs"]).tolist())
+    m = card["student_macs"]
+    assert entry["costs"] == pytest.approx([m[0] / max(m), m[1] / max(m)])  # by hand
+    assert run.router.policy.models[:2] == card["students"]
 
 
 @pytest.mark.parametrize("target", ["prob", "correct"])
