@@ -21,6 +21,7 @@ from torchvision.models.googlenet import BasicConv2d
 
 from moskd.checkpoint import inference_weights, read_checkpoint_file
 from moskd.errors import MoskdError
+from moskd.values import SEED_STUDENTS  # noqa: F401  (`StudentTrain --model N` numbers, re-exported)
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
@@ -132,10 +133,6 @@ def _torchvision_classifier(name: str, num_classes: int, in_chans: int) -> nn.Mo
                         bias=child.bias is not None))
                     return m
     return m
-
-
-# `StudentTrain --model N` numbers, as in the original project (the pipeline trains both)
-SEED_STUDENTS = {"1": "densenet121", "2": "googlenet"}
 
 
 def available_models() -> list[str]:

@@ -61,6 +61,12 @@ def check_config(cfg: StudentConfig) -> None:
                          f"drop --no-teacher (and keep --alpha below 1), or pass --complementary none")
 
 
+def training_settings(cfg: StudentConfig) -> dict:
+    """The schedule this student was trained with (after the recipe's per-model entry and the flags),
+    for its card: the settings a `students: models:` entry may set."""
+    return {k: getattr(cfg, k) for k in cfg.PER_MODEL.keys}
+
+
 def teacher_path(cfg: StudentConfig) -> Path:
     return Path(cfg.teacher) if cfg.teacher else RunDir(cfg.run_dir).teacher.best
 
@@ -115,7 +121,7 @@ def run(cfg: StudentConfig, rt: Runtime, out_dir: Path | None = None, data: Data
         if cfg.complementary == "none" else None,  # filled in once the partition is known
     }
     card = {"role": "student", "arch": arch, **data.card(), "distillation": distillation,
-            "model_kwargs": model_kwargs}
+            "model_kwargs": model_kwargs, "training": training_settings(cfg)}
     if cfg.cache_only and not (uses_teacher and cfg.teacher_cache > 0):
         raise MoskdError("--cache-only needs a teacher and --teacher-cache K > 0")
     if not cfg.resume and not cfg.cache_only:
