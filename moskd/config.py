@@ -13,6 +13,16 @@ pipeline::
     students: {epochs: 15}   # read only by StudentTrain (and moskd sweep)
     selector: {epochs: 40}   # read only by trainSelector
 
+A section whose command declares ``PER_MODEL`` (StudentTrain: `PerModel`) also takes a ``models``
+mapping of per-architecture overrides, applied over the section for the model the command trains
+(command-line flags still win)::
+
+    students:
+      epochs: 5
+      models:
+        googlenet: {epochs: 12, lr: 0.002}
+        densenet121: {epochs: 4, batch_size: 256}
+
 The whole file is checked whichever command reads it: a top-level key no command knows, an
 unknown section, or an unknown key inside a section is an error naming the nearest known one.
 Importing this module (and the config modules of sections()) loads no torch, so --help is instant.
@@ -35,6 +45,7 @@ from moskd.atomic import write_text
 from moskd.errors import MoskdError
 from moskd.values import (
     check_values, choices_of, nearest, not_a_choice, out_of_range)
+from moskd.per_model import MODELS_KEY, check_models, per_model
 
 C = TypeVar("C")
 
@@ -142,6 +153,10 @@ def check_file(raw: dict[str, Any], path: str, sections: dict[str, type]) -> Non
             if not isinstance(value, dict):
                 raise MoskdError(f"config file {path}: section '{key}' must be a mapping of setting: value")
             for k, v in value.items():
+                spec = per_model(sections[name])
+                if _key(k) == MODELS_KEY and spec is not None:
+                    check_models(v, path, str(key), sections[name], spec, _check_entry)
+                    continue
                 if _key(k) not in fields[name]:
                     raise MoskdError(f"config file {path}: unknown setting '{k}' in section '{key}'"
                                      f"{nearest(_key(k), fields[name])}")
@@ -153,17 +168,30 @@ def check_file(raw: dict[str, Any], path: str, sections: dict[str, type]) -> Non
                              f"{nearest(name, union | set(sections))} (sections: {', '.join(sections)})")
 
 
-def load_yaml_overrides(cls: type, path: str, section: str | Sequence[str]) -> dict[str, Any]:
+def load_yaml_overrides(cls: type, path: str, section: str | Sequence[str], model: Any = None,
+                        with_models: bool = True) -> dict[str, Any]:
     """Read a flat or sectioned YAML file, check all of it (check_file), and return the type-checked
-    values this command knows: top-level settings, then its own section(s) over them."""
+    values this command knows: top-level settings, then its own section(s) over them, then (when
+    the command declares PER_MODEL and `with_models`) the section's ``models`` entry for `model`
+    (default: the model the file or the command's default names)."""
     raw = read_yaml(path)
     check_file(raw, path, section_configs())
     own = [section] if isinstance(section, str) else list(section)
     fields = {f.name for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
+    spec = per_model(cls)
     merged = {_key(k): v for k, v in raw.items() if _key(k) not in sections() and _key(k) in fields}
+    entries: dict[str, Any] = {}
     for s in own:
-        merged.update({_key(k): v for k, v in (raw.get(s) or {}).items()})
+        for k, v in (raw.get(s) or {}).items():
+            if _key(k) == MODELS_KEY and spec is not None:
+                entries.update({str(a): e for a, e in (v or {}).items()})
+            else:
+                merged[_key(k)] = v
+    if spec is not None and with_models:
+        if model is None:
+            model = merged.get(spec.selector, spec.default(cls))
+        merged.update({_key(k): v for k, v in (entries.get(spec.arch(model)) or {}).items()})
     for name in merged:
         if name not in fields:  # a sweep key in the students section read by StudentTrain, say
             raise MoskdError(f"config file {path}: '{name}' is not a setting of this command "
@@ -257,7 +285,11 @@ def parse_namespace(cls: type, argv: Sequence[str] | None, section: str | Sequen
     positional inputs): the whole namespace."""
     pre, _ = parser.parse_known_args(argv)
     if pre.config:
-        parser.set_defaults(**load_yaml_overrides(cls, pre.config, section))
+        spec = per_model(cls)
+        parser.set_defaults(**load_yaml_overrides(cls, pre.config, section, with_models=spec is None))
+        if spec is not None:  # the model this run trains (flag > file > default) picks its overrides
+            model = getattr(parser.parse_known_args(argv)[0], spec.selector)
+            parser.set_defaults(**load_yaml_overrides(cls, pre.config, section, model=model))
     return parser.parse_args(argv)  # checks every value, from the file or a flag
 
 

@@ -134,10 +134,6 @@ def _torchvision_classifier(name: str, num_classes: int, in_chans: int) -> nn.Mo
     return m
 
 
-# `StudentTrain --model N` numbers, as in the original project (the pipeline trains both)
-SEED_STUDENTS = {"1": "densenet121", "2": "googlenet"}
-
-
 def available_models() -> list[str]:
     _load_declared_models()
     return sorted(_REGISTRY)

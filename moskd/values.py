@@ -30,6 +30,9 @@ RANGES: dict[str, tuple] = {
     "port": (0, 65535, True, True), "max_batch": (1, None, True, True), "max_bytes": (1, None, True, True),
     "max_wait_ms": (0, None, True, True), "threads": (1, None, True, True),
 }
+# `StudentTrain --model N` numbers, as in the original project (the pipeline trains both); spelt here,
+# torch-free, so config files can name them (moskd.models re-exports it)
+SEED_STUDENTS = {"1": "densenet121", "2": "googlenet"}
 SCHEDULERS = ("cosine", "step", "multistep", "linear", "constant")
 DEVICES = ("auto", "cpu", "cuda", "cuda:N")
 _DEVICE_ALIASES = {"gpu": "cuda", "nvidia": "cuda", "cuda0": "cuda:0"}

@@ -13,11 +13,13 @@ views of every train image are computed once into RUN/teacher/cache/ and shared 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import ClassVar, Optional
 
 from moskd.config import field, parse_config
+from moskd.per_model import PerModel
 from moskd.errors import cli_entry
 from moskd.settings import TrainConfig
+from moskd.values import SEED_STUDENTS
 
 PROG = "StudentTrain"
 
@@ -29,8 +31,18 @@ def kd_losses():
     return list(KD_LOSSES)
 
 
+# The settings a recipe may give one student architecture in `students: models: {<arch>: {...}}`:
+# its schedule, so GoogLeNet and DenseNet121 can train for different epochs, batch sizes and rates.
+# The baseline (--no-teacher) of an architecture uses the same entry; flags still win. The resolved
+# values are recorded on the student's card (`training`) and in its config.yaml.
+PER_MODEL_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "min_lr", "optimizer",
+                  "scheduler", "label_smoothing", "ema_decay")
+
+
 @dataclass
 class StudentConfig(TrainConfig):
+    PER_MODEL: ClassVar[PerModel] = PerModel("model", PER_MODEL_KEYS, SEED_STUDENTS,
+                                             tuple(SEED_STUDENTS.values()))
     # a student learns from the teacher's soft targets as well as the labels: on digits it reaches
     # the teacher's accuracy in about half the teacher's epochs (8 epochs: ~2 minutes on 2 CPU cores)
     epochs: int = field(8, "training epochs")

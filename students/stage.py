@@ -9,7 +9,7 @@ from moskd.stages import Command, StageInfo, Step
 
 
 def _steps(run, options: dict) -> list[Step]:
-    from moskd.models import SEED_STUDENTS  # `StudentTrain --model N` numbers; the pipeline trains each
+    from moskd.values import SEED_STUDENTS  # `StudentTrain --model N` numbers; the pipeline trains each
 
     # the cache step always runs: it reuses a valid cache in a second and rebuilds a stale one
     steps = [Step("teacher-logit cache", "students.train", ("--cache-only",))]

@@ -13,7 +13,8 @@ from moskd.data import DataBundle, data_from_config
 from moskd.loader import make_loader
 from moskd.engine import Stage, finish, fit, prepare_out_dir
 from moskd.errors import MoskdError
-from moskd.models import SEED_STUDENTS, available_models, create_model, stem_kwargs, unwrap
+from moskd.models import available_models, create_model, stem_kwargs, unwrap
+from moskd.values import SEED_STUDENTS
 from moskd.precision import policy
 from moskd.profile import model_cost
 from moskd.run import RunDir
@@ -63,6 +64,12 @@ def check_config(cfg: StudentConfig) -> None:
     if cfg.complementary != "none" and (cfg.no_teacher or cfg.alpha >= 1.0):
         raise MoskdError(f"--complementary {cfg.complementary} partitions the data with the teacher; "
                          f"drop --no-teacher (and keep --alpha below 1), or pass --complementary none")
+
+
+def training_settings(cfg: StudentConfig) -> dict:
+    """The schedule this student was trained with (after the recipe's per-model entry and the flags),
+    for its card: the settings a `students: models:` entry may set."""
+    return {k: getattr(cfg, k) for k in cfg.PER_MODEL.keys}
 
 
 def teacher_path(cfg: StudentConfig) -> Path:
@@ -119,7 +126,7 @@ def run(cfg: StudentConfig, rt: Runtime, out_dir: Path | None = None, data: Data
         if cfg.complementary == "none" else None,  # filled in once the partition is known
     }
     card = {"role": "student", "arch": arch, **data.card(), "distillation": distillation,
-            "model_kwargs": model_kwargs}
+            "model_kwargs": model_kwargs, "training": training_settings(cfg)}
     if cfg.cache_only and not (uses_teacher and cfg.teacher_cache > 0):
         raise MoskdError("--cache-only needs a teacher and --teacher-cache K > 0")
     if not cfg.resume and not cfg.cache_only:

@@ -27,14 +27,14 @@ def test_digits_recipe_equals_code_defaults(section, cls):
 
 
 RECIPES = {"cifar10.yaml": [3, 32, 32], "cifar100.yaml": [3, 32, 32], "fashion-mnist.yaml": [1, 28, 28],
-           "fashion-mnist-cpu.yaml": [1, 28, 28], "digits.yaml": [1, 8, 8]}
+           "fashion-mnist-cpu.yaml": [1, 28, 28], "fashion-mnist-gpu.yaml": [1, 28, 28], "digits.yaml": [1, 8, 8]}
 
 
 @pytest.mark.parametrize("name", [n for n in RECIPES if n != "digits.yaml"])
 @pytest.mark.parametrize("section,cls", STAGES.items())
 def test_shipped_recipes_are_valid_for_every_stage(name, section, cls):
     values = load_yaml_overrides(cls, str(CONFIGS / name), section)
-    assert values["dataset"] == name.removesuffix(".yaml").removesuffix("-cpu") and values["epochs"] > 0
+    assert values["dataset"] == name.removesuffix(".yaml").removesuffix("-cpu").removesuffix("-gpu") and values["epochs"] > 0
 
 
 @pytest.mark.parametrize("name, size", RECIPES.items())

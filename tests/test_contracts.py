@@ -56,7 +56,7 @@ def test_stage_outputs_live_where_the_run_dir_says(pkg, tmp_path):
 
 
 def _students(steps) -> list[str]:
-    from moskd.models import SEED_STUDENTS
+    from moskd.values import SEED_STUDENTS
 
     return [RunDir.student_name(a, b) for a in SEED_STUDENTS.values() for b in (False, True)]
 
