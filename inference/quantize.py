@@ -1,0 +1,296 @@
+"""Static post-training int8 quantization of a bundle's ONNX models (`moskd export --quantize int8`).
+
+For every model of the bundle (selector, students, teacher when the bundle escalates), after the
+fp32 ONNX file is written:
+
+1. onnxruntime.quantization.quant_pre_process (symbolic shape inference + graph optimisation), the
+   step onnxruntime's quantization docs prescribe before static quantization;
+2. calibration on N `train` images, normalised exactly as the bundle normalises its inputs
+   (inference.bundle.Bundle.normalize), once per calibration method (MinMax, Entropy,
+   Percentile); the ranges are cached and shared by both activation types;
+3. quantize_static, QDQ format, per-channel int8 weights, for each candidate (activation type x
+   calibration method): 2 x 3 candidates;
+4. each candidate is scored on `select`: accuracy beside the fp32 file's (for the selector: the
+   routed accuracy with the fp32 students, since its output is a routing score), and images/s at
+   batch 64 and 2 threads, timed side by side with the fp32 file in the same rounds (the speed of
+   a graph does not depend on its calibration ranges, so it is timed once per activation type);
+5. the fastest candidate whose `select` accuracy is within --int8-bound points of fp32 and whose
+   speed-up exceeds --int8-min-speedup replaces the fp32 file; when none is, the model stays fp32
+   and its manifest entry says why.
+
+Every manifest entry gains "precision" ("int8" | "fp32") and "quantization" (what was tried, what
+was measured, what was chosen or why none was). The bundle runtime loads the QDQ files through
+onnxruntime unchanged.
+"""
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+from inference.bundle import Bundle, route_scores
+from moskd.errors import MoskdError
+
+DEFAULT_CALIB = 1000
+DEFAULT_BOUND = 0.3  # points of `select` accuracy an int8 model may lose
+DEFAULT_MIN_SPEEDUP = 1.0  # an int8 model must be faster than this times its fp32 file
+ACTIVATIONS = ("QUInt8", "QInt8")
+METHODS = ("MinMax", "Entropy", "Percentile")
+CALIB_BATCH = 32
+SPEED_BATCH = 64
+SPEED_THREADS = 2
+
+
+def check_calib(n) -> int:
+    """--calib: a whole number of train images >= 1 (one line on bad input)."""
+    try:
+        v = int(n)
+    except (TypeError, ValueError):
+        raise MoskdError(f"--calib must be a whole number of train images, got {n!r}") from None
+    if v < 1 or str(n).strip() != str(v):
+        raise MoskdError(f"--calib must be a whole number of train images >= 1, got {n!r}")
+    return v
+
+
+def normalize(images: np.ndarray, mean, std) -> np.ndarray:
+    """(N, C, H, W) uint8 -> float32 through Bundle.normalize itself, so calibration and scoring see
+    exactly what the bundle feeds its models."""
+    c = len(mean)
+    card = SimpleNamespace(_mean=np.asarray(mean, dtype=np.float32).reshape(1, c, 1, 1),
+                           _std=np.asarray(std, dtype=np.float32).reshape(1, c, 1, 1))
+    return np.ascontiguousarray(Bundle.normalize(card, np.asarray(images)))
+
+
+def run_splits(run) -> dict:
+    """The run's own train/select/test splits (uint8 images, int labels), from its recorded config."""
+    from inference.report import _data_settings  # the split settings the run was trained with
+    from moskd.data import load_data
+
+    data = load_data(**_data_settings(run, None, None, False, None))
+    return {k: (s.images.numpy(), s.targets.numpy()) for k, s in data.splits.items()}
+
+
+class CalibReader:
+    """onnxruntime CalibrationDataReader over the first N train images, CALIB_BATCH at a time. It has
+    len() and set_range() so quantize_static feeds it one batch per collect (CalibStridedMinMax=1):
+    the calibrators then merge ranges/histograms batch by batch instead of holding every activation
+    of every image at once."""
+
+    def __init__(self, x: np.ndarray, input_name: str):
+        self.batches = [x[i:i + CALIB_BATCH] for i in range(0, len(x), CALIB_BATCH)]
+        self.name = input_name
+        self.set_range(0, len(self.batches))
+
+    def __len__(self):
+        return len(self.batches)
+
+    def set_range(self, start_index: int, end_index: int):
+        self._iter = iter(self.batches[start_index:end_index])
+
+    def get_next(self):
+        b = next(self._iter, None)
+        return None if b is None else {self.name: b}
+
+    def rewind(self):
+        self.set_range(0, len(self.batches))
+
+
+def session(path: Path, threads: int = SPEED_THREADS):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def outputs(sess, x: np.ndarray, batch: int = 256) -> np.ndarray:
+    name = sess.get_inputs()[0].name
+    return np.concatenate([sess.run(None, {name: x[i:i + batch]})[0] for i in range(0, len(x), batch)]
+                          ).astype(np.float32)
+
+
+def side_by_side(sessions: dict, x: np.ndarray, rounds: int = 5, min_s: float = 0.05) -> dict:
+    """Median seconds per call of each session on `x`, timed in the same rounds, a fresh shuffled order
+    each round (so load from other processes falls on all of them alike)."""
+    rng = np.random.default_rng(0)
+    feeds = {k: {s.get_inputs()[0].name: x} for k, s in sessions.items()}
+    for k, s in sessions.items():  # warm-up: first-run allocations and kernel choices
+        s.run(None, feeds[k])
+    times: dict = {k: [] for k in sessions}
+    for _ in range(rounds):
+        for k in rng.permutation(list(sessions)):
+            s, n, t0 = sessions[k], 0, time.perf_counter()
+            while True:
+                s.run(None, feeds[k])
+                n += 1
+                dt = time.perf_counter() - t0
+                if dt >= min_s:
+                    break
+            times[k].append(dt / n)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def _accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    return float((logits.argmax(1) == labels).mean())
+
+
+class Scorer:
+    """`select` accuracy of one model's outputs: top-1 for a classifier; for the selector, the routed
+    accuracy of the bundle's rule with every other model fp32."""
+
+    def __init__(self, x: np.ndarray, labels: np.ndarray, fp32: dict, routing: dict, names: list[str]):
+        self.x, self.labels, self.fp32, self.routing, self.names = x, labels, fp32, routing, names
+
+    def routed(self, scores: np.ndarray, logits: dict) -> tuple[float, np.ndarray]:
+        r = self.routing
+        routes = route_scores(scores, r["tie_margin"], r.get("escalate"), r.get("knob", 0.0), r.get("costs"))
+        models = [logits[n] for n in self.names] + ([logits["teacher"]] if "teacher" in logits else [])
+        stacked = np.stack(models, 1)
+        pred = stacked[np.arange(len(routes)), routes].argmax(1)
+        return float((pred == self.labels).mean()), routes
+
+    def __call__(self, name: str, out: np.ndarray) -> float:
+        if name == "selector":
+            return self.routed(out, self.fp32)[0]
+        return _accuracy(out, self.labels)
+
+
+def _quantize(src: Path, dst: Path, reader: CalibReader | None, activation: str, method: str, cache: Path):
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    if reader is not None:
+        reader.rewind()
+    quantize_static(str(src), str(dst), reader, quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=getattr(QuantType, activation), weight_type=QuantType.QInt8,
+                    calibrate_method=getattr(CalibrationMethod, method), calibration_cache_path=str(cache),
+                    extra_options={"CalibStridedMinMax": 1})
+
+
+def quantize_model(name: str, fp32_file: Path, work: Path, calib_x: np.ndarray, scorer: Scorer, *,
+                   bound: float, min_speedup: float, rounds: int = 5, log=print) -> tuple[Path | None, dict]:
+    """Every candidate of one model, scored on `select`; returns (chosen int8 file or None, record)."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    pre = work / f"{name}.pre.onnx"
+    quant_pre_process(str(fp32_file), str(pre))
+    fp32_sess = session(fp32_file)
+    fp32_out = outputs(fp32_sess, scorer.x)
+    fp32_acc = scorer(name, fp32_out)
+    reader = CalibReader(calib_x, fp32_sess.get_inputs()[0].name)
+    cands, files = [], {}
+    for method in METHODS:
+        cache = work / f"{name}.{method}.ranges.json"  # calibrated once, shared by both activation types
+        for act in ACTIVATIONS:
+            dst = work / f"{name}.{act}.{method}.onnx"
+            t0 = time.perf_counter()
+            _quantize(pre, dst, None if cache.is_file() else reader, act, method, cache)
+            out = outputs(session(dst), scorer.x)
+            acc = scorer(name, out)
+            agree = float((out.argmax(1) == fp32_out.argmax(1)).mean()) if name != "selector" else \
+                float((scorer.routed(out, scorer.fp32)[1] == scorer.routed(fp32_out, scorer.fp32)[1]).mean())
+            cands.append({"activation_type": act, "weight_type": "QInt8", "calibration": method,
+                          "select_accuracy": acc, "select_agreement_with_fp32": agree,
+                          "bytes": dst.stat().st_size, "seconds_to_quantize": round(time.perf_counter() - t0, 2)})
+            files[(act, method)] = dst
+    # speed: one graph per activation type (calibration only moves scales), side by side with fp32
+    xb = np.ascontiguousarray(np.resize(scorer.x, (SPEED_BATCH, *scorer.x.shape[1:])))
+    sess = {"fp32": fp32_sess, **{act: session(files[(act, "MinMax")]) for act in ACTIVATIONS}}
+    secs = side_by_side(sess, xb, rounds=rounds)
+    for c in cands:
+        c["speedup_b64"] = secs["fp32"] / secs[c["activation_type"]]
+        c["drop_points"] = 100 * (fp32_acc - c["select_accuracy"])
+    ok = [c for c in cands if c["drop_points"] <= bound + 1e-9 and c["speedup_b64"] > min_speedup]
+    rec = {"select_accuracy_fp32": fp32_acc, "fp32_bytes": fp32_file.stat().st_size,
+           "fp32_images_per_s_b64": SPEED_BATCH / secs["fp32"], "bound_points": bound,
+           "min_speedup": min_speedup, "candidates": cands}
+    for c in cands:
+        log(f"quantize: {name} {c['activation_type']}/{c['calibration']}: select {100 * c['select_accuracy']:.2f}% "
+            f"(fp32 {100 * fp32_acc:.2f}%), {c['speedup_b64']:.2f}x fp32 at batch {SPEED_BATCH}")
+    if not ok:
+        best_acc = min(cands, key=lambda c: c["drop_points"])
+        fastest = max(cands, key=lambda c: c["speedup_b64"])
+        why = []
+        if best_acc["drop_points"] > bound:
+            why.append(f"every candidate loses more than {bound} points on select (least: "
+                       f"{best_acc['activation_type']}/{best_acc['calibration']}, {best_acc['drop_points']:.2f})")
+        if fastest["speedup_b64"] <= min_speedup:
+            why.append(f"no candidate is faster than {min_speedup}x fp32 at batch {SPEED_BATCH}, "
+                       f"{SPEED_THREADS} threads (best: {fastest['speedup_b64']:.2f}x)")
+        if not why:
+            why.append(f"the candidates within {bound} points are not faster than {min_speedup}x fp32, and the "
+                       f"faster ones lose more than {bound} points")
+        rec["why"] = "; ".join(why)
+        return None, rec
+    best = max(ok, key=lambda c: (c["speedup_b64"], c["select_accuracy"]))
+    rec.update({k: best[k] for k in ("activation_type", "weight_type", "calibration", "speedup_b64")},
+               select_accuracy_int8=best["select_accuracy"])
+    return files[(best["activation_type"], best["calibration"])], rec
+
+
+def quantize_bundle(root: Path, entries: dict, run, routing: dict, *, calib: int | None = None,
+                    bound: float = DEFAULT_BOUND, min_speedup: float = DEFAULT_MIN_SPEEDUP, log=print) -> dict:
+    """Quantize the fp32 ONNX files of a bundle being written in `root`; `entries` maps each model's
+    name to its manifest entry ("file", "bytes", ...) and is updated in place. Returns the bundle-wide
+    record for the manifest's "quantization" key."""
+    try:
+        import onnxruntime.quantization  # noqa: F401
+        import sympy  # noqa: F401  (quant_pre_process's symbolic shape inference)
+    except ImportError as e:
+        raise MoskdError(f"--quantize int8 needs onnx, onnxruntime and sympy ({e}): pip install -e '.[quantize]'"
+                         ) from None
+    splits = run_splits(run)
+    card = run.card
+    train_x = normalize(splits["train"][0], card["mean"], card["std"])
+    if calib is None:
+        calib = min(DEFAULT_CALIB, len(train_x))
+    if calib > len(train_x):
+        raise MoskdError(f"--calib {calib}: the run's train split has only {len(train_x)} images; "
+                         f"pass --calib {len(train_x)} or fewer")
+    calib_x = train_x[:calib]
+    log(f"quantize: calibrating on {calib} train images")
+    sel_x = normalize(splits["select"][0], card["mean"], card["std"])
+    sel_y = splits["select"][1]
+    fp32 = {n: outputs(session(root / e["file"]), sel_x) for n, e in entries.items()}
+    names = [n for n in entries if n not in ("selector", "teacher")]
+    scorer = Scorer(sel_x, sel_y, fp32, routing, names)
+    int8 = {}
+    with tempfile.TemporaryDirectory(dir=root, prefix=".quant.") as work:
+        work = Path(work)
+        # the classifiers first, the selector last: all are scored against fp32 neighbours
+        for name in [*names, *(["teacher"] if "teacher" in entries else []), "selector"]:
+            e = entries[name]
+            chosen, rec = quantize_model(name, root / e["file"], work, calib_x, scorer, bound=bound,
+                                         min_speedup=min_speedup, log=log)
+            if chosen is None:
+                e.update(precision="fp32", quantization=rec)
+                log(f"quantize: {name} stays fp32: {rec['why']}")
+                continue
+            file = f"{name}.int8.onnx"
+            os.replace(chosen, root / file)
+            (root / e["file"]).unlink()
+            e.update(file=file, bytes=(root / file).stat().st_size, precision="int8", quantization=rec)
+            int8[name] = outputs(session(root / file), sel_x)
+            log(f"quantize: {name} -> {file} ({rec['activation_type']}/{rec['calibration']}, "
+                f"{e['bytes'] / rec['fp32_bytes']:.2f}x the bytes, {rec['speedup_b64']:.2f}x fp32)")
+    # the routing rule re-checked on the deployed (int8 where chosen) models' select outputs
+    deployed = {**fp32, **int8}
+    acc32, r32 = scorer.routed(fp32["selector"], fp32)
+    acc8, r8 = scorer.routed(deployed["selector"], deployed)
+    return {"mode": "int8", "format": "QDQ", "per_channel": True, "calib_split": "train", "calib_images": calib,
+            "bound_points": bound, "min_speedup": min_speedup,
+            "candidates": [f"{a}/{m}" for m in METHODS for a in ACTIVATIONS],
+            "speed": f"images/s at batch {SPEED_BATCH}, {SPEED_THREADS} threads, side by side with fp32",
+            "routing_recheck_select": {"routed_accuracy_fp32": acc32, "routed_accuracy_deployed": acc8,
+                                       "route_agreement": float((r32 == r8).mean()),
+                                       "route_share_deployed": np.bincount(r8, minlength=len(names) + 1)
+                                       .astype(float).__truediv__(len(r8)).tolist()}}
+
+
+__all__ = ["quantize_bundle", "check_calib", "normalize"]
