@@ -24,6 +24,8 @@ onnxruntime unchanged.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import statistics
 import tempfile
@@ -116,25 +118,31 @@ def outputs(sess, x: np.ndarray, batch: int = 256) -> np.ndarray:
                           ).astype(np.float32)
 
 
-def side_by_side(sessions: dict, x: np.ndarray, rounds: int = 5, min_s: float = 0.05) -> dict:
-    """Median seconds per call of each session on `x`, timed in the same rounds, a fresh shuffled order
-    each round (so load from other processes falls on all of them alike)."""
+def side_by_side(calls: dict, rounds: int = 5, min_s: float = 0.05) -> dict:
+    """Median seconds per call of each zero-argument callable, timed in the same rounds, a fresh
+    shuffled order each round (so load from other processes falls on all of them alike)."""
     rng = np.random.default_rng(0)
-    feeds = {k: {s.get_inputs()[0].name: x} for k, s in sessions.items()}
-    for k, s in sessions.items():  # warm-up: first-run allocations and kernel choices
-        s.run(None, feeds[k])
-    times: dict = {k: [] for k in sessions}
+    for f in calls.values():  # warm-up: first-run allocations and kernel choices
+        f()
+    times: dict = {k: [] for k in calls}
+    keys = list(calls)
     for _ in range(rounds):
-        for k in rng.permutation(list(sessions)):
-            s, n, t0 = sessions[k], 0, time.perf_counter()
+        for i in rng.permutation(len(keys)):
+            k = keys[i]
+            f, n, t0 = calls[k], 0, time.perf_counter()
             while True:
-                s.run(None, feeds[k])
+                f()
                 n += 1
                 dt = time.perf_counter() - t0
                 if dt >= min_s:
                     break
             times[k].append(dt / n)
     return {k: statistics.median(v) for k, v in times.items()}
+
+
+def _call(sess, x: np.ndarray):
+    feed = {sess.get_inputs()[0].name: x}
+    return lambda: sess.run(None, feed)
 
 
 def _accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -167,10 +175,11 @@ def _quantize(src: Path, dst: Path, reader: CalibReader | None, activation: str,
 
     if reader is not None:
         reader.rewind()
-    quantize_static(str(src), str(dst), reader, quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=getattr(QuantType, activation), weight_type=QuantType.QInt8,
-                    calibrate_method=getattr(CalibrationMethod, method), calibration_cache_path=str(cache),
-                    extra_options={"CalibStridedMinMax": 1})
+    with contextlib.redirect_stdout(io.StringIO()):  # the calibrators narrate every step on stdout
+        quantize_static(str(src), str(dst), reader, quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=getattr(QuantType, activation), weight_type=QuantType.QInt8,
+                        calibrate_method=getattr(CalibrationMethod, method), calibration_cache_path=str(cache),
+                        extra_options={"CalibStridedMinMax": 1})
 
 
 def quantize_model(name: str, fp32_file: Path, work: Path, calib_x: np.ndarray, scorer: Scorer, *,
@@ -202,7 +211,7 @@ def quantize_model(name: str, fp32_file: Path, work: Path, calib_x: np.ndarray, 
     # speed: one graph per activation type (calibration only moves scales), side by side with fp32
     xb = np.ascontiguousarray(np.resize(scorer.x, (SPEED_BATCH, *scorer.x.shape[1:])))
     sess = {"fp32": fp32_sess, **{act: session(files[(act, "MinMax")]) for act in ACTIVATIONS}}
-    secs = side_by_side(sess, xb, rounds=rounds)
+    secs = side_by_side({k: _call(v, xb) for k, v in sess.items()}, rounds=rounds)
     for c in cands:
         c["speedup_b64"] = secs["fp32"] / secs[c["activation_type"]]
         c["drop_points"] = 100 * (fp32_acc - c["select_accuracy"])
