@@ -182,6 +182,21 @@ def _quantize(src: Path, dst: Path, reader: CalibReader | None, activation: str,
                         extra_options={"CalibStridedMinMax": 1})
 
 
+def quantize_file(src: Path, dst: Path, calib_x: np.ndarray, activation: str = "QUInt8", method: str = "MinMax"
+                  ) -> Path:
+    """One fp32 ONNX file -> one QDQ int8 file (pre-processed, calibrated on calib_x): what
+    benchmarks time; quantize_model tries every candidate instead."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    dst = Path(dst)
+    with tempfile.TemporaryDirectory(dir=dst.parent, prefix=".quant.") as work:
+        pre = Path(work) / "pre.onnx"
+        quant_pre_process(str(src), str(pre))
+        name = session(src).get_inputs()[0].name
+        _quantize(pre, dst, CalibReader(calib_x, name), activation, method, Path(work) / "ranges.json")
+    return dst
+
+
 def quantize_model(name: str, fp32_file: Path, work: Path, calib_x: np.ndarray, scorer: Scorer, *,
                    bound: float, min_speedup: float, rounds: int = 5, log=print) -> tuple[Path | None, dict]:
     """Every candidate of one model, scored on `select`; returns (chosen int8 file or None, record)."""
