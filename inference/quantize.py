@@ -9,7 +9,9 @@ fp32 ONNX file is written:
    (inference.bundle.Bundle.normalize), once per calibration method (MinMax, Entropy,
    Percentile); the ranges are cached and shared by both activation types;
 3. quantize_static, QDQ format, per-channel int8 weights, for each candidate (activation type x
-   calibration method): 2 x 3 candidates;
+   calibration method): 2 x 3 candidates; a model with BatchNormalization left after folding
+   (DenseNet's, after each concatenation) also tries those nodes in fp32 (2 x 3 x 2), and its int8
+   BN scales are quantized per channel (BN_AXIS);
 4. each candidate is scored on `select`: accuracy beside the fp32 file's (for the selector: the
    routed accuracy with the fp32 students, since its output is a routing score), and images/s at
    batch 64 and 2 threads, timed side by side with the fp32 file in the same rounds (the speed of
@@ -44,6 +46,10 @@ DEFAULT_MIN_SPEEDUP = 1.0  # an int8 model must be faster than this times its fp
 ACTIVATIONS = ("QUInt8", "QInt8")
 METHODS = ("MinMax", "Entropy", "Percentile")
 CALIB_BATCH = 32
+# A BatchNormalization that cannot fold into a convolution (DenseNet's, after each concatenation)
+# keeps its scale as a weight; onnxruntime's per-channel default axis (1) is out of range for that
+# rank-1 tensor, so it would fall back to one scale for every channel's gamma. Axis 0 is the channel.
+BN_AXIS = {"BatchNormalization": 0}
 SPEED_BATCH = 64
 SPEED_THREADS = 2
 
@@ -170,16 +176,28 @@ class Scorer:
         return _accuracy(out, self.labels)
 
 
-def _quantize(src: Path, dst: Path, reader: CalibReader | None, activation: str, method: str, cache: Path):
+def _quantize(src: Path, dst: Path, reader: CalibReader | None, activation: str, method: str, cache: Path,
+              batchnorm: str = "int8"):
+    """quantize_static, QDQ, per-channel int8 weights; batchnorm "fp32" leaves unfolded
+    BatchNormalization nodes (and their scales) unquantized: one Q/DQ pair less per such node."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.registry import QDQRegistry
 
+    ops = None if batchnorm == "int8" else [op for op in QDQRegistry if op != "BatchNormalization"]
     if reader is not None:
         reader.rewind()
     with contextlib.redirect_stdout(io.StringIO()):  # the calibrators narrate every step on stdout
         quantize_static(str(src), str(dst), reader, quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=getattr(QuantType, activation), weight_type=QuantType.QInt8,
-                        calibrate_method=getattr(CalibrationMethod, method), calibration_cache_path=str(cache),
-                        extra_options={"CalibStridedMinMax": 1})
+                        op_types_to_quantize=ops, calibrate_method=getattr(CalibrationMethod, method),
+                        calibration_cache_path=str(cache),
+                        extra_options={"CalibStridedMinMax": 1, "QDQOpTypePerChannelSupportToAxis": BN_AXIS})
+
+
+def _has_batchnorm(path: Path) -> bool:
+    import onnx
+
+    return any(n.op_type == "BatchNormalization" for n in onnx.load(str(path), load_external_data=False).graph.node)
 
 
 def quantize_file(src: Path, dst: Path, calib_x: np.ndarray, activation: str = "QUInt8", method: str = "MinMax"
@@ -208,34 +226,44 @@ def quantize_model(name: str, fp32_file: Path, work: Path, calib_x: np.ndarray, 
     fp32_out = outputs(fp32_sess, scorer.x)
     fp32_acc = scorer(name, fp32_out)
     reader = CalibReader(calib_x, fp32_sess.get_inputs()[0].name)
+    # BatchNormalization left after folding (DenseNet's, after a concatenation): int8 or fp32, measured
+    bns = ("int8", "fp32") if _has_batchnorm(pre) else ("int8",)
     cands, files = [], {}
     for method in METHODS:
-        cache = work / f"{name}.{method}.ranges.json"  # calibrated once, shared by both activation types
-        for act in ACTIVATIONS:
-            dst = work / f"{name}.{act}.{method}.onnx"
-            t0 = time.perf_counter()
-            _quantize(pre, dst, None if cache.is_file() else reader, act, method, cache)
-            out = outputs(session(dst), scorer.x)
-            acc = scorer(name, out)
-            agree = float((out.argmax(1) == fp32_out.argmax(1)).mean()) if name != "selector" else \
-                float((scorer.routed(out, scorer.fp32)[1] == scorer.routed(fp32_out, scorer.fp32)[1]).mean())
-            cands.append({"activation_type": act, "weight_type": "QInt8", "calibration": method,
-                          "select_accuracy": acc, "select_agreement_with_fp32": agree,
-                          "bytes": dst.stat().st_size, "seconds_to_quantize": round(time.perf_counter() - t0, 2)})
-            files[(act, method)] = dst
-    # speed: one graph per activation type (calibration only moves scales), side by side with fp32
+        cache = work / f"{name}.{method}.ranges.json"  # calibrated once (all tensors), shared by every variant
+        for bn in bns:
+            for act in ACTIVATIONS:
+                dst = work / f"{name}.{act}.{method}.bn{bn}.onnx"
+                t0 = time.perf_counter()
+                _quantize(pre, dst, None if cache.is_file() else reader, act, method, cache, bn)
+                out = outputs(session(dst), scorer.x)
+                acc = scorer(name, out)
+                if name == "selector":
+                    agree = float((scorer.routed(out, scorer.fp32)[1] == scorer.routed(fp32_out, scorer.fp32)[1]).mean())
+                else:
+                    agree = float((out.argmax(1) == fp32_out.argmax(1)).mean())
+                c = {"activation_type": act, "weight_type": "QInt8", "calibration": method,
+                     "select_accuracy": acc, "select_agreement_with_fp32": agree,
+                     "bytes": dst.stat().st_size, "seconds_to_quantize": round(time.perf_counter() - t0, 2)}
+                if len(bns) > 1:
+                    c["batchnorm"] = bn
+                cands.append(c)
+                files[(act, method, bn)] = dst
+    # speed: one graph per (activation type, batchnorm) (calibration only moves scales), beside fp32
     xb = np.ascontiguousarray(np.resize(scorer.x, (SPEED_BATCH, *scorer.x.shape[1:])))
-    sess = {"fp32": fp32_sess, **{act: session(files[(act, "MinMax")]) for act in ACTIVATIONS}}
-    secs = side_by_side({k: _call(v, xb) for k, v in sess.items()}, rounds=rounds)
+    graphs = {(act, bn): session(files[(act, "MinMax", bn)]) for act in ACTIVATIONS for bn in bns}
+    secs = side_by_side({"fp32": _call(fp32_sess, xb), **{k: _call(v, xb) for k, v in graphs.items()}},
+                        rounds=rounds)
     for c in cands:
-        c["speedup_b64"] = secs["fp32"] / secs[c["activation_type"]]
+        c["speedup_b64"] = secs["fp32"] / secs[(c["activation_type"], c.get("batchnorm", "int8"))]
         c["drop_points"] = 100 * (fp32_acc - c["select_accuracy"])
     ok = [c for c in cands if c["drop_points"] <= bound + 1e-9 and c["speedup_b64"] > min_speedup]
     rec = {"select_accuracy_fp32": fp32_acc, "fp32_bytes": fp32_file.stat().st_size,
            "fp32_images_per_s_b64": SPEED_BATCH / secs["fp32"], "bound_points": bound,
            "min_speedup": min_speedup, "candidates": cands}
     for c in cands:
-        log(f"quantize: {name} {c['activation_type']}/{c['calibration']}: select {100 * c['select_accuracy']:.2f}% "
+        bn = f" BN {c['batchnorm']}" if "batchnorm" in c else ""
+        log(f"quantize: {name} {c['activation_type']}/{c['calibration']}{bn}: select {100 * c['select_accuracy']:.2f}% "
             f"(fp32 {100 * fp32_acc:.2f}%), {c['speedup_b64']:.2f}x fp32 at batch {SPEED_BATCH}")
     if not ok:
         best_acc = min(cands, key=lambda c: c["drop_points"])
@@ -253,9 +281,9 @@ def quantize_model(name: str, fp32_file: Path, work: Path, calib_x: np.ndarray, 
         rec["why"] = "; ".join(why)
         return None, rec
     best = max(ok, key=lambda c: (c["speedup_b64"], c["select_accuracy"]))
-    rec.update({k: best[k] for k in ("activation_type", "weight_type", "calibration", "speedup_b64")},
-               select_accuracy_int8=best["select_accuracy"])
-    return files[(best["activation_type"], best["calibration"])], rec
+    rec.update({k: best[k] for k in ("activation_type", "weight_type", "calibration", "speedup_b64", "batchnorm")
+                if k in best}, select_accuracy_int8=best["select_accuracy"])
+    return files[(best["activation_type"], best["calibration"], best.get("batchnorm", "int8"))], rec
 
 
 def quantize_bundle(root: Path, entries: dict, run, routing: dict, *, calib: int | None = None,
@@ -310,6 +338,7 @@ def quantize_bundle(root: Path, entries: dict, run, routing: dict, *, calib: int
     return {"mode": "int8", "format": "QDQ", "per_channel": True, "calib_split": "train", "calib_images": calib,
             "bound_points": bound, "min_speedup": min_speedup,
             "candidates": [f"{a}/{m}" for m in METHODS for a in ACTIVATIONS],
+            "batchnorm": "unfolded BatchNormalization nodes, where a model has them, tried int8 and fp32",
             "speed": f"images/s at batch {SPEED_BATCH}, {SPEED_THREADS} threads, side by side with fp32",
             "routing_recheck_select": {"routed_accuracy_fp32": acc32, "routed_accuracy_deployed": acc8,
                                        "route_agreement": float((r32 == r8).mean()),

@@ -11,7 +11,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import torch
 from PIL import Image
+from torch import nn
 
 from inference.bundle import load_bundle
 from inference.export import export_run
@@ -26,8 +28,6 @@ CALIB = 64
 
 @pytest.fixture(scope="session")
 def int8_bundles(trained_run, tmp_path_factory):  # noqa: F811
-    import torch
-
     root = tmp_path_factory.mktemp("int8")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -84,7 +84,7 @@ def test_int8_export_writes_qdq_files_and_records_precision_per_model(int8_bundl
         r = e["quantization"]
         assert r["activation_type"] in ("QUInt8", "QInt8") and r["weight_type"] == "QInt8"
         assert r["calibration"] in ("MinMax", "Entropy", "Percentile")
-        assert len(r["candidates"]) == 6 and "why" not in r
+        assert len(r["candidates"]) in (6, 12) and "why" not in r
         assert 0 <= r["select_accuracy_fp32"] <= 1 and 0 <= r["select_accuracy_int8"] <= 1
         assert r["fp32_bytes"] == fp32[name]["bytes"]
     assert set(q["routing_recheck_select"]) >= {"routed_accuracy_fp32", "routed_accuracy_deployed", "route_agreement"}
@@ -132,3 +132,53 @@ def test_quantize_flags_that_do_not_go_together(trained_run, tmp_path, cli):  # 
         code, _, err = cli(export_main, ["--run-dir", str(trained_run), "--out", str(tmp_path / "b"), *argv])
         assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "b").exists()
+
+
+class ConcatBN(nn.Module):
+    """DenseNet's pattern: a BatchNorm after a concatenation, which no convolution can absorb."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(1, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.conv = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        y = self.conv(torch.relu(self.bn(torch.cat([self.a(x), self.b(x)], 1))))
+        return self.fc(y.mean((2, 3)))
+
+
+def test_an_unfoldable_batchnorm_is_tried_int8_and_fp32(tmp_path):
+    from inference.export import _export_onnx
+    from inference.quantize import Scorer, _has_batchnorm, quantize_model
+    from moskd.fold import FastPath, fast_model
+
+    torch.manual_seed(0)
+    model = ConcatBN().eval()
+    model.bn.running_var.uniform_(0.5, 2.0)  # scales that differ per channel
+    example = torch.randn(2, 1, 8, 8)
+    model = fast_model(model, example, FastPath.parse("fold"))
+    _export_onnx(model, example, tmp_path / "m.onnx")
+    assert _has_batchnorm(tmp_path / "m.onnx")
+    x = np.random.default_rng(0).standard_normal((96, 1, 8, 8)).astype(np.float32)
+    with torch.inference_mode():
+        labels = model(torch.from_numpy(x)).argmax(1).numpy()
+    scorer = Scorer(x, labels, {}, {"tie_margin": 0.0}, [])
+    work = tmp_path / "work"
+    work.mkdir()
+    chosen, rec = quantize_model("m", tmp_path / "m.onnx", work, x[:64], scorer, bound=100, min_speedup=0,
+                                 rounds=1, log=lambda *_: None)
+    assert sorted({c["batchnorm"] for c in rec["candidates"]}) == ["fp32", "int8"] and len(rec["candidates"]) == 12
+    assert chosen is not None and rec["batchnorm"] in ("int8", "fp32")
+    for bn in ("int8", "fp32"):
+        g = onnx.load(str(work / f"m.QUInt8.MinMax.bn{bn}.onnx")).graph
+        node = next(n for n in g.node if n.op_type == "BatchNormalization")
+        producers = {o: n.op_type for n in g.node for o in n.output}
+        # int8: the BN's scale comes through a DequantizeLinear (per channel); fp32: straight from an initializer
+        assert (producers.get(node.input[1]) == "DequantizeLinear") == (bn == "int8")
+        if bn == "int8":  # one scale per channel, not one for all eight gammas
+            dq = next(n for n in g.node if node.input[1] in n.output)
+            scale = next(i for i in g.initializer if i.name == dq.input[1])
+            assert list(scale.dims) == [8]
+        assert "QuantizeLinear" in {n.op_type for n in g.node}
