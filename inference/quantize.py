@@ -124,7 +124,7 @@ def outputs(sess, x: np.ndarray, batch: int = 256) -> np.ndarray:
                           ).astype(np.float32)
 
 
-def side_by_side(calls: dict, rounds: int = 5, min_s: float = 0.05) -> dict:
+def side_by_side(calls: dict, rounds: int = 5, min_s: float = 0.2) -> dict:
     """Median seconds per call of each zero-argument callable, timed in the same rounds, a fresh
     shuffled order each round (so load from other processes falls on all of them alike)."""
     rng = np.random.default_rng(0)
