@@ -16,9 +16,10 @@ fp32 ONNX file is written:
    routed accuracy with the fp32 students, since its output is a routing score), and images/s at
    batch 64 and 2 threads, timed side by side with the fp32 file in the same rounds (the speed of
    a graph does not depend on its calibration ranges, so it is timed once per activation type);
-5. the fastest candidate whose `select` accuracy is within --int8-bound points of fp32 and whose
-   speed-up exceeds --int8-min-speedup replaces the fp32 file; when none is, the model stays fp32
-   and its manifest entry says why.
+5. of the candidates whose `select` accuracy is within --int8-bound points of fp32 and whose
+   speed-up exceeds --int8-min-speedup, `choose` takes the fastest graph (speed-ups within 10%
+   count as equal), the smallest file among equals, and its most accurate calibration; it replaces
+   the fp32 file. When no candidate passes, the model stays fp32 and its manifest entry says why.
 
 Every manifest entry gains "precision" ("int8" | "fp32") and "quantization" (what was tried, what
 was measured, what was chosen or why none was). The bundle runtime loads the QDQ files through
@@ -215,6 +216,20 @@ def quantize_file(src: Path, dst: Path, calib_x: np.ndarray, activation: str = "
     return dst
 
 
+SPEED_TIE = 1.1  # speed-ups within 10% of the fastest count as equal: timing noise on a shared CPU
+
+
+def choose(ok: list[dict]) -> dict:
+    """Among the candidates within the bounds: the graph (activation type, batchnorm) decides speed and
+    bytes, the calibration method only accuracy. So: the graphs whose speed-up is within SPEED_TIE of
+    the fastest, of those the smallest file, and in that graph the most accurate calibration."""
+    graph = lambda c: (c["activation_type"], c.get("batchnorm", "int8"))  # noqa: E731
+    fastest = max(c["speedup_b64"] for c in ok)
+    near = [c for c in ok if c["speedup_b64"] * SPEED_TIE >= fastest]
+    small = graph(min(near, key=lambda c: (c["bytes"], -c["speedup_b64"])))
+    return max((c for c in near if graph(c) == small), key=lambda c: (c["select_accuracy"], c["speedup_b64"]))
+
+
 def quantize_model(name: str, fp32_file: Path, work: Path, calib_x: np.ndarray, scorer: Scorer, *,
                    bound: float, min_speedup: float, rounds: int = 5, log=print) -> tuple[Path | None, dict]:
     """Every candidate of one model, scored on `select`; returns (chosen int8 file or None, record)."""
@@ -280,7 +295,7 @@ def quantize_model(name: str, fp32_file: Path, work: Path, calib_x: np.ndarray, 
                        f"faster ones lose more than {bound} points")
         rec["why"] = "; ".join(why)
         return None, rec
-    best = max(ok, key=lambda c: (c["speedup_b64"], c["select_accuracy"]))
+    best = choose(ok)
     rec.update({k: best[k] for k in ("activation_type", "weight_type", "calibration", "speedup_b64", "batchnorm")
                 if k in best}, select_accuracy_int8=best["select_accuracy"])
     return files[(best["activation_type"], best["calibration"], best.get("batchnorm", "int8"))], rec

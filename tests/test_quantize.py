@@ -182,3 +182,17 @@ def test_an_unfoldable_batchnorm_is_tried_int8_and_fp32(tmp_path):
             scale = next(i for i in g.initializer if i.name == dq.input[1])
             assert list(scale.dims) == [8]
         assert "QuantizeLinear" in {n.op_type for n in g.node}
+
+
+def test_choose_takes_the_fastest_graph_then_the_smaller_file_then_the_most_accurate_calibration():
+    from inference.quantize import choose
+
+    def c(act, bn, method, speed, size, acc):
+        return {"activation_type": act, "batchnorm": bn, "calibration": method, "speedup_b64": speed,
+                "bytes": size, "select_accuracy": acc}
+
+    ok = [c("QUInt8", "int8", "MinMax", 1.17, 302, 0.70), c("QUInt8", "fp32", "MinMax", 1.10, 291, 0.69),
+          c("QUInt8", "fp32", "Entropy", 1.10, 291, 0.695), c("QInt8", "int8", "MinMax", 0.6, 290, 0.9)]
+    assert choose(ok)["batchnorm"] == "fp32" and choose(ok)["calibration"] == "Entropy"  # 1.10 ties 1.17
+    ok[1]["speedup_b64"] = ok[2]["speedup_b64"] = 1.0  # clearly slower now: the fastest graph wins
+    assert choose(ok)["batchnorm"] == "int8"
