@@ -1,6 +1,6 @@
 """CPU inference speed-ups, side by side in one run: Conv+BN folding, channels_last, torch.compile.
 
-    python benchmarks/bench_infer.py [--rounds 7] [--threads N] [--batches 1 64] [--compile] [--onnx]
+    python benchmarks/bench_infer.py [--rounds 7] [--threads N] [--batches 1 64] [--compile] [--onnx] [--int8]
                                      [--size 1x8x8] [--cheap-share 1.0]
 
 For each model (teacher ResNet50, DenseNet121, GoogLeNet, the selector) and for the routed system
@@ -14,6 +14,8 @@ fast path (moskd.fold.FastPath) is timed in the same rounds, in a fresh shuffled
   cl, fold+cl      channels_last weights and input
   +compile         torch.compile (inductor) of the above (--compile; minutes of compile time)
   ort              the folded model exported to ONNX and run by onnxruntime (--onnx), as a bundle does
+  ort-int8         that ONNX model with static int8 quantization (--int8; QDQ, per-channel weights, uint8
+                   activations, MinMax calibration on random inputs: speed, not accuracy)
 
 Untrained weights (speed does not depend on them). Printed: median milliseconds per batch, each variant's speed-up over eager, and the
 routed system's speed-up over the teacher against its MAC ratio (goal: >= 0.8x the MAC ratio at
@@ -47,8 +49,9 @@ class OrtModel(nn.Module):
     """A folded model exported to ONNX and run by onnxruntime on torch tensors (an nn.Module, so
     the real Router can dispatch to it)."""
 
-    def __init__(self, model: nn.Module, example: torch.Tensor, threads: int):
+    def __init__(self, model: nn.Module, example: torch.Tensor, threads: int, int8: bool = False):
         import contextlib
+        import tempfile
 
         import onnxruntime as ort
 
@@ -58,8 +61,15 @@ class OrtModel(nn.Module):
             prog = torch.onnx.export(model, (example,), dynamo=True, dynamic_shapes=({0: batch},), verbose=False)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(prog.model_proto.SerializeToString(), opts,
-                                            providers=["CPUExecutionProvider"])
+        proto = prog.model_proto.SerializeToString()
+        if int8:  # static QDQ int8 as moskd export --quantize int8 writes it (U8 activations, MinMax)
+            from inference.quantize import quantize_file
+
+            with tempfile.TemporaryDirectory() as d:
+                (Path(d) / "m.onnx").write_bytes(proto)
+                calib = torch.randn(64, *example.shape[1:], generator=torch.Generator().manual_seed(0)).numpy()
+                proto = quantize_file(Path(d) / "m.onnx", Path(d) / "q.onnx", calib).read_bytes()
+        self.session = ort.InferenceSession(proto, opts, providers=["CPUExecutionProvider"])
         self.name = self.session.get_inputs()[0].name
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -79,7 +89,7 @@ def build(size, share: float, batch: int):
 
 
 def variants_for(raw: dict, example: torch.Tensor, batch: int, share: float, paths: list, onnx: bool, threads: int,
-                 wanted=MODELS):
+                 wanted=MODELS, int8: bool = False):
     """{model: {variant name: callable on a contiguous fp32 batch}}."""
     need = set(wanted) | ({"selector", "googlenet", "densenet121"} if "routed" in wanted else set())
     raw = {k: m for k, m in raw.items() if k in need}
@@ -99,6 +109,13 @@ def variants_for(raw: dict, example: torch.Tensor, batch: int, share: float, pat
             out[k]["ort"] = m
         if "routed" in wanted:
             out["routed"]["ort"] = fixed_mix_router(ort["selector"], mix, ort["googlenet"], ort["densenet121"])
+    if int8:
+        folded = {k: fast_model(m, example, FastPath()) for k, m in raw.items()}
+        q = {k: OrtModel(m, example, threads, int8=True) for k, m in folded.items()}
+        for k, m in q.items():
+            out[k]["ort-int8"] = m
+        if "routed" in wanted:
+            out["routed"]["ort-int8"] = fixed_mix_router(q["selector"], mix, q["googlenet"], q["densenet121"])
     return out
 
 
@@ -129,6 +146,8 @@ def main(argv=None):
     p.add_argument("--cheap-share", type=float, default=1.0, help="share of images routed to GoogLeNet")
     p.add_argument("--compile", action="store_true", help="also time torch.compile variants (slow to compile)")
     p.add_argument("--onnx", action="store_true", help="also time onnxruntime on the folded models")
+    p.add_argument("--int8", action="store_true",
+                   help="also time onnxruntime on static int8 (QDQ, per-channel) models, as --quantize int8 exports")
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     a = p.parse_args(argv)
     if a.threads:
@@ -144,7 +163,8 @@ def main(argv=None):
         raw, macs = build(size, a.cheap_share, batch)
         x = torch.randn(batch, *size)
         example = torch.randn(2, *size)  # batch 2: a batch-1 example would specialise exported programs to 1
-        fns = variants_for(raw, example, batch, a.cheap_share, paths, a.onnx, torch.get_num_threads(), a.models)
+        fns = variants_for(raw, example, batch, a.cheap_share, paths, a.onnx, torch.get_num_threads(), a.models,
+                          a.int8)
         inner = max(1, 64 // batch) * 2  # batch 1: several calls per timing, above the timer's noise
         print(f"\nbatch {batch}: median ms per batch (speed-up over eager)")
         names = list(fns[a.models[0]])

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from inference.bundle import FORMAT_VERSION, MANIFEST
+from inference.quantize import DEFAULT_BOUND, DEFAULT_CALIB, DEFAULT_MIN_SPEEDUP, check_calib, quantize_bundle
 from moskd.atomic import write_json
 from moskd.config import Parser  # one-line errors, 'did you mean', values checked by name
 from moskd.errors import MoskdError, cli_entry
@@ -58,13 +59,34 @@ def parse_args(argv) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run-dir", required=True, help="finished run (selector/, students/, teacher/)")
     p.add_argument("--out", required=True, help="bundle folder to write (must be empty or absent, or pass --force)")
-    p.add_argument("--format", choices=["torch", "onnx"], default="torch",
-                   help="torch.export programs (.pt2) or ONNX (.onnx, needs onnx and onnxscript)")
+    p.add_argument("--format", choices=["torch", "onnx"], default=None,
+                   help="torch.export programs (.pt2) or ONNX (.onnx, needs onnx and onnxscript) "
+                        "(default: torch; onnx with --quantize)")
     p.add_argument("--fast", default="fold", choices=["fold", "eager"],
                    help="fold Conv+BN pairs into the exported programs (a model whose folded outputs differ by "
                         "more than 1e-4 of the output scale is exported unfolded)")
     p.add_argument("--force", action="store_true", help="replace an existing bundle in --out")
-    return p.parse_args(argv)
+    p.add_argument("--quantize", choices=["int8"], default=None,
+                   help="static int8 quantization of every ONNX model (inference/quantize.py); a model that int8 "
+                        "makes slower or less accurate than --int8-bound stays fp32, said in the manifest")
+    p.add_argument("--calib", default=None, metavar="N",
+                   help=f"train images to calibrate --quantize on (default: {DEFAULT_CALIB}, or all if fewer)")
+    p.add_argument("--int8-bound", type=float, default=DEFAULT_BOUND, metavar="POINTS",
+                   help="most `select` accuracy points an int8 model may lose against its fp32 file")
+    p.add_argument("--int8-min-speedup", type=float, default=DEFAULT_MIN_SPEEDUP, metavar="X",
+                   help="an int8 model must run faster than X times its fp32 file (batch 64, 2 threads)")
+    a = p.parse_args(argv)
+    if a.format == "torch" and a.quantize:
+        p.error("--quantize int8 writes ONNX models; drop --format torch or pass --format onnx")
+    if a.calib is not None and not a.quantize:
+        p.error("--calib goes with --quantize int8")
+    a.format = a.format or ("onnx" if a.quantize else "torch")
+    if a.calib is not None:
+        try:
+            a.calib = check_calib(a.calib)
+        except MoskdError as e:
+            p.error(str(e))
+    return a
 
 
 def _export_torch(model: nn.Module, example: torch.Tensor, path: Path) -> None:
@@ -100,13 +122,16 @@ def _check(path: Path, fmt: str, model: nn.Module, x: torch.Tensor) -> float:
 
 
 def export_run(run_dir: str | Path, out: str | Path, fmt: str = "torch", fast: str = "fold", force: bool = False,
-               log=print) -> dict:
+               log=print, quantize: str | None = None, calib: int | None = None, int8_bound: float = DEFAULT_BOUND,
+               int8_min_speedup: float = DEFAULT_MIN_SPEEDUP) -> dict:
     """Write the bundle; returns the manifest."""
     from inference.router import load_router  # the stage-4 loader: card checks, route order, adapters
 
     run_dir, out = Path(run_dir), Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise MoskdError(f"{out} already exists and is not empty; pass --force to replace it or choose another --out")
+    if quantize and fmt != "onnx":
+        raise MoskdError("--quantize int8 writes ONNX models; pass --format onnx")
     run = load_router(run_dir, "cpu")
     policy = run.router.policy
     if not RunDir(run_dir).report().policy.is_file():
@@ -145,6 +170,10 @@ def export_run(run_dir: str | Path, out: str | Path, fmt: str = "torch", fast: s
                 raise MoskdError(f"{name}: the exported program differs from the model by {diff:.2e} "
                                  f"(> {CHECK_ATOL}); try --fast eager or the other --format")
             done[name] = {**meta, "file": file, "bytes": (tmp / file).stat().st_size, "max_abs_diff": diff}
+        quant = None
+        if quantize:  # the fp32 files are written and checked; int8 replaces those it beats
+            quant = quantize_bundle(tmp, done, run, policy, calib=calib, bound=int8_bound,
+                                    min_speedup=int8_min_speedup, log=log)
         manifest = {
             "format_version": FORMAT_VERSION, "format": fmt, "dataset": card["dataset"],
             "class_names": run.class_names, "input_size": size,
@@ -155,6 +184,8 @@ def export_run(run_dir: str | Path, out: str | Path, fmt: str = "torch", fast: s
             "fast_path": str(path),
             "source": {"run_dir": str(run_dir.resolve()), "torch": torch.__version__},
         }
+        if quant is not None:
+            manifest["quantization"] = quant
         write_json(tmp / MANIFEST, manifest)
         if out.exists():
             shutil.rmtree(out) if out.is_dir() else out.unlink()
@@ -168,10 +199,14 @@ def export_run(run_dir: str | Path, out: str | Path, fmt: str = "torch", fast: s
 @cli_entry(PROG)
 def main(argv=None):
     a = parse_args(argv)
-    m = export_run(a.run_dir, a.out, a.format, a.fast, a.force)
+    m = export_run(a.run_dir, a.out, a.format, a.fast, a.force, quantize=a.quantize, calib=a.calib,
+                   int8_bound=a.int8_bound, int8_min_speedup=a.int8_min_speedup)
     files = [*m["models"], *([m["selector"]] if m["selector"] else [])]
     print(f"wrote {a.out}/{MANIFEST} and {len(files)} {a.format} programs "
           f"({sum(e['bytes'] for e in files) / 1e6:.1f} MB); policy {m['policy']['family']}")
+    if a.quantize:
+        print("precision: " + ", ".join(f"{e.get('name', 'selector')} {e['precision']}" for e in files)
+              + f" (calibrated on {m['quantization']['calib_images']} train images)")
 
 
 if __name__ == "__main__":
