@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from inference.bundle import FORMAT_VERSION, MANIFEST, TEACHER
+from inference.router import load_router  # the stage-4 loader: card checks, route order, adapters
 from moskd.atomic import write_json
 from moskd.config import Parser  # one-line errors, 'did you mean', values checked by name
 from moskd.errors import MoskdError, cli_entry
@@ -107,8 +108,6 @@ def _check(path: Path, fmt: str, model: nn.Module, x: torch.Tensor) -> float:
 def export_run(run_dir: str | Path, out: str | Path, fmt: str = "torch", escalate: float | None = None,
                fast: str = "fold", force: bool = False, log=print) -> dict:
     """Write the bundle; returns the manifest."""
-    from inference.router import load_router  # the stage-4 loader: card checks, route order, adapters
-
     run_dir, out = Path(run_dir), Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise MoskdError(f"{out} already exists and is not empty; pass --force to replace it or choose another --out")

@@ -39,6 +39,7 @@ from moskd.models import adapt_input, unwrap
 from moskd.precision import policy
 from moskd.profile import model_cost
 from moskd.run import ReportDir, RunDir
+from moskd.runtime import setup_runtime, show_progress
 from moskd.config import run_dir_argument
 
 SPLITS = ("select", "test")
@@ -216,8 +217,6 @@ def main(argv=None):
                    help="rebuild the report from RUN/eval/*.npz and meta.json without running any model")
     a = p.parse_args(argv)
     a.run_dir = run_dir_argument(a.run, a.run_dir, default="runs/digits")
-    from moskd.runtime import setup_runtime, show_progress
-
     if a.from_eval:
         report_run(a.run_dir, from_eval=True, limit=a.limit)
         return
