@@ -31,6 +31,7 @@ from torch import nn
 
 from inference.bundle import FORMAT_VERSION, MANIFEST
 from inference.quantize import DEFAULT_BOUND, DEFAULT_CALIB, DEFAULT_MIN_SPEEDUP, check_calib, quantize_bundle
+from inference.router import load_router  # the stage-4 loader: card checks, route order, adapters
 from moskd.atomic import write_json
 from moskd.config import Parser  # one-line errors, 'did you mean', values checked by name
 from moskd.errors import MoskdError, cli_entry
@@ -125,8 +126,6 @@ def export_run(run_dir: str | Path, out: str | Path, fmt: str = "torch", fast: s
                log=print, quantize: str | None = None, calib: int | None = None, int8_bound: float = DEFAULT_BOUND,
                int8_min_speedup: float = DEFAULT_MIN_SPEEDUP) -> dict:
     """Write the bundle; returns the manifest."""
-    from inference.router import load_router  # the stage-4 loader: card checks, route order, adapters
-
     run_dir, out = Path(run_dir), Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise MoskdError(f"{out} already exists and is not empty; pass --force to replace it or choose another --out")

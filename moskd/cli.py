@@ -24,6 +24,7 @@ import importlib
 import sys
 
 from inference.stage import STAGE as INFERENCE
+from moskd import __version__
 from moskd.stages import Command, commands
 from selector.stage import STAGE as SELECTOR
 from students.stage import STAGE as STUDENTS
@@ -57,8 +58,6 @@ def main(argv=None) -> None:
         print(usage())
         return
     if argv[0] in ("-V", "--version"):
-        from moskd import __version__
-
         print(f"moskd {__version__}")
         return
     name, rest = argv[0], argv[1:]

@@ -43,6 +43,7 @@ import yaml
 
 from moskd.atomic import write_text
 from moskd.errors import MoskdError
+from moskd.stages import config_sections
 from moskd.values import (
     check_values, choices_of, nearest, not_a_choice, out_of_range)
 from moskd.per_model import MODELS_KEY, check_models, per_model
@@ -58,8 +59,6 @@ CORE_SECTIONS = {"pipeline": "moskd.pipeline:PipelineConfig"}
 
 
 def sections() -> dict[str, str]:
-    from moskd.stages import config_sections
-
     return {**config_sections(), **CORE_SECTIONS}
 
 

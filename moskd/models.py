@@ -12,6 +12,7 @@ model, from a checkpoint's card too (`build_model_from_checkpoint`).
 from __future__ import annotations
 
 import difflib
+import importlib
 from typing import Callable
 
 import torch
@@ -21,6 +22,7 @@ from torchvision.models.googlenet import BasicConv2d
 
 from moskd.checkpoint import inference_weights, read_checkpoint_file
 from moskd.errors import MoskdError
+from moskd.stages import model_modules
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
@@ -30,10 +32,6 @@ def _load_declared_models() -> None:
     global _DECLARED_LOADED
     if not _DECLARED_LOADED:
         _DECLARED_LOADED = True
-        import importlib
-
-        from moskd.stages import model_modules
-
         for module in model_modules():
             importlib.import_module(module)
 

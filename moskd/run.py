@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import yaml
+
 from moskd.errors import MoskdError
 from moskd.loaded import BASELINE_SUFFIX, Student, check_same_split, is_baseline, load_teacher
 
@@ -191,8 +193,6 @@ class RunDir:
         """The --limit the run's selector was trained with (a smoke run's images per split), if any."""
         config = self.selector.config
         if config.is_file():
-            import yaml
-
             try:
                 return (yaml.safe_load(config.read_text()) or {}).get("limit")
             except yaml.YAMLError:

@@ -13,6 +13,7 @@ import platform
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from moskd.atomic import file_sha256
 from moskd.errors import MoskdError
@@ -82,8 +83,6 @@ def environment() -> dict:
 def complementary_method(run_dir: Path) -> str:
     """How the run's distilled students were trained (StudentTrain --complementary), from their
     resolved configs; "none" when they do not say (runs from before the option existed)."""
-    import yaml
-
     methods = set()
     for stage in RunDir(run_dir).student_dirs():
         cfg = yaml.safe_load(stage.config.read_text()) if stage.config.is_file() else {}
