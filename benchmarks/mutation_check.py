@@ -154,7 +154,7 @@ MUTATIONS: list[Mutation] = [
     # ---------------------------------------------------------------- checkpoint choice and the optimizer
     Mutation("E1", "moskd/engine.py", "if improved:  # best.pt", "if True:  # best.pt", (BEST,),
              "best.pt is always the last epoch"),
-    Mutation("E2", "moskd/engine.py", "improved = select_metric > best", "improved = select_metric >= best",
+    Mutation("E2", "moskd/engine.py", "improved = select_metric > state.best", "improved = select_metric >= state.best",
              (BEST,), "a tie on select moves best.pt to the later epoch"),
     Mutation("E3", "moskd/engine.py", "best = load_checkpoint(StageDir(stage.out_dir).best, role=stage.role)",
              "best = load_checkpoint(StageDir(stage.out_dir).last, role=stage.role)", (BEST,),
@@ -178,8 +178,8 @@ MUTATIONS: list[Mutation] = [
              (f"{T_DATA}::test_split_seed_changes_the_split_and_limit_slices",),
              "--limit keeps the last images of a split, not the first"),
     # ---------------------------------------------------------------- config parsing
-    Mutation("C1", "moskd/config.py", "        merged.update({_key(k): v for k, v in (raw.get(s) or {}).items()})\n",
-             "        merged.update({_key(k): v for k, v in (raw.get(s) or {}).items() if _key(k) not in merged})\n",
+    Mutation("C1", "moskd/config.py", "                merged[_key(k)] = v\n",
+             "                merged.setdefault(_key(k), v)\n",
              (CFG_ORDER,),
              "top-level YAML keys beat the stage's own section"),
     Mutation("C2", "moskd/config.py",
