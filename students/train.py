@@ -141,19 +141,7 @@ def run(cfg: StudentConfig, rt: Runtime, out_dir: Path | None = None, data: Data
         warn_if_poor_teacher(tpath, data.num_classes)
         teacher_cost = model_cost(unwrap(teacher), data.input_size)
         if cfg.complementary != "none" and not cfg.cache_only:
-            partition = ensure_partition(cfg, tpath, teacher, data, rt)
-            if arch not in partition["owners"]:
-                raise MoskdError(f"--complementary {cfg.complementary}: {arch} owns no part of the partition "
-                                 f"(owners: {', '.join(partition['owners'])}); train those students or pass "
-                                 f"--complementary none")
-            weights = image_weights(data.splits["train"].targets, partition["class_owner"], arch, cfg.other_weight)
-            distillation["complementary"] = {
-                "method": cfg.complementary, "other_weight": cfg.other_weight,
-                "partition": str(RunDir(cfg.run_dir).teacher.partition(cfg.complementary)),
-                "class_owner": partition["class_owner"],
-                "owns": [n for n, o in zip(data.class_names, partition["class_owner"]) if o == arch]}
-            log(rt, f"complementary {cfg.complementary}: {arch} owns {', '.join(distillation['complementary']['owns'])}"
-                    f" (weight 1; other images {cfg.other_weight})")
+            weights = complementary_weights(cfg, arch, tpath, teacher, data, rt, distillation)
         if cfg.teacher_cache > 0:
             key = cache_key(tpath, data, cfg.teacher_cache, cfg.cache_seed)
             cache = RunDir(cfg.run_dir).teacher_cache(cfg.teacher_cache)
@@ -187,6 +175,25 @@ def run(cfg: StudentConfig, rt: Runtime, out_dir: Path | None = None, data: Data
     summary = fit(stage, cfg, rt, "StudentTrain")
     summary.update(arch=arch, cost=cost, teacher_cost=teacher_cost, distillation=distillation)
     return finish(stage, cfg, rt, summary, make_loader(data, "test", cfg.eval_batch_size, device=rt.device))
+
+
+def complementary_weights(cfg: StudentConfig, arch: str, tpath: Path, teacher: nn.Module, data: DataBundle,
+                          rt: Runtime, distillation: dict) -> torch.Tensor:
+    """Per-image loss weights of a specialist (--complementary): 1 on its own classes, --other-weight
+    elsewhere; records the partition on the card's `distillation`."""
+    partition = ensure_partition(cfg, tpath, teacher, data, rt)
+    if arch not in partition["owners"]:
+        raise MoskdError(f"--complementary {cfg.complementary}: {arch} owns no part of the partition "
+                         f"(owners: {', '.join(partition['owners'])}); train those students or pass "
+                         f"--complementary none")
+    distillation["complementary"] = {
+        "method": cfg.complementary, "other_weight": cfg.other_weight,
+        "partition": str(RunDir(cfg.run_dir).teacher.partition(cfg.complementary)),
+        "class_owner": partition["class_owner"],
+        "owns": [n for n, o in zip(data.class_names, partition["class_owner"]) if o == arch]}
+    log(rt, f"complementary {cfg.complementary}: {arch} owns {', '.join(distillation['complementary']['owns'])}"
+            f" (weight 1; other images {cfg.other_weight})")
+    return image_weights(data.splits["train"].targets, partition["class_owner"], arch, cfg.other_weight)
 
 
 @torch.inference_mode()
