@@ -284,7 +284,9 @@ def _chain_curves(points: Points) -> dict:
     """Max-softmax replacing cascades per chain ("a>b", "a>b>c"): their select-Pareto points on test."""
     by_chain: dict[str, list[int]] = {}
     for i in points.family("cascade"):
-        by_chain.setdefault(">".join(points.sel[i].policy.target["chain"]), []).append(i)
+        chain = points.sel[i].policy.target.get("chain")  # None: the deployed policy, scored beside the candidates
+        if chain:
+            by_chain.setdefault(">".join(chain), []).append(i)
     return {k: [{**row, "threshold": (row["params"]["thresholds"] or [0.0])[0]} for row in points.curve(idx)]
             for k, idx in by_chain.items()}
 

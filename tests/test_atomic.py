@@ -109,6 +109,7 @@ ALLOWED = {  # (file, call): why it is not a file write of its own
                                         "through the writer or the exporters into a temporary one)",
     ("inference/export.py", "mkdtemp"): "that temporary folder",
     ("inference/export.py", "save"): "torch.export.save of one program into that temporary folder",
+    ("inference/quantize.py", "replace"): "moves the chosen int8 file within export's temporary bundle folder",
 }
 
 

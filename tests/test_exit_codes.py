@@ -83,6 +83,10 @@ def test_every_console_script_and_python_m_entry_exits_as_the_contract_says(tmp_
 
     done = run(env, ["--run-dir", str(r), "--split", "test", "--limit", "48", "--device", "cpu"], "inference")
     assert json.loads((r / "report.json").read_text())["num_images"] == 48
+    (r / "policy.json").unlink()  # fitted by the evaluation above; `moskd policy` writes it again
+    done = run(env, ["policy", "--run-dir", str(r), "--from-eval", "--target", "best-student"], "moskd")
+    assert json.loads((r / "policy.json").read_text())["target"]["target"] == "best-student"
+    assert "policy: " in done.stdout
     image = tmp_path / "one.png"
     from PIL import Image
     Image.new("L", (8, 8), 200).save(image)
@@ -92,7 +96,7 @@ def test_every_console_script_and_python_m_entry_exits_as_the_contract_says(tmp_
     run(env, ["report", "--run-dir", str(r), "--from-eval"], "moskd")
     bundle = tmp_path / "bundle"
     run(env, ["export", "--run-dir", str(r), "--out", str(bundle)], "moskd")
-    assert json.loads((bundle / "manifest.json").read_text())["format_version"] == 1
+    assert json.loads((bundle / "manifest.json").read_text())["format_version"] == 2
     run(env, ["--bundle", str(bundle), str(image), "--output", str(tmp_path / "b.csv")], "inference")
     assert (tmp_path / "b.csv").read_text().splitlines()[1:] == rows.read_text().splitlines()[1:]
     done = run(env, ["clean", "--run-dir", str(r)], "moskd")

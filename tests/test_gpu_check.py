@@ -30,7 +30,7 @@ def test_smoke_runs_every_step_and_writes_the_result_file(tmp_path):
     assert result["smoke_checks"] == {"device": True, "precision": True, "compile": True, "ddp": True}
     stages = result["seconds"]["stages"]
     assert list(stages) == ["teacher", "teacher-logit cache", "student densenet121 (distilled)",
-                            "student googlenet (distilled)", "selector", "evaluation report on test"]
+                            "student googlenet (distilled)", "selector", "routing policy and evaluation report"]
     assert all(v >= 0 for v in stages.values()) and not any("baseline" in s for s in stages)
     for name in ("teacher", "densenet121", "googlenet", "routed"):
         assert 0.0 <= result["accuracy"][name] <= 1.0, name

@@ -163,7 +163,7 @@ def test_an_unfoldable_batchnorm_is_tried_int8_and_fp32(tmp_path):
     x = np.random.default_rng(0).standard_normal((96, 1, 8, 8)).astype(np.float32)
     with torch.inference_mode():
         labels = model(torch.from_numpy(x)).argmax(1).numpy()
-    scorer = Scorer(x, labels, {}, {"tie_margin": 0.0}, [])
+    scorer = Scorer(x, labels, {}, None)  # a classifier: scored by top-1, the policy is not read
     work = tmp_path / "work"
     work.mkdir()
     chosen, rec = quantize_model("m", tmp_path / "m.onnx", work, x[:64], scorer, bound=100, min_speedup=0,

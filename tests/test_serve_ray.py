@@ -73,7 +73,7 @@ def test_ray_backend_answers_equal_the_single_process_server(ray_server):
         assert key(got) == key(want)
         info = remote.get("/info").json()
         assert info["serving"]["backend"] == "ray" and info["classes"] == local.get("/info").json()["classes"]
-        assert len(info["serving"]["deployments"]) == 5  # ingress, selector, two students, teacher
+        assert len(info["serving"]["deployments"]) == 4  # ingress, selector, two students (the policy never reaches the teacher)
 
 
 @pytest.mark.parametrize("body, ctype, status", [
