@@ -45,9 +45,8 @@ def render_markdown(r: dict) -> str:
             role = v["role"] + ("" if v.get("routed", True) else ", not routed")
             acc_rows.append(f"| {k} ({role}) | {_fmt_pct(v['accuracy'])} | {_fmt_int(v['macs'])} | {v['ece']:.4f} "
                             f"| {_fmt_pct(v.get('agreement_with_teacher'))} |")
-    tau = ro["escalate_threshold"]
     acc_rows += [
-        f"| **routed** (knob {ro['knob']:.4f}{'' if tau is None else f', escalate < {tau}'}) "
+        f"| selector alone (knob {ro['knob']:.4f}) "
         f"| **{_fmt_pct(ro['accuracy'])}** | {_fmt_int(ro['macs_per_image'])} | | |",
         *([f"| cascade {same['cascade']} (threshold {same['threshold']:.4f}, chosen on select at the routed MACs) "
            f"| {_fmt_pct(same['accuracy'])} | {_fmt_int(same['macs_per_image'])} | | |"] if same else []),
