@@ -8,15 +8,26 @@ README or docs can drift from the measurement it came from.
 
     moskd results            rewrite README.md and docs/RESULTS.md
     moskd results --check    exit 2 if either differs
+    moskd results --archive RUN --name CONFIG
+                             copy a `--seeds` run's result files into docs/results/CONFIG/, then rewrite
+
+--archive copies what a multi-seed result is committed with (DESIGN.md): seeds.json and seeds.md,
+each seed's report.md, policy.json, pipeline timings and eval arrays (`seed<k>-eval/`, float32 as
+the run wrote them, so a refit from them reproduces the run's report exactly), the first seed's
+report.json and plots, and the teacher's metrics.jsonl. Anyone can then refit and re-report a seed
+without the models:
+
+    mkdir -p R && cp -r docs/results/CONFIG/seed0-eval R/eval && moskd policy --run-dir R --from-eval
 """
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
-from moskd.atomic import write_text
+from moskd.atomic import write_bytes, write_text
 from moskd.config import Parser  # one-line errors, 'did you mean', values checked by name
 from moskd.errors import MoskdError, cli_entry
 
@@ -169,13 +180,61 @@ def outputs(root: Path) -> dict[Path, str]:
             root / "docs" / "RESULTS.md": render_results_page(results)}
 
 
+def archive_files(run: Path, dest: Path) -> dict[Path, Path]:
+    """{source: destination} of a multi-seed run's committed result files (DESIGN.md: multi-seed
+    results); refused in one line when the run has no seeds.json or a seed misses a file."""
+    from moskd.run import RunDir  # the run layout's owner; the committed names are spelt here
+
+    root = RunDir(run)
+    if not root.seeds_json.is_file():
+        raise MoskdError(f"{root.seeds_json} not found: --archive takes a finished "
+                         f"`moskd pipeline --seeds ...` run directory")
+    seeds = sorted(int(m.group(1)) for p in Path(run).iterdir() if (m := re.fullmatch(r"seed(\d+)", p.name)))
+    files = {root.seeds_json: dest / "seeds.json", root.seeds_md: dest / "seeds.md"}
+    for k in seeds:
+        seed = root.seed(k)
+        report = seed.report()
+        files |= {report.md: dest / f"seed{k}-report.md", report.policy: dest / f"seed{k}-policy.json",
+                  seed.pipeline_timings: dest / f"seed{k}-pipeline_timings.json",
+                  report.eval_meta: dest / f"seed{k}-eval" / "meta.json"}
+        for split in ("select", "test", "spare"):
+            if report.eval_arrays(split).is_file() or split != "spare":
+                files[report.eval_arrays(split)] = dest / f"seed{k}-eval" / f"{split}.npz"
+    first = root.seed(seeds[0])
+    files[first.report().json] = dest / f"seed{seeds[0]}-report.json"
+    files[first.teacher.metrics] = dest / "teacher-metrics.jsonl"
+    for plot in ("accuracy_vs_macs", "confusion"):
+        files[first.report().plot(plot)] = dest / f"seed{seeds[0]}-{plot}.png"
+    missing = [str(src) for src in files if not src.is_file()]
+    if missing:
+        raise MoskdError(f"{missing[0]} not found{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}: "
+                         f"finish the run (`moskd pipeline ... --seeds` skips what is done) before --archive")
+    return files
+
+
+def archive(run: Path, dest: Path) -> list[Path]:
+    """Copy the run's result files into `dest` (byte for byte; each through the one writer)."""
+    files = archive_files(run, dest)
+    for src, dst in files.items():
+        write_bytes(dst, src.read_bytes())
+    return list(files.values())
+
+
 @cli_entry("moskd results")
 def main(argv=None):
     p = Parser(prog="moskd results", description=__doc__, allow_abbrev=False,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", default=".", help="the repository checkout holding README.md and docs/")
     p.add_argument("--check", action="store_true", help="compare only; exit 2 if a file differs")
+    p.add_argument("--archive", metavar="RUN", type=Path,
+                   help="first copy this `moskd pipeline --seeds` run's result files into docs/results/NAME/")
+    p.add_argument("--name", help="with --archive: the config's name under docs/results/ (e.g. fashion-mnist-cpu)")
     a = p.parse_args(argv)
+    if a.archive is not None:
+        if a.check or not a.name or "/" in a.name:
+            raise MoskdError("--archive RUN needs --name CONFIG (a folder name under docs/results/) and no --check")
+        copied = archive(a.archive, Path(a.root) / "docs" / "results" / a.name)
+        print(f"copied {len(copied)} files from {a.archive} into {Path(a.root) / 'docs' / 'results' / a.name}")
     stale = []
     for path, text in outputs(Path(a.root)).items():
         if path.is_file() and path.read_text() == text:

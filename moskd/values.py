@@ -28,7 +28,7 @@ RANGES: dict[str, tuple] = {
     "width": (1, None, True, True), "dropout": (0, 1, True, False), "holdout_fraction": (0, 1, False, False),
     "tie_margin": (0, None, True, True),
     "port": (0, 65535, True, True), "max_batch": (1, None, True, True), "max_bytes": (1, None, True, True),
-    "max_wait_ms": (0, None, True, True), "threads": (1, None, True, True),
+    "threads": (1, None, True, True),
 }
 # `StudentTrain --model N` numbers, as in the original project (the pipeline trains both); spelt here,
 # torch-free, so config files can name them (moskd.models re-exports it)

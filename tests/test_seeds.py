@@ -101,6 +101,39 @@ def test_results_check_fails_on_a_stale_readme(tmp_path, cli):
     assert cli(results_main, ["--root", str(tmp_path), "--check"])[0] == 0
 
 
+def test_archive_copies_each_seeds_result_files_and_refuses_an_unfinished_run(tmp_path, cli):
+    run, root = tmp_path / "run", tmp_path / "repo"
+    (root / "docs" / "results").mkdir(parents=True)
+    (root / "README.md").write_text("intro\n<!-- results:begin -->\n<!-- results:end -->\n")
+    (run / "seeds.json").parent.mkdir(parents=True)
+    (run / "seeds.json").write_text(json.dumps({"seeds": [0, 1], "teacher_shared": True, "dataset": "digits",
+                                                "num_images": 10, "input_size": [1, 8, 8], "command": "x",
+                                                "environment": {"torch": "2", "threads": 2, "cpu_count": 2,
+                                                                "processor": "x86_64"}, "rows": {}}))
+    (run / "seeds.md").write_text("seeds")
+    names = ["report.md", "report.json", "policy.json", "pipeline_timings.json", "eval/meta.json",
+             "eval/select.npz", "eval/test.npz", "plots/accuracy_vs_macs.png", "plots/confusion.png",
+             "teacher/metrics.jsonl"]
+    for k in (0, 1):
+        for name in names + (["eval/spare.npz"] if k == 1 else []):
+            (run / f"seed{k}" / name).parent.mkdir(parents=True, exist_ok=True)
+            (run / f"seed{k}" / name).write_bytes(f"{k}:{name}".encode())
+    (run / "seed1" / "policy.json").unlink()
+    code, _, err = cli(results_main, ["--root", str(root), "--archive", str(run), "--name", "digits"])
+    assert code == 2 and "seed1/policy.json not found" in err and not (root / "docs" / "results" / "digits").exists()
+    (run / "seed1" / "policy.json").write_bytes(b"1:policy.json")
+    code, out, _ = cli(results_main, ["--root", str(root), "--archive", str(run), "--name", "digits"])
+    dest = root / "docs" / "results" / "digits"
+    assert code == 0 and "copied 19 files" in out
+    assert (dest / "seed1-eval" / "spare.npz").read_bytes() == b"1:eval/spare.npz"  # spare only where the run has it
+    assert not (dest / "seed0-eval" / "spare.npz").exists()
+    assert (dest / "seed0-eval" / "test.npz").read_bytes() == b"0:eval/test.npz"
+    assert (dest / "seed1-policy.json").read_bytes() == b"1:policy.json"
+    assert (dest / "seed0-report.json").is_file() and not (dest / "seed1-report.json").exists()
+    assert (dest / "teacher-metrics.jsonl").read_bytes() == b"0:teacher/metrics.jsonl"
+    assert "### digits (digits, 2 seeds" in (root / "README.md").read_text()  # and the tables were rewritten
+
+
 def test_methods_table_compares_complementary_modes_on_the_same_data():
     from moskd.results import methods_table
 
