@@ -94,12 +94,14 @@ def complementary_method(run_dir: Path) -> str:
 
 def aggregate_seeds(root: Path, seeds: list[int], teacher_shared: bool, command: str = "") -> dict:
     run = RunDir(root)
-    per_seed = []
+    per_seed, cis = [], []
     for k in seeds:
         path = run.seed(k).report().json
         if not path.is_file():
             raise MoskdError(f"{path} not found; rerun moskd pipeline --seeds ... --run-dir {root}")
-        per_seed.append(report_rows(json.loads(path.read_text())))
+        report = json.loads(path.read_text())
+        per_seed.append(report_rows(report))
+        cis.append(report.get("ci95", {}))
     rows = {}
     for name in per_seed[0]:
         values = [r.get(name) for r in per_seed]
@@ -117,7 +119,9 @@ def aggregate_seeds(root: Path, seeds: list[int], teacher_shared: bool, command:
            "complementary": complementary_method(RunDir(root).seed(seeds[0]).root),
            "num_images": first["num_images"], "input_size": first["input_size"], "command": command,
            "environment": environment(),
-           "rows": rows}
+           "rows": rows,
+           # each seed's paired-bootstrap 95% CI on test of the differences its report bootstraps
+           "ci95": {name: [c.get(name) for c in cis] for name in cis[0] if name in rows}}
     write_text(run.seeds_md, render_seeds(out))
     write_json(run.seeds_json, out)
     return out
@@ -127,6 +131,14 @@ def is_macs(name: str) -> bool:
     return name.endswith("macs_per_image") or "_macs_at_" in name
 
 
+def is_difference(name: str) -> bool:
+    return name.startswith("kd_gain") or "_minus_" in name
+
+
+def _pct(v: float, name: str) -> str:
+    return f"{100 * v:{'+' if is_difference(name) else ''}.2f}"
+
+
 def _cell(name: str, row: dict) -> str:
     if row["mean"] is None:
         return "-"
@@ -134,7 +146,7 @@ def _cell(name: str, row: dict) -> str:
         return f"{row['mean'] / 1e6:,.2f}M ± {row['std'] / 1e6:,.2f}M"
     if name == "gap_closed":
         return f"{row['mean']:+.3f} ± {row['std']:.3f}"
-    sign = "+" if name.startswith(("kd_gain", "routed_minus", "oracle_minus")) else ""
+    sign = "+" if is_difference(name) else ""
     return f"{100 * row['mean']:{sign}.2f} ± {100 * row['std']:.2f}"
 
 
@@ -152,4 +164,12 @@ def render_seeds(s: dict) -> str:
                                                  f"{v:.3f}" if name == "gap_closed" else f"{100 * v:.2f}")
                          for v in row["values"])
         lines.append(f"| {name} | {_cell(name, row)} | {vals} |")
+    if s.get("ci95"):
+        lines += ["", "Each seed's difference with its paired-bootstrap 95% CI on test (points; from its report.json):", "",
+                  "| difference | " + " | ".join(f"seed {k}" for k in s["seeds"]) + " |",
+                  "|---|" + "---:|" * len(s["seeds"])]
+        for name, per in s["ci95"].items():
+            cells = ["-" if v is None or ci is None else f"{_pct(v, name)} [{_pct(ci[0], name)}, {_pct(ci[1], name)}]"
+                     for v, ci in zip(s["rows"][name]["values"], per)]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -28,7 +28,8 @@ def fake_report(seed: int) -> dict:
             "routed": {"accuracy": 0.89 + 0.005 * seed, "macs_per_image": 50.0 + seed},
             "oracle": {"accuracy": 0.93}, "gap_closed": 0.1 * seed, "best_single_student": "densenet121",
             "baselines": {"random_same_share": 0.87}, "cascade_same_macs": {"accuracy": 0.885, "macs_per_image": 51.0},
-            "iso_accuracy": {"teacher": {"router": None, "cascade": 80.0}}}
+            "iso_accuracy": {"teacher": {"router": None, "cascade": 80.0}},
+            "ci95": {"routed_minus_random": [-0.01 + 0.001 * seed, 0.02]}}
 
 
 def test_seeds_share_the_teacher_and_aggregate_each_report(tmp_path, monkeypatch):
@@ -69,6 +70,10 @@ def test_seeds_share_the_teacher_and_aggregate_each_report(tmp_path, monkeypatch
     assert rows["router_macs_at_teacher_accuracy"]["mean"] is None  # never reached: no mean invented
     assert {"oracle", "gap_closed", "random_same_share", "teacher", "googlenet-baseline"} <= set(rows)
     assert "| routed | 89.50 ± 0.50 |" in (tmp_path / "seeds.md").read_text()
+    # each seed's CI is its own report's, beside its difference
+    assert saved["ci95"] == {"routed_minus_random": [[-0.01 + 0.001 * k, 0.02] for k in range(3)]}
+    assert ("| routed_minus_random | +2.00 [-1.00, +2.00] | +2.50 [-0.90, +2.00] | +3.00 [-0.80, +2.00] |"
+            in (tmp_path / "seeds.md").read_text())
 
 
 def test_report_rows_differences():
