@@ -53,14 +53,12 @@ class OrtModel(nn.Module):
         import contextlib
         import tempfile
 
-        import onnxruntime as ort
+        from inference.bundle import ort_session
 
         super().__init__()
         batch = torch.export.Dim("batch", min=1, max=1 << 16)
         with contextlib.redirect_stdout(io.StringIO()):
             prog = torch.onnx.export(model, (example,), dynamo=True, dynamic_shapes=({0: batch},), verbose=False)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
         proto = prog.model_proto.SerializeToString()
         if int8:  # static QDQ int8 as moskd export --quantize int8 writes it (U8 activations, MinMax)
             from inference.quantize import quantize_file
@@ -69,7 +67,7 @@ class OrtModel(nn.Module):
                 (Path(d) / "m.onnx").write_bytes(proto)
                 calib = torch.randn(64, *example.shape[1:], generator=torch.Generator().manual_seed(0)).numpy()
                 proto = quantize_file(Path(d) / "m.onnx", Path(d) / "q.onnx", calib).read_bytes()
-        self.session = ort.InferenceSession(proto, opts, providers=["CPUExecutionProvider"])
+        self.session = ort_session(proto, threads)  # as a bundle runs it
         self.name = self.session.get_inputs()[0].name
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

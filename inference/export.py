@@ -4,6 +4,7 @@ It lives in the inference stage, not in moskd, because it exports the stage-4 ro
 imports no stage).
 
     moskd export --run-dir RUN --out DIR [--format torch|onnx] [--fast fold|eager]
+    moskd export --run-dir RUN --out DIR --quantize int8 [--calib N] [--report]
 
 Writes DIR/manifest.json (class names, input size, mean/std, each model's file, MACs and
 parameters, and the run's routing policy, RUN/policy.json, verbatim under "policy") and one file
@@ -15,11 +16,19 @@ the manifest. Models get the selector card's normalisation baked in (as the run'
 their Conv+BN pairs folded (--fast fold, the default); each exported program is checked against
 the eager model on a random batch before the manifest is written, and the largest difference is
 recorded in the manifest. The manifest is written last, so a half-written bundle never loads.
+
+--quantize int8 (inference/quantize.py) replaces each ONNX model by its static int8 graph where that
+is faster and within --int8-bound points on `select`; --report adds the int8-against-fp32
+comparison to the bundle (inference/int8_report.py): int8_report.md (per model and for the routed
+system: test and select accuracy of both with a paired-bootstrap CI, bytes, latency at batch 1 and
+64 timed side by side, the compression table's fp32 and int8 rows), int8_report.json, and the
+per-image outputs int8_eval_{select,test}.npz.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import io
 import os
 import shutil
@@ -30,7 +39,9 @@ import torch
 from torch import nn
 
 from inference.bundle import FORMAT_VERSION, MANIFEST
+from inference.int8_report import compare_bundles, write_int8_report
 from inference.quantize import DEFAULT_BOUND, DEFAULT_CALIB, DEFAULT_MIN_SPEEDUP, check_calib, quantize_bundle
+from inference.quantize_tools import SPEED_THREADS
 from inference.router import load_router  # the stage-4 loader: card checks, route order, adapters
 from moskd.atomic import write_json
 from moskd.config import Parser  # one-line errors, 'did you mean', values checked by name
@@ -42,6 +53,7 @@ from moskd.run import RunDir
 
 PROG = "moskd export"
 CHECK_ATOL = 1e-4
+REPORT_ROUNDS = 5  # timing rounds of --report's side-by-side latency (medians)
 
 
 class Scores(nn.Module):
@@ -76,7 +88,13 @@ def parse_args(argv) -> argparse.Namespace:
                    help="most `select` accuracy points an int8 model may lose against its fp32 file")
     p.add_argument("--int8-min-speedup", type=float, default=DEFAULT_MIN_SPEEDUP, metavar="X",
                    help="an int8 model must run faster than X times its fp32 file (batch 64, 2 threads)")
+    p.add_argument("--report", action="store_true",
+                   help="with --quantize int8: also write int8_report.{json,md} and int8_eval_{select,test}.npz "
+                        "into the bundle: each model and the routed system, int8 against fp32, on select and test "
+                        "(paired CIs), bytes, and latency at batch 1 and 64 side by side")
     a = p.parse_args(argv)
+    if a.report and not a.quantize:
+        p.error("--report compares int8 with fp32: it goes with --quantize int8")
     if a.format == "torch" and a.quantize:
         p.error("--quantize int8 writes ONNX models; drop --format torch or pass --format onnx")
     if a.calib is not None and not a.quantize:
@@ -124,8 +142,10 @@ def _check(path: Path, fmt: str, model: nn.Module, x: torch.Tensor) -> float:
 
 def export_run(run_dir: str | Path, out: str | Path, fmt: str = "torch", fast: str = "fold", force: bool = False,
                log=print, quantize: str | None = None, calib: int | None = None, int8_bound: float = DEFAULT_BOUND,
-               int8_min_speedup: float = DEFAULT_MIN_SPEEDUP) -> dict:
-    """Write the bundle; returns the manifest."""
+               int8_min_speedup: float = DEFAULT_MIN_SPEEDUP, report: bool = False, report_rounds: int = REPORT_ROUNDS,
+               report_min_s: float = 0.2) -> dict:
+    """Write the bundle; returns the manifest. With `quantize` and `report`, the bundle also holds the
+    int8-against-fp32 comparison (inference/int8_report.py)."""
     run_dir, out = Path(run_dir), Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise MoskdError(f"{out} already exists and is not empty; pass --force to replace it or choose another --out")
@@ -157,6 +177,7 @@ def export_run(run_dir: str | Path, out: str | Path, fmt: str = "torch", fast: s
     suffix = ".pt2" if fmt == "torch" else ".onnx"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    fp32_dir = None
     try:
         done = {}
         for name, model, meta in entries:
@@ -169,29 +190,44 @@ def export_run(run_dir: str | Path, out: str | Path, fmt: str = "torch", fast: s
                 raise MoskdError(f"{name}: the exported program differs from the model by {diff:.2e} "
                                  f"(> {CHECK_ATOL}); try --fast eager or the other --format")
             done[name] = {**meta, "file": file, "bytes": (tmp / file).stat().st_size, "max_abs_diff": diff}
+        def manifest_of(done: dict, quant: dict | None) -> dict:
+            m = {"format_version": FORMAT_VERSION, "format": fmt, "dataset": card["dataset"],
+                 "class_names": run.class_names, "input_size": size,
+                 "mean": list(card["mean"]), "std": list(card["std"]),
+                 "selector": done.get("selector"), "students": run.router.names,
+                 "models": [done[name] for name in policy.models if name in done],
+                 "policy": policy.to_dict(),
+                 "fast_path": str(path),
+                 "source": {"run_dir": str(run_dir.resolve()), "torch": torch.__version__}}
+            return m if quant is None else {**m, "quantization": quant}
+
         quant = None
         if quantize:  # the fp32 files are written and checked; int8 replaces those it beats
+            if report:  # keep the fp32 bundle aside: the int8 one is compared with it, then it goes
+                fp32_dir = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.fp32.", suffix=".tmp"))
+                for e in done.values():
+                    shutil.copyfile(tmp / e["file"], fp32_dir / e["file"])
+                write_json(fp32_dir / MANIFEST, manifest_of(copy.deepcopy(done), None))
             quant = quantize_bundle(tmp, done, run, policy, calib=calib, bound=int8_bound,
                                     min_speedup=int8_min_speedup, log=log)
-        manifest = {
-            "format_version": FORMAT_VERSION, "format": fmt, "dataset": card["dataset"],
-            "class_names": run.class_names, "input_size": size,
-            "mean": list(card["mean"]), "std": list(card["std"]),
-            "selector": done.get("selector"), "students": run.router.names,
-            "models": [done[name] for name in policy.models if name in done],
-            "policy": policy.to_dict(),
-            "fast_path": str(path),
-            "source": {"run_dir": str(run_dir.resolve()), "torch": torch.__version__},
-        }
-        if quant is not None:
-            manifest["quantization"] = quant
+        manifest = manifest_of(done, quant)
         write_json(tmp / MANIFEST, manifest)
+        if fp32_dir is not None:
+            log(f"export: int8 against fp32 on select and test, latency at batch 1 and 64 ({SPEED_THREADS} threads)")
+            rep, arrays = compare_bundles(run_dir, fp32_dir, tmp, rounds=report_rounds, threads=SPEED_THREADS,
+                                          min_s=report_min_s, run=run)
+            rep.update(fp32_bundle="the fp32 ONNX export of the same run, written aside at export and removed",
+                       int8_bundle=str(out))
+            log(write_int8_report(tmp, rep, arrays))
         if out.exists():
             shutil.rmtree(out) if out.is_dir() else out.unlink()
         os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        if fp32_dir is not None:
+            shutil.rmtree(fp32_dir, ignore_errors=True)
     return manifest
 
 
@@ -199,7 +235,7 @@ def export_run(run_dir: str | Path, out: str | Path, fmt: str = "torch", fast: s
 def main(argv=None):
     a = parse_args(argv)
     m = export_run(a.run_dir, a.out, a.format, a.fast, a.force, quantize=a.quantize, calib=a.calib,
-                   int8_bound=a.int8_bound, int8_min_speedup=a.int8_min_speedup)
+                   int8_bound=a.int8_bound, int8_min_speedup=a.int8_min_speedup, report=a.report)
     files = [*m["models"], *([m["selector"]] if m["selector"] else [])]
     print(f"wrote {a.out}/{MANIFEST} and {len(files)} {a.format} programs "
           f"({sum(e['bytes'] for e in files) / 1e6:.1f} MB); policy {m['policy']['family']}")

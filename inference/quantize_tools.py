@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from inference.bundle import Bundle
+from inference.bundle import Bundle, ort_session
 
 CALIB_BATCH = 32
 SPEED_THREADS = 2
@@ -59,13 +59,7 @@ class CalibReader:
 
 
 def session(path: Path, threads: int = SPEED_THREADS):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return ort_session(path, threads)  # the bundle's own session settings: what is measured is what ships
 
 
 def outputs(sess, x: np.ndarray, batch: int = 256) -> np.ndarray:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 
@@ -180,31 +179,40 @@ def outputs(root: Path) -> dict[Path, str]:
             root / "docs" / "RESULTS.md": render_results_page(results)}
 
 
+def committed_copy(run, dest: Path) -> dict[Path, Path]:
+    """{file of the run: its committed copy} for docs/results/<config>/ (DESIGN.md: a committed
+    multi-seed result): the run's own file names (moskd.run owns them), seed<k>- prefixed, each
+    seed's eval arrays in seed<k>-eval/ (spare only where the run has one), and the first seed's
+    report.json, plots and teacher metrics."""
+    seeds = sorted(int(p.name[4:]) for p in run.root.glob("seed*") if p.name[4:].isdigit())
+    files = {run.seeds_json: dest / run.seeds_json.name, run.seeds_md: dest / run.seeds_md.name}
+    for k in seeds:
+        seed, rep, name = run.seed(k), run.seed(k).report(), run.seed(k).root.name
+        files |= {rep.md: dest / f"{name}-{rep.md.name}", rep.policy: dest / f"{name}-{rep.policy.name}",
+                  seed.pipeline_timings: dest / f"{name}-{seed.pipeline_timings.name}",
+                  rep.eval_meta: dest / f"{name}-{rep.eval.name}" / rep.eval_meta.name}
+        for split in ("select", "test", "spare"):
+            if split != "spare" or rep.eval_arrays(split).is_file():
+                files[rep.eval_arrays(split)] = dest / f"{name}-{rep.eval.name}" / rep.eval_arrays(split).name
+    if seeds:
+        first = run.seed(seeds[0])
+        rep, name = first.report(), first.root.name
+        files[rep.json] = dest / f"{name}-{rep.json.name}"
+        files[first.teacher.metrics] = dest / f"{first.teacher.path.name}-{first.teacher.metrics.name}"
+        for plot in ("accuracy_vs_macs", "confusion"):
+            files[rep.plot(plot)] = dest / f"{name}-{rep.plot(plot).name}"
+    return files
+
+
 def archive_files(run: Path, dest: Path) -> dict[Path, Path]:
-    """{source: destination} of a multi-seed run's committed result files (DESIGN.md: multi-seed
-    results); refused in one line when the run has no seeds.json or a seed misses a file."""
-    from moskd.run import RunDir  # the run layout's owner; the committed names are spelt here
+    """committed_copy, refused in one line when the run has no seeds.json or a seed misses a file."""
+    from moskd.run import RunDir
 
     root = RunDir(run)
     if not root.seeds_json.is_file():
         raise MoskdError(f"{root.seeds_json} not found: --archive takes a finished "
                          f"`moskd pipeline --seeds ...` run directory")
-    seeds = sorted(int(m.group(1)) for p in Path(run).iterdir() if (m := re.fullmatch(r"seed(\d+)", p.name)))
-    files = {root.seeds_json: dest / "seeds.json", root.seeds_md: dest / "seeds.md"}
-    for k in seeds:
-        seed = root.seed(k)
-        report = seed.report()
-        files |= {report.md: dest / f"seed{k}-report.md", report.policy: dest / f"seed{k}-policy.json",
-                  seed.pipeline_timings: dest / f"seed{k}-pipeline_timings.json",
-                  report.eval_meta: dest / f"seed{k}-eval" / "meta.json"}
-        for split in ("select", "test", "spare"):
-            if report.eval_arrays(split).is_file() or split != "spare":
-                files[report.eval_arrays(split)] = dest / f"seed{k}-eval" / f"{split}.npz"
-    first = root.seed(seeds[0])
-    files[first.report().json] = dest / f"seed{seeds[0]}-report.json"
-    files[first.teacher.metrics] = dest / "teacher-metrics.jsonl"
-    for plot in ("accuracy_vs_macs", "confusion"):
-        files[first.report().plot(plot)] = dest / f"seed{seeds[0]}-{plot}.png"
+    files = committed_copy(root, dest)
     missing = [str(src) for src in files if not src.is_file()]
     if missing:
         raise MoskdError(f"{missing[0]} not found{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}: "

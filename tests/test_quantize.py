@@ -117,6 +117,44 @@ def test_int8_bundle_runs_unchanged_and_agrees_with_fp32(int8_bundles, tmp_path,
     assert len(rows) == 8 and all("class_index" in r for r in rows)
 
 
+def test_report_compares_the_int8_bundle_with_fp32_on_the_runs_own_splits(trained_run, int8_bundles, tmp_path):  # noqa: F811
+    out = tmp_path / "int8-report"
+    m = export_run(trained_run, out, "onnx", quantize="int8", calib=CALIB, int8_bound=100, int8_min_speedup=0,
+                   report=True, report_rounds=1, report_min_s=0.0, log=lambda *_: None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["int8-report"]  # the fp32 copy is gone
+    rep = json.loads((out / "int8_report.json").read_text())
+    md = (out / "int8_report.md").read_text()
+    data = load_data("digits").splits
+    fp32, int8 = load_bundle(int8_bundles["fp32"]), load_bundle(out)
+    for split in ("select", "test"):
+        x, y = data[split].images.numpy(), data[split].targets.numpy()
+        saved = np.load(out / f"int8_eval_{split}.npz")
+        assert np.array_equal(saved["labels"], y)
+        for name, e in _entries(m).items():
+            assert rep["models"][name]["precision"] == e["precision"] == "int8"
+            if name == "selector":
+                continue
+            got = {"fp32": fp32.programs[fp32.route_names.index(name)](fp32.normalize(x)),
+                   "int8": int8.programs[int8.route_names.index(name)](int8.normalize(x))}
+            for tag in ("fp32", "int8"):  # each figure is that bundle's own program on the run's split
+                assert rep["models"][name][split][tag] == pytest.approx(float((got[tag].argmax(1) == y).mean()))
+                assert np.allclose(saved[f"{tag}_logits_{name}"], got[tag], atol=1e-5)
+        routed = int8.run(x)
+        assert rep["routed"][split]["int8"] == pytest.approx(float((routed.logits.argmax(1) == y).mean()))
+        assert np.array_equal(saved["int8_route"], routed.routes)
+    for name in [*_entries(m), "routed"]:
+        r = rep["routed"] if name == "routed" else rep["models"][name]
+        assert r["latency"]["b1"]["speedup"] > 0 and r["latency"]["b64"]["speedup"] > 0
+        assert f"| {name} |" in md
+    assert {f"{n}:{t}" for n in _entries(m) for t in ("fp32", "int8")} == set(rep["compression"])
+
+
+def test_report_goes_with_quantize(trained_run, tmp_path, cli):  # noqa: F811
+    code, _, err = cli(export_main, ["--run-dir", str(trained_run), "--out", str(tmp_path / "b"), "--report"])
+    assert code == 2 and "--report compares int8 with fp32: it goes with --quantize int8" in err
+    assert not (tmp_path / "b").exists()
+
+
 @pytest.mark.parametrize("calib", ["0", "-3", "abc", "1.5", "100000"])
 def test_bad_calib_is_one_line_and_exit_2(trained_run, tmp_path, cli, calib):  # noqa: F811
     out = tmp_path / "b"
