@@ -181,10 +181,11 @@ def outputs(root: Path) -> dict[Path, str]:
 
 def committed_copy(run, dest: Path) -> dict[Path, Path]:
     """{file of the run: its committed copy} for docs/results/<config>/ (DESIGN.md: a committed
-    multi-seed result): the run's own file names (moskd.run owns them), seed<k>- prefixed, each
+    multi-seed result), for the seeds its seeds.json aggregates: the run's own file names (moskd.run
+    owns them), seed<k>- prefixed, each
     seed's eval arrays in seed<k>-eval/ (spare only where the run has one), and the first seed's
     report.json, plots and teacher metrics."""
-    seeds = sorted(int(p.name[4:]) for p in run.root.glob("seed*") if p.name[4:].isdigit())
+    seeds = json.loads(run.seeds_json.read_text())["seeds"]  # the seeds its seeds.json aggregates
     files = {run.seeds_json: dest / run.seeds_json.name, run.seeds_md: dest / run.seeds_md.name}
     for k in seeds:
         seed, rep, name = run.seed(k), run.seed(k).report(), run.seed(k).root.name

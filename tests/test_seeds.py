@@ -119,8 +119,8 @@ def test_archive_copies_each_seeds_result_files_and_refuses_an_unfinished_run(tm
     names = ["report.md", "report.json", "policy.json", "pipeline_timings.json", "eval/meta.json",
              "eval/select.npz", "eval/test.npz", "plots/accuracy_vs_macs.png", "plots/confusion.png",
              "teacher/metrics.jsonl"]
-    for k in (0, 1):
-        for name in names + (["eval/spare.npz"] if k == 1 else []):
+    for k in (0, 1, 2):  # seed 2 unfinished and not in seeds.json: not copied
+        for name in (names + (["eval/spare.npz"] if k == 1 else []) if k < 2 else ["report.md"]):
             (run / f"seed{k}" / name).parent.mkdir(parents=True, exist_ok=True)
             (run / f"seed{k}" / name).write_bytes(f"{k}:{name}".encode())
     (run / "seed1" / "policy.json").unlink()
@@ -136,6 +136,7 @@ def test_archive_copies_each_seeds_result_files_and_refuses_an_unfinished_run(tm
     assert (dest / "seed1-policy.json").read_bytes() == b"1:policy.json"
     assert (dest / "seed0-report.json").is_file() and not (dest / "seed1-report.json").exists()
     assert (dest / "teacher-metrics.jsonl").read_bytes() == b"0:teacher/metrics.jsonl"
+    assert not list(dest.glob("seed2*"))
     assert "### digits (digits, 2 seeds" in (root / "README.md").read_text()  # and the tables were rewritten
 
 
