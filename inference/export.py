@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from inference.bundle import FORMAT_VERSION, MANIFEST
+from inference.bundle import FORMAT_VERSION, MANIFEST, ort_session
 from inference.int8_report import compare_bundles, write_int8_report
 from inference.quantize import DEFAULT_BOUND, DEFAULT_CALIB, DEFAULT_MIN_SPEEDUP, check_calib, quantize_bundle
 from inference.quantize_tools import SPEED_THREADS
@@ -133,9 +133,7 @@ def _check(path: Path, fmt: str, model: nn.Module, x: torch.Tensor) -> float:
         with torch.inference_mode():
             got = torch.export.load(str(path)).module()(x).float()
     else:
-        import onnxruntime as ort
-
-        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        sess = ort_session(path)  # checked in the session the bundle will run it in
         got = torch.from_numpy(sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0])
     return float((want - got).abs().max())
 
@@ -190,6 +188,7 @@ def export_run(run_dir: str | Path, out: str | Path, fmt: str = "torch", fast: s
                 raise MoskdError(f"{name}: the exported program differs from the model by {diff:.2e} "
                                  f"(> {CHECK_ATOL}); try --fast eager or the other --format")
             done[name] = {**meta, "file": file, "bytes": (tmp / file).stat().st_size, "max_abs_diff": diff}
+
         def manifest_of(done: dict, quant: dict | None) -> dict:
             m = {"format_version": FORMAT_VERSION, "format": fmt, "dataset": card["dataset"],
                  "class_names": run.class_names, "input_size": size,

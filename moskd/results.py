@@ -91,7 +91,7 @@ def section(config: str, s: dict) -> str:
     if gap and gap["mean"] is not None:
         lines.append(f"| gap closed (fraction) | {gap['mean']:+.3f}" + (f" ± {gap['std']:.3f} |" if n > 1 else " |"))
     families = [k[: -len("_macs_at_teacher_accuracy")] for k in rows if k.endswith("_macs_at_teacher_accuracy")]
-    if "policy" in rows:  # a report with the routing policy: a row per family (router and cascade included)  # per family: the cheapest point whose *select* accuracy reaches the teacher's
+    if "policy" in rows:  # per policy family (router and cascade included): the cheapest point whose *select* accuracy reaches the teacher's
         lines += ["", "MACs per image of the cheapest point whose `select` accuracy reaches the teacher's, per "
                       "policy family (its test MACs; – = never): "
                   + ", ".join(f"{f} {_macs(rows[f + '_macs_at_teacher_accuracy'])}" for f in families) + ".", ""]
