@@ -3,7 +3,8 @@
 It only dispatches: the steps come from what the stages declare (moskd.stages), and every step
 runs through its stage command's main() with the same flags a user would type, so the pipeline can
 do nothing the four commands cannot. A stage whose folder holds a summary.json is finished and
-skipped; one with only last.pt was interrupted and resumes; --force redoes everything.
+skipped (RUN/pipeline_timings.json keeps the time it took when it ran); one with only last.pt was
+interrupted and resumes; --force redoes everything.
 
 With --seeds 0 1 2 it runs once per seed into RUN/seed<k>/ (each a complete run directory) and
 writes RUN/seeds.json and RUN/seeds.md (mean and std of every row over the seeds). By default the
@@ -27,7 +28,7 @@ from typing import Optional
 from moskd.config import field, parse_config
 from moskd.errors import MoskdError, cli_entry
 from moskd.run import RunDir, StageDir
-from moskd.atomic import write_json
+from moskd.atomic import read_json, write_json
 from moskd.seeds import aggregate_seeds
 from moskd.stages import Step, pipeline_steps
 
@@ -119,13 +120,17 @@ def run(cfg: PipelineConfig, config: Optional[str] = None, teacher: Optional[Pat
              "report": ["--run-dir", cfg.run_dir, "--device", cfg.device] + limit}
 
     steps = pipeline_steps(run_dir, {"baselines": cfg.baselines, "complementary": cfg.complementary})
+    # A stage skipped because it finished keeps the time it took when it ran (a rerun that adds seeds
+    # or only redoes the report must not turn the recorded cost of seed 0's training into zeros).
+    before = read_json(run_dir.pipeline_timings) if run_dir.pipeline_timings.is_file() else {}
     timings: dict[str, float] = {}
     for i, step in enumerate(steps, 1):
         _header(i, len(steps), step.title)
         t0 = time.perf_counter()
         what = _run_step(step, flags[step.kind] + list(step.argv), cfg, shared)
-        timings[step.title] = round(time.perf_counter() - t0, 1)
-        print(f"{step.title}: {what} in {timings[step.title]:.1f}s", flush=True)
+        took = round(time.perf_counter() - t0, 1)
+        timings[step.title] = before.get(step.title, took) if what.startswith("skipped") else took
+        print(f"{step.title}: {what} in {took:.1f}s", flush=True)
     write_json(run_dir.pipeline_timings, timings)
     report = run_dir.report()
     print("\nstage times (s): " + ", ".join(f"{k} {v}" for k, v in timings.items()))
