@@ -1,7 +1,10 @@
 """CPU inference speed-ups, side by side in one run: Conv+BN folding, channels_last, torch.compile.
 
     python benchmarks/bench_infer.py [--rounds 7] [--threads N] [--batches 1 64] [--compile] [--onnx] [--int8]
-                                     [--size 1x8x8] [--cheap-share 1.0]
+                                     [--size 1x8x8] [--cheap-share 1.0] [--stem cifar] [--selector-width 32]
+
+--stem and --selector-width pick the architectures a recipe trains: the defaults are the digits
+recipe's; configs/fashion-mnist-cpu.yaml is `--size 1x28x28 --stem imagenet --selector-width 10`.
 
 For each model (teacher ResNet50, DenseNet121, GoogLeNet, the selector) and for the routed system
 (selector -> per-route sub-batches -> scatter back, inference.router.Router with a fixed route mix:
@@ -38,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_router's fixed
 from bench_router import fixed_logits, fixed_mix_router  # noqa: E402
 
 from moskd.fold import FastPath, fast_model, prepare_input  # noqa: E402
-from moskd.models import create_model  # noqa: E402
+from moskd.models import STEMS, create_model, stem_kwargs  # noqa: E402
 from moskd.profile import count_macs  # noqa: E402
 from selector.model import SelectorCNN  # noqa: E402
 
@@ -74,11 +77,12 @@ class OrtModel(nn.Module):
         return torch.from_numpy(self.session.run(None, {self.name: x.numpy()})[0])
 
 
-def build(size, share: float, batch: int):
+def build(size, share: float, batch: int, stem: str = "cifar", selector_width: int = 32):
     torch.manual_seed(0)
     c = size[0]
-    raw = {"teacher": create_model("resnet50", 10, c), "densenet121": create_model("densenet121", 10, c),
-           "googlenet": create_model("googlenet", 10, c), "selector": SelectorCNN(2, c)}
+    arch = {"teacher": "resnet50", "densenet121": "densenet121", "googlenet": "googlenet"}
+    raw = {k: create_model(a, 10, c, **stem_kwargs(a, stem)) for k, a in arch.items()}
+    raw["selector"] = SelectorCNN(2, c, width=selector_width)
     raw = {k: m.eval() for k, m in raw.items()}
     macs = {k: count_macs(m, size) for k, m in raw.items()}
     k = round(share * batch)
@@ -142,6 +146,8 @@ def main(argv=None):
     p.add_argument("--batches", type=int, nargs="+", default=[1, 64])
     p.add_argument("--size", default="1x8x8", help="input size CxHxW (digits: 1x8x8)")
     p.add_argument("--cheap-share", type=float, default=1.0, help="share of images routed to GoogLeNet")
+    p.add_argument("--stem", default="cifar", choices=list(STEMS), help="the models' stem (moskd.models)")
+    p.add_argument("--selector-width", type=int, default=32, help="the selector's width (a recipe's selector.width)")
     p.add_argument("--compile", action="store_true", help="also time torch.compile variants (slow to compile)")
     p.add_argument("--onnx", action="store_true", help="also time onnxruntime on the folded models")
     p.add_argument("--int8", action="store_true",
@@ -154,11 +160,14 @@ def main(argv=None):
     paths = [FastPath.parse(s) for s in ("eager", "fold", "cl", "fold+cl")]
     if a.compile:
         paths += [FastPath.parse(s) for s in ("fold+compile", "fold+cl+compile")]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, input {a.size}, route mix "
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, input {a.size}, {a.stem} stem, "
+          f"selector width {a.selector_width}, route mix "
           f"{a.cheap_share:.0%} googlenet / {1 - a.cheap_share:.0%} densenet121, {a.rounds} rounds")
     summary = {}
     for batch in a.batches:
-        raw, macs = build(size, a.cheap_share, batch)
+        raw, macs = build(size, a.cheap_share, batch, a.stem, a.selector_width)
+        if batch == a.batches[0]:
+            print("MACs per image: " + ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in macs.items()))
         x = torch.randn(batch, *size)
         example = torch.randn(2, *size)  # batch 2: a batch-1 example would specialise exported programs to 1
         fns = variants_for(raw, example, batch, a.cheap_share, paths, a.onnx, torch.get_num_threads(), a.models,

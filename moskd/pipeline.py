@@ -4,7 +4,7 @@ It only dispatches: the steps come from what the stages declare (moskd.stages), 
 runs through its stage command's main() with the same flags a user would type, so the pipeline can
 do nothing the four commands cannot. A stage whose folder holds a summary.json is finished and
 skipped (RUN/pipeline_timings.json keeps the time it took when it ran); one with only last.pt was
-interrupted and resumes; --force redoes everything.
+interrupted and resumes (its time adds to the part recorded before); --force redoes everything.
 
 With --seeds 0 1 2 it runs once per seed into RUN/seed<k>/ (each a complete run directory) and
 writes RUN/seeds.json and RUN/seeds.md (mean and std of every row over the seeds). By default the
@@ -120,18 +120,27 @@ def run(cfg: PipelineConfig, config: Optional[str] = None, teacher: Optional[Pat
              "report": ["--run-dir", cfg.run_dir, "--device", cfg.device] + limit}
 
     steps = pipeline_steps(run_dir, {"baselines": cfg.baselines, "complementary": cfg.complementary})
-    # A stage skipped because it finished keeps the time it took when it ran (a rerun that adds seeds
-    # or only redoes the report must not turn the recorded cost of seed 0's training into zeros).
+    # RUN/pipeline_timings.json: the wall time each stage cost, summed over the runs that worked on it.
+    # It is written after every step, so an interrupted pipeline keeps what its finished stages took
+    # (and the interrupted stage its part); a stage skipped as finished keeps its recorded time, a
+    # resumed one adds to its part. Without this, a rerun that adds seeds or only redoes the report
+    # turns the recorded cost of the training into zeros.
     before = read_json(run_dir.pipeline_timings) if run_dir.pipeline_timings.is_file() else {}
-    timings: dict[str, float] = {}
+    timings = {s.title: before[s.title] for s in steps if s.title in before}
     for i, step in enumerate(steps, 1):
         _header(i, len(steps), step.title)
-        t0 = time.perf_counter()
-        what = _run_step(step, flags[step.kind] + list(step.argv), cfg, shared)
-        took = round(time.perf_counter() - t0, 1)
-        timings[step.title] = before.get(step.title, took) if what.startswith("skipped") else took
+        stage = StageDir(step.out) if step.out is not None else None
+        resuming = stage is not None and not cfg.force and not stage.finished and stage.last.exists()
+        carried = before.get(step.title, 0.0) if resuming else 0.0
+        t0, what = time.perf_counter(), None
+        try:
+            what = _run_step(step, flags[step.kind] + list(step.argv), cfg, shared)
+        finally:
+            took = round(time.perf_counter() - t0, 1)
+            skipped = what is not None and what.startswith("skipped")
+            timings[step.title] = before.get(step.title, took) if skipped else round(carried + took, 1)
+            write_json(run_dir.pipeline_timings, timings)
         print(f"{step.title}: {what} in {took:.1f}s", flush=True)
-    write_json(run_dir.pipeline_timings, timings)
     report = run_dir.report()
     print("\nstage times (s): " + ", ".join(f"{k} {v}" for k, v in timings.items()))
     print(f"total {sum(timings.values()):.1f}s; report: {report.md}, plots: {report.plots}")

@@ -46,10 +46,16 @@ def test_pipeline_end_to_end_then_skips_and_resumes(tmp_path, monkeypatch, cli):
     assert (run / "students/densenet121/summary.json").exists()
     assert not (run / "students/googlenet/summary.json").exists()
     monkeypatch.setattr(moskd.engine, "save_checkpoint", real_save)
+    # the interrupted run kept what its stages took, the killed one's part included
+    part = json.loads(RunDir(run).pipeline_timings.read_text())
+    assert part["teacher"] > 0 and part["student googlenet (distilled)"] > 0
 
     # second run: finished stages skipped, the killed one resumed, the rest run
     code, out, err = cli(pipeline_main, args)
     assert code == 0, err
+    second = json.loads(RunDir(run).pipeline_timings.read_text())
+    assert second["teacher"] == part["teacher"]  # skipped: the time it took when it ran
+    assert second["student googlenet (distilled)"] > part["student googlenet (distilled)"]  # resumed: adds
     assert "teacher: skipped (finished)" in out
     assert "student densenet121 (distilled): skipped (finished)" in out
     assert "student googlenet (distilled): resumed" in out
@@ -83,11 +89,15 @@ def test_pipeline_end_to_end_then_skips_and_resumes(tmp_path, monkeypatch, cli):
     assert report_dir.json == layout.report().json and report_dir.eval_arrays("test").is_file()
     assert report_dir.eval_meta.is_file() and layout.pipeline_timings.is_file()
 
-    # third run: everything finished, nothing retrained
+    # third run: everything finished, nothing retrained; the skipped stages keep the times they took
     before = (run / "teacher/last.pt").stat().st_mtime_ns
+    took = json.loads(layout.pipeline_timings.read_text())
     code, out, _ = cli(pipeline_main, args)
     assert code == 0 and out.count("skipped (finished)") == 4
     assert (run / "teacher/last.pt").stat().st_mtime_ns == before
+    now = json.loads(layout.pipeline_timings.read_text())
+    trained = [s.title for s in steps]
+    assert all(now[t] == took[t] for t in trained), (took, now)
 
 
 def test_pipeline_leaves_only_slim_checkpoints_by_default(tmp_path, monkeypatch, cli):
