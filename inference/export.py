@@ -189,7 +189,7 @@ def export_run(run_dir: str | Path, out: str | Path, fmt: str = "torch", fast: s
                                  f"(> {CHECK_ATOL}); try --fast eager or the other --format")
             done[name] = {**meta, "file": file, "bytes": (tmp / file).stat().st_size, "max_abs_diff": diff}
 
-        def manifest_of(done: dict, quant: dict | None) -> dict:
+        def manifest_of(done: dict, quant: dict | None, policy=policy) -> dict:
             m = {"format_version": FORMAT_VERSION, "format": fmt, "dataset": card["dataset"],
                  "class_names": run.class_names, "input_size": size,
                  "mean": list(card["mean"]), "std": list(card["std"]),
@@ -207,9 +207,9 @@ def export_run(run_dir: str | Path, out: str | Path, fmt: str = "torch", fast: s
                 for e in done.values():
                     shutil.copyfile(tmp / e["file"], fp32_dir / e["file"])
                 write_json(fp32_dir / MANIFEST, manifest_of(copy.deepcopy(done), None))
-            quant = quantize_bundle(tmp, done, run, policy, calib=calib, bound=int8_bound,
-                                    min_speedup=int8_min_speedup, log=log)
-        manifest = manifest_of(done, quant)
+            quant, policy = quantize_bundle(tmp, done, run, policy, calib=calib, bound=int8_bound,
+                                            min_speedup=int8_min_speedup, log=log)
+        manifest = manifest_of(done, quant, policy)
         write_json(tmp / MANIFEST, manifest)
         if fp32_dir is not None:
             log(f"export: int8 against fp32 on select and test, latency at batch 1 and 64 ({SPEED_THREADS} threads)")

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from moskd.errors import MoskdError
-from moskd.policy import ALWAYS, Policy, Step, features, knob_grid, relative_costs, replay, router_policy, softmax
+from moskd.policy import (ALWAYS, Policy, Step, decide, features, knob_grid, relative_costs, replay, router_policy,
+                          softmax)
 
 COMMITTEE = "-committee"
 FAMILIES = ("single", "router", "cascade", "hybrid", "learned",
@@ -247,3 +248,75 @@ def fit_policy(setup: Setup, select: dict, heldout: list[int] | None, spare: dic
                 f"{source} ({len(learn['labels'])} images)", "select_accuracy": best.accuracy,
                 "select_macs_per_image": best.macs, "candidates": len(scored)}
     return p, scored
+
+
+# ---------------------------------------------------------------- refitting thresholds
+
+
+def _answer_path(policy: Policy, k: int) -> list[int]:
+    """The route indices whose answers make the answer at model k (a committee averages them)."""
+    if policy.selector and k in policy.entry["students"]:
+        return [k]
+    into = next((s for s in policy.steps if s.target == k), None)
+    return ([] if into is None else _answer_path(policy, into.source)) + [k]
+
+
+def refit_thresholds(policy: Policy, logits: dict, scores: np.ndarray | None, labels: np.ndarray,
+                     index=None) -> tuple[Policy, dict]:
+    """The same policy (entry, chain, deferral rules, combine) with its deferral thresholds chosen again
+    on other outputs of its models (the int8 ones: quantization moves confidences), on the choosing
+    images `index`, by the rule the fit used: fewest MACs reaching the policy's recorded target
+    accuracy, or the most accurate within its MAC budget. The thresholds it had are one candidate, so
+    the refit is never worse on the choosing images by that rule. `logits`: model name -> (N, C) for
+    the models the policy reaches. Returns (policy, record)."""
+    idx = np.arange(len(labels)) if index is None else np.asarray(index, dtype=np.int64)
+    y = labels[idx]
+    L = {k: logits[m][idx] for k, m in enumerate(policy.models) if m in logits}
+    S = None if scores is None else scores[idx]
+    target, budget = policy.target.get("target_accuracy"), policy.target.get("budget_macs")
+
+    def run(p: Policy) -> Scored:
+        d = decide(p, len(y), lambda k, i: L[k][i], S)
+        right = d.pred == y
+        return Scored(p, float(right.mean()), float(d.macs.mean()), right, {})
+
+    before = run(policy)
+    record = {"select_images": int(len(y)), "target_accuracy": target, "budget_macs": budget,
+              "before": {"policy": policy.describe(), "thresholds": [s.threshold for s in policy.steps],
+                         "select_accuracy": before.accuracy, "select_macs_per_image": before.macs}}
+    if not policy.steps or (target is None and budget is None):
+        record.update(candidates=1, refit=False,
+                      why="no deferral step" if not policy.steps else "the policy records no target to refit to")
+        return policy, record
+    groups: dict = {}  # steps with one score, threshold and target share one threshold (the hybrid's)
+    for i, s in enumerate(policy.steps):
+        groups.setdefault((s.score, round(s.threshold, 6), s.target), []).append(i)
+    points = 20 if len(groups) == 1 else 11
+    grids = []
+    for members in groups.values():
+        conf = []
+        for i in members:
+            s = policy.steps[i]
+            probs = [softmax(L[k]) for k in _answer_path(policy, s.source)]
+            answer = probs[-1] if policy.combine == "replace" else sum(probs) / len(probs)
+            conf.append(s.scores(answer))
+        grids.append(thresholds(np.concatenate(conf), points))
+    combos = {tuple(c) for c in np.array(np.meshgrid(*grids, indexing="ij")).reshape(len(grids), -1).T.tolist()}
+    scored = [before]
+    for combo in sorted(combos):
+        steps = list(policy.steps)
+        for t, members in zip(combo, groups.values()):
+            for i in members:
+                s = steps[i]
+                steps[i] = Step(s.source, s.target, s.score, float(t), s.rule)
+        scored.append(run(Policy(policy.family, policy.models, policy.macs, policy.entry, steps, policy.combine,
+                                 dict(policy.target), policy.version)))
+    best = choose_point(scored, target, budget) or before
+    p = best.policy
+    if p is not policy:
+        p.target = {**policy.target, "select_accuracy": best.accuracy, "select_macs_per_image": best.macs,
+                    "refit": "thresholds chosen again on the deployed (int8) models' select outputs"}
+    record.update(candidates=len(scored), refit=p is not policy,
+                  after={"policy": p.describe(), "thresholds": [s.threshold for s in p.steps],
+                         "select_accuracy": best.accuracy, "select_macs_per_image": best.macs})
+    return p, record

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from inference.policy_fit import refit_thresholds
 from moskd.policy import Policy, decide
 from inference.quantize_tools import (CALIB_BATCH, SPEED_THREADS, CalibReader, _call, normalize, outputs,  # noqa: F401
                                       run_splits, session, side_by_side)
@@ -212,10 +213,13 @@ def quantize_model(name: str, fp32_file: Path, work: Path, calib_x: np.ndarray, 
 
 
 def quantize_bundle(root: Path, entries: dict, run, policy: Policy, *, calib: int | None = None,
-                    bound: float = DEFAULT_BOUND, min_speedup: float = DEFAULT_MIN_SPEEDUP, log=print) -> dict:
+                    bound: float = DEFAULT_BOUND, min_speedup: float = DEFAULT_MIN_SPEEDUP, log=print
+                    ) -> tuple[dict, Policy]:
     """Quantize the fp32 ONNX files of a bundle being written in `root`; `entries` maps each model's
     name to its manifest entry ("file", "bytes", ...) and is updated in place. Returns the bundle-wide
-    record for the manifest's "quantization" key."""
+    record for the manifest's "quantization" key and the policy the bundle deploys: the run's, with
+    its deferral thresholds refitted on the deployed models' `select` outputs (the selector's held-out
+    part, where the run chose them)."""
     try:
         import onnxruntime.quantization  # noqa: F401
         import sympy  # noqa: F401  (quant_pre_process's symbolic shape inference)
@@ -255,10 +259,16 @@ def quantize_bundle(root: Path, entries: dict, run, policy: Policy, *, calib: in
             int8[name] = outputs(session(root / file), sel_x)
             log(f"quantize: {name} -> {file} ({rec['activation_type']}/{rec['calibration']}, "
                 f"{e['bytes'] / rec['fp32_bytes']:.2f}x the bytes, {rec['speedup_b64']:.2f}x fp32)")
-    # the routing rule re-checked on the deployed (int8 where chosen) models' select outputs
+    # the routing rule re-checked on the deployed (int8 where chosen) models' select outputs, then its
+    # thresholds refitted there (quantization moves confidences), on the images the run chose them on
     deployed = {**fp32, **int8}
     acc32, r32 = scorer.routed(fp32.get("selector"), fp32)
     acc8, r8 = scorer.routed(deployed.get("selector"), deployed)
+    refit, refit_rec = refit_thresholds(policy, {k: v for k, v in deployed.items() if k != "selector"},
+                                        deployed.get("selector"), sel_y, card.get("heldout_index"))
+    if refit_rec["refit"]:
+        log(f"quantize: routing refitted on the deployed models' select outputs: {refit_rec['before']['policy']} "
+            f"-> {refit_rec['after']['policy']}")
     return {"mode": "int8", "format": "QDQ", "per_channel": True, "calib_split": "train", "calib_images": calib,
             "bound_points": bound, "min_speedup": min_speedup,
             "candidates": [f"{a}/{m}" for m in METHODS for a in ACTIVATIONS],
@@ -267,6 +277,7 @@ def quantize_bundle(root: Path, entries: dict, run, policy: Policy, *, calib: in
             "routing_recheck_select": {"routed_accuracy_fp32": acc32, "routed_accuracy_deployed": acc8,
                                        "route_agreement": float((r32 == r8).mean()),
                                        "route_share_deployed": dict(zip(policy.models, (
-                                           np.bincount(r8, minlength=len(policy.models)) / len(r8)).tolist()))}}
+                                           np.bincount(r8, minlength=len(policy.models)) / len(r8)).tolist()))},
+            "routing_refit_select": refit_rec}, refit
 
 

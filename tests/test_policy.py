@@ -17,7 +17,7 @@ import math
 import numpy as np
 import pytest
 
-from inference.policy_fit import (Scored, Setup, choose_point, fit_policy, fit_rule, pareto,
+from inference.policy_fit import (Scored, Setup, choose_point, fit_policy, fit_rule, pareto, refit_thresholds,
                                   resolve_target)
 from moskd.errors import MoskdError
 from moskd.policy import (ALWAYS, TOP, Policy, PolicyError, Step, decide, entry_routes, features,
@@ -497,3 +497,56 @@ def test_resolve_target():
     for bad in ("0", "1.5", "-0.2", "abc", "nan", "", "teacher2"):
         with pytest.raises(MoskdError, match="--target"):
             resolve_target(bad, choose, SETUP)
+
+
+def _shifted(arrays: dict, sure: float, unsure: float) -> dict:
+    """Student a's confidences moved (as quantization moves them), its answers unchanged (top > 1/3)."""
+    p = np.exp(arrays["logits_a"].astype(np.float64))
+    top = p.max(1)
+    new = np.where(top > 0.6, sure, unsure)
+    q = np.repeat(((1 - new) / 2)[:, None], 3, 1)
+    q[np.arange(len(p)), p.argmax(1)] = new
+    return {**arrays, "logits_a": np.log(q).astype(np.float32)}
+
+
+def _logits(arrays: dict) -> dict:
+    return {k[len("logits_"):]: v for k, v in arrays.items() if k.startswith("logits_")}
+
+
+def test_refit_thresholds_follows_confidences_that_moved_and_keeps_the_rule():
+    rng = np.random.default_rng(6)
+    select = _synthetic(rng, 50, 16)
+    policy, _ = fit_policy(SETUP, select, list(range(50)), None, target="teacher")
+    assert [s.threshold for s in policy.steps] == [0.4] and policy.used() == [0, 2]  # a's unsure: 0.4 - eps
+    cheapest = 10 + 100 * 16 / 50
+    # a's sure answers drop below the old threshold: it would send every image to the teacher
+    moved = _shifted(select, sure=0.38, unsure=0.34)
+    p, rec = refit_thresholds(policy, _logits(moved), None, moved["labels"])
+    assert rec["refit"] and rec["before"]["select_macs_per_image"] == pytest.approx(110.0)
+    assert rec["after"]["select_accuracy"] == 1.0 and rec["after"]["select_macs_per_image"] == pytest.approx(cheapest)
+    assert 0.34 < p.steps[0].threshold <= 0.38 and p.target["select_macs_per_image"] == pytest.approx(cheapest)
+    same = lambda q: [(s.source, s.target, s.score, s.rule) for s in q.steps]  # noqa: E731
+    assert same(p) == same(policy) and p.entry == policy.entry and p.combine == policy.combine
+    assert p.target["target_accuracy"] == policy.target["target_accuracy"]
+    # a's unsure answers become its surest: only deferring everything still reaches the target
+    moved = _shifted(select, sure=0.36, unsure=0.45)
+    p, rec = refit_thresholds(policy, _logits(moved), None, moved["labels"])
+    assert rec["before"]["select_accuracy"] < 1.0
+    assert rec["after"]["select_accuracy"] == 1.0 and rec["after"]["select_macs_per_image"] == pytest.approx(110.0)
+    # nothing moved: the thresholds it has are as good as any, and only the choosing images count
+    p, rec = refit_thresholds(policy, _logits(select), None, select["labels"], index=np.arange(25))
+    assert rec["select_images"] == 25 and rec["after"]["select_accuracy"] == 1.0
+    assert rec["after"]["select_macs_per_image"] == pytest.approx(rec["before"]["select_macs_per_image"])
+
+
+def test_refit_thresholds_keeps_a_shared_threshold_shared_and_skips_what_has_no_step():
+    rng = np.random.default_rng(7)
+    arrays = _synthetic(rng, 40, 10)
+    base = router_policy(SETUP.models, SETUP.macs, [0, 1], 0.0, 0.0, 2.0, "hybrid")
+    hybrid = Policy(base.family, base.models, base.macs, base.entry,
+                    [Step(0, 2, "max_softmax", 0.5), Step(1, 2, "max_softmax", 0.5)], "replace",
+                    {"target_accuracy": 1.0, "budget_macs": None})
+    p, rec = refit_thresholds(hybrid, _logits(arrays), arrays["selector_scores"], arrays["labels"])
+    assert p.steps[0].threshold == p.steps[1].threshold and rec["after"]["select_accuracy"] == 1.0
+    p, rec = refit_thresholds(base, _logits(arrays), arrays["selector_scores"], arrays["labels"])
+    assert p is base and not rec["refit"] and rec["why"] == "no deferral step"

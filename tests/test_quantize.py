@@ -87,6 +87,7 @@ def test_int8_export_writes_qdq_files_and_records_precision_per_model(int8_bundl
         assert 0 <= r["select_accuracy_fp32"] <= 1 and 0 <= r["select_accuracy_int8"] <= 1
         assert r["fp32_bytes"] == fp32[name]["bytes"]
     assert set(q["routing_recheck_select"]) >= {"routed_accuracy_fp32", "routed_accuracy_deployed", "route_agreement"}
+    assert q["routing_refit_select"] == {**q["routing_refit_select"], "refit": False, "why": "no deferral step"}
 
 
 def test_a_model_int8_does_not_speed_up_stays_fp32_and_the_manifest_says_why(int8_bundles):
@@ -147,6 +148,39 @@ def test_report_compares_the_int8_bundle_with_fp32_on_the_runs_own_splits(traine
         assert r["latency"]["b1"]["speedup"] > 0 and r["latency"]["b64"]["speedup"] > 0
         assert f"| {name} |" in md
     assert {f"{n}:{t}" for n in _entries(m) for t in ("fp32", "int8")} == set(rep["compression"])
+
+
+def test_the_int8_bundle_refits_the_runs_thresholds_on_its_own_select_outputs(trained_run, tmp_path):  # noqa: F811
+    """A cascade whose recorded target (accuracy 0 on select) any threshold reaches: the fewest MACs is
+    never deferring, so the refit must move the run's 0.999 to 0; the report compares the two bundles."""
+    import shutil
+
+    from inference.router import load_router
+    from moskd.atomic import write_json
+    from moskd.policy import Policy, Step
+    from moskd.run import RunDir
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_run, run_dir)
+    base = load_router(run_dir).router.policy
+    teacher = len(base.models) - 1
+    macs = [*base.macs[:-1], 1e6]  # the selector-only policy does not count the teacher it never reaches
+    cascade = Policy("cascade", base.models, macs, {"rule": "fixed", "model": 0},
+                     [Step(0, teacher, "max_softmax", 0.999)], "replace", {"target_accuracy": 0.0, "budget_macs": None})
+    write_json(RunDir(run_dir).report().policy, cascade.to_dict())
+    out = tmp_path / "int8"
+    m = export_run(run_dir, out, "onnx", quantize="int8", calib=CALIB, int8_bound=100, int8_min_speedup=0,
+                   report=True, report_rounds=1, report_min_s=0.0, log=lambda *_: None)
+    rec = m["quantization"]["routing_refit_select"]
+    assert rec["refit"] and rec["before"]["thresholds"] == [0.999] and rec["after"]["thresholds"] == [0.0]
+    assert rec["select_images"] == len(load_router(run_dir).card["heldout_index"])
+    assert m["policy"]["steps"][0]["threshold"] == 0.0 and m["policy"]["entry"] == cascade.entry
+    assert rec["after"]["select_macs_per_image"] == pytest.approx(base.macs[0])
+    rep = json.loads((out / "int8_report.json").read_text())
+    assert "0.999" in rep["policy_fp32"] and "0.999" not in rep["policy_int8"]
+    assert rep["routed"]["test"]["macs_per_image_int8"] == pytest.approx(base.macs[0])
+    assert rep["routed"]["test"]["macs_per_image"] > base.macs[0]  # the fp32 bundle still defers
+    assert load_bundle(out).run(load_data("digits").splits["test"].images.numpy()).routes.max() == 0
 
 
 def test_report_goes_with_quantize(trained_run, tmp_path, cli):  # noqa: F811
