@@ -18,7 +18,9 @@ the eager model on a random batch before the manifest is written, and the larges
 recorded in the manifest. The manifest is written last, so a half-written bundle never loads.
 
 --quantize int8 (inference/quantize.py) replaces each ONNX model by its static int8 graph where that
-is faster and within --int8-bound points on `select`; --report adds the int8-against-fp32
+is faster and within --int8-bound points on `select`, then refits the routing policy's deferral
+thresholds on the deployed models' `select` outputs (same rule, same choosing images and target as
+the run's fit; the manifest keeps both); --report adds the int8-against-fp32
 comparison to the bundle (inference/int8_report.py): int8_report.md (per model and for the routed
 system: test and select accuracy of both with a paired-bootstrap CI, bytes, latency at batch 1 and
 64 timed side by side, the compression table's fp32 and int8 rows), int8_report.json, and the
