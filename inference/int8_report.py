@@ -67,8 +67,8 @@ def routed_with(b, scores: np.ndarray | None, logits: dict) -> np.ndarray:
 
 def _choice(q: dict) -> dict:
     """What moskd export chose for one model (its manifest record without the candidate list)."""
-    return {k: q[k] for k in ("activation_type", "calibration", "select_accuracy_fp32", "select_accuracy_int8",
-                              "speedup_b64", "why") if k in q}
+    return {k: q[k] for k in ("activation_type", "reduce_range", "calibration", "select_accuracy_fp32",
+                              "select_accuracy_int8", "speedup_b64", "why") if k in q}
 
 
 def compare(fp32_correct: np.ndarray, int8_correct: np.ndarray) -> dict:
@@ -201,6 +201,12 @@ def write_int8_report(out: Path, report: dict, arrays: dict) -> str:
     return md
 
 
+def _chosen(c: dict, none: str) -> str:
+    if "activation_type" not in c:
+        return none
+    return f"{c['activation_type']}/{c['calibration']}" + (", 7-bit weights" if c.get("reduce_range") else "")
+
+
 def _pt(x):
     return f"{100 * x:.2f}"
 
@@ -224,7 +230,7 @@ def render(r: dict) -> str:
     for name, m in [*r["models"].items(), ("routed", r["routed"])]:
         prec = m.get("precision", "as bundled" if name == "routed" else "")
         c = m.get("export_choice", {})
-        choice = f"{c['activation_type']}/{c['calibration']}" if "activation_type" in c else "—"
+        choice = _chosen(c, "—")
         lat = " | ".join(f"{m['latency'][b]['fp32_ms_per_image']:.4f} | {m['latency'][b]['int8_ms_per_image']:.4f} | "
                          f"{m['latency'][b]['speedup']:.2f}x" for b in bs)
         lines.append(f"| {name} | {prec} | {choice} | {_pt(m['test']['fp32'])} | {_pt(m['test']['int8'])} | "
@@ -236,7 +242,7 @@ def render(r: dict) -> str:
     lines += ["| model | chosen | speed-up at b64 when exported | why it stays fp32 |", "|---|---|---|---|"]
     for name, m in r["models"].items():
         c = m["export_choice"]
-        chosen = f"{c['activation_type']}/{c['calibration']}" if "activation_type" in c else "fp32"
+        chosen = _chosen(c, "fp32")
         sp = f"{c['speedup_b64']:.2f}x" if "speedup_b64" in c else "—"
         lines.append(f"| {name} | {chosen} | {sp} | {c.get('why', '')} |")
     rt = r["routed"]

@@ -9,13 +9,17 @@ fp32 ONNX file is written:
    (inference.bundle.Bundle.normalize), once per calibration method (MinMax, Entropy,
    Percentile); the ranges are cached and shared by both activation types;
 3. quantize_static, QDQ format, per-channel int8 weights, for each candidate (activation type x
-   calibration method): 2 x 3 candidates; a model with BatchNormalization left after folding
-   (DenseNet's, after each concatenation) also tries those nodes in fp32 (2 x 3 x 2), and its int8
-   BN scales are quantized per channel (BN_AXIS);
+   calibration method, and for uint8 activations 8- or 7-bit weights): 3 x 3 candidates; a model
+   with BatchNormalization left after folding (DenseNet's, after each concatenation) also tries
+   those nodes in fp32 (3 x 3 x 2), and its int8 BN scales are quantized per channel (BN_AXIS).
+   7-bit weights (`reduce_range`) are what onnxruntime's docs prescribe for uint8 x int8 on x86
+   CPUs without VNNI, whose u8 x s8 multiply-adds saturate int16 partial sums with 8-bit weights;
+   measured: fashion-mnist models on AVX2 lost 0.8-2.7 points on `select` with 8-bit weights;
 4. each candidate is scored on `select`: accuracy beside the fp32 file's (for the selector: the
    routed accuracy with the fp32 students, since its output is a routing score), and images/s at
    batch 64 and 2 threads, timed side by side with the fp32 file in the same rounds (the speed of
-   a graph does not depend on its calibration ranges, so it is timed once per activation type);
+   a graph does not depend on its calibration ranges or weight range, so it is timed once per
+   activation type);
 5. of the candidates whose `select` accuracy is within --int8-bound points of fp32 and whose
    speed-up exceeds --int8-min-speedup, `choose` takes the fastest graph (speed-ups within 10%
    count as equal), the smallest file among equals, and its most accurate calibration; it replaces
@@ -47,6 +51,8 @@ DEFAULT_BOUND = 0.3  # points of `select` accuracy an int8 model may lose
 DEFAULT_MIN_SPEEDUP = 1.0  # an int8 model must be faster than this times its fp32 file
 ACTIVATIONS = ("QUInt8", "QInt8")
 METHODS = ("MinMax", "Entropy", "Percentile")
+# (activation type, reduce_range): 7-bit weights only matter for uint8 activations (see step 3)
+CANDIDATE_GRAPHS = (("QUInt8", False), ("QUInt8", True), ("QInt8", False))
 # A BatchNormalization that cannot fold into a convolution (DenseNet's, after each concatenation)
 # keeps its scale as a weight; onnxruntime's per-channel default axis (1) is out of range for that
 # rank-1 tensor, so it would fall back to one scale for every channel's gamma. Axis 0 is the channel.
@@ -89,9 +95,9 @@ class Scorer:
 
 
 def _quantize(src: Path, dst: Path, reader: CalibReader | None, activation: str, method: str, cache: Path,
-              batchnorm: str = "int8"):
-    """quantize_static, QDQ, per-channel int8 weights; batchnorm "fp32" leaves unfolded
-    BatchNormalization nodes (and their scales) unquantized: one Q/DQ pair less per such node."""
+              batchnorm: str = "int8", reduce_range: bool = False):
+    """quantize_static, QDQ, per-channel int8 weights (7-bit with reduce_range); batchnorm "fp32" leaves
+    unfolded BatchNormalization nodes (and their scales) unquantized: one Q/DQ pair less per such node."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.registry import QDQRegistry
 
@@ -101,6 +107,7 @@ def _quantize(src: Path, dst: Path, reader: CalibReader | None, activation: str,
     with contextlib.redirect_stdout(io.StringIO()):  # the calibrators narrate every step on stdout
         quantize_static(str(src), str(dst), reader, quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=getattr(QuantType, activation), weight_type=QuantType.QInt8,
+                        reduce_range=reduce_range,
                         op_types_to_quantize=ops, calibrate_method=getattr(CalibrationMethod, method),
                         calibration_cache_path=str(cache),
                         extra_options={"CalibStridedMinMax": 1, "QDQOpTypePerChannelSupportToAxis": BN_AXIS})
@@ -158,26 +165,26 @@ def quantize_model(name: str, fp32_file: Path, work: Path, calib_x: np.ndarray, 
     for method in METHODS:
         cache = work / f"{name}.{method}.ranges.json"  # calibrated once (all tensors), shared by every variant
         for bn in bns:
-            for act in ACTIVATIONS:
-                dst = work / f"{name}.{act}.{method}.bn{bn}.onnx"
+            for act, rr in CANDIDATE_GRAPHS:
+                dst = work / f"{name}.{act}.{method}.bn{bn}{'.rr' if rr else ''}.onnx"
                 t0 = time.perf_counter()
-                _quantize(pre, dst, None if cache.is_file() else reader, act, method, cache, bn)
+                _quantize(pre, dst, None if cache.is_file() else reader, act, method, cache, bn, rr)
                 out = outputs(session(dst), scorer.x)
                 acc = scorer(name, out)
                 if name == "selector":
                     agree = float((scorer.routed(out, scorer.fp32)[1] == scorer.routed(fp32_out, scorer.fp32)[1]).mean())
                 else:
                     agree = float((out.argmax(1) == fp32_out.argmax(1)).mean())
-                c = {"activation_type": act, "weight_type": "QInt8", "calibration": method,
+                c = {"activation_type": act, "weight_type": "QInt8", "reduce_range": rr, "calibration": method,
                      "select_accuracy": acc, "select_agreement_with_fp32": agree,
                      "bytes": dst.stat().st_size, "seconds_to_quantize": round(time.perf_counter() - t0, 2)}
                 if len(bns) > 1:
                     c["batchnorm"] = bn
                 cands.append(c)
-                files[(act, method, bn)] = dst
+                files[(act, method, bn, rr)] = dst
     # speed: one graph per (activation type, batchnorm) (calibration only moves scales), beside fp32
     xb = np.ascontiguousarray(np.resize(scorer.x, (SPEED_BATCH, *scorer.x.shape[1:])))
-    graphs = {(act, bn): session(files[(act, "MinMax", bn)]) for act in ACTIVATIONS for bn in bns}
+    graphs = {(act, bn): session(files[(act, "MinMax", bn, False)]) for act in ACTIVATIONS for bn in bns}
     secs = side_by_side({"fp32": _call(fp32_sess, xb), **{k: _call(v, xb) for k, v in graphs.items()}},
                         rounds=rounds)
     for c in cands:
@@ -189,7 +196,8 @@ def quantize_model(name: str, fp32_file: Path, work: Path, calib_x: np.ndarray, 
            "min_speedup": min_speedup, "candidates": cands}
     for c in cands:
         bn = f" BN {c['batchnorm']}" if "batchnorm" in c else ""
-        log(f"quantize: {name} {c['activation_type']}/{c['calibration']}{bn}: select {100 * c['select_accuracy']:.2f}% "
+        rr = ", 7-bit weights" if c["reduce_range"] else ""
+        log(f"quantize: {name} {c['activation_type']}/{c['calibration']}{bn}{rr}: select {100 * c['select_accuracy']:.2f}% "
             f"(fp32 {100 * fp32_acc:.2f}%), {c['speedup_b64']:.2f}x fp32 at batch {SPEED_BATCH}")
     if not ok:
         best_acc = min(cands, key=lambda c: c["drop_points"])
@@ -207,9 +215,9 @@ def quantize_model(name: str, fp32_file: Path, work: Path, calib_x: np.ndarray, 
         rec["why"] = "; ".join(why)
         return None, rec
     best = choose(ok)
-    rec.update({k: best[k] for k in ("activation_type", "weight_type", "calibration", "speedup_b64", "batchnorm")
-                if k in best}, select_accuracy_int8=best["select_accuracy"])
-    return files[(best["activation_type"], best["calibration"], best.get("batchnorm", "int8"))], rec
+    rec.update({k: best[k] for k in ("activation_type", "weight_type", "reduce_range", "calibration", "speedup_b64",
+                                     "batchnorm") if k in best}, select_accuracy_int8=best["select_accuracy"])
+    return files[(best["activation_type"], best["calibration"], best.get("batchnorm", "int8"), best["reduce_range"])], rec
 
 
 def quantize_bundle(root: Path, entries: dict, run, policy: Policy, *, calib: int | None = None,
@@ -271,7 +279,7 @@ def quantize_bundle(root: Path, entries: dict, run, policy: Policy, *, calib: in
             f"-> {refit_rec['after']['policy']}")
     return {"mode": "int8", "format": "QDQ", "per_channel": True, "calib_split": "train", "calib_images": calib,
             "bound_points": bound, "min_speedup": min_speedup,
-            "candidates": [f"{a}/{m}" for m in METHODS for a in ACTIVATIONS],
+            "candidates": [f"{a}/{m}{'/7-bit weights' if rr else ''}" for m in METHODS for a, rr in CANDIDATE_GRAPHS],
             "batchnorm": "unfolded BatchNormalization nodes, where a model has them, tried int8 and fp32",
             "speed": f"images/s at batch {SPEED_BATCH}, {SPEED_THREADS} threads, side by side with fp32",
             "routing_recheck_select": {"routed_accuracy_fp32": acc32, "routed_accuracy_deployed": acc8,

@@ -83,7 +83,9 @@ def test_int8_export_writes_qdq_files_and_records_precision_per_model(int8_bundl
         r = e["quantization"]
         assert r["activation_type"] in ("QUInt8", "QInt8") and r["weight_type"] == "QInt8"
         assert r["calibration"] in ("MinMax", "Entropy", "Percentile")
-        assert len(r["candidates"]) in (6, 12) and "why" not in r
+        assert len(r["candidates"]) in (9, 18) and "why" not in r
+        assert {(c["activation_type"], c["reduce_range"]) for c in r["candidates"]} == {
+            ("QUInt8", False), ("QUInt8", True), ("QInt8", False)}  # 7-bit weights: for uint8 activations
         assert 0 <= r["select_accuracy_fp32"] <= 1 and 0 <= r["select_accuracy_int8"] <= 1
         assert r["fp32_bytes"] == fp32[name]["bytes"]
     assert set(q["routing_recheck_select"]) >= {"routed_accuracy_fp32", "routed_accuracy_deployed", "route_agreement"}
@@ -240,7 +242,7 @@ def test_an_unfoldable_batchnorm_is_tried_int8_and_fp32(tmp_path):
     work.mkdir()
     chosen, rec = quantize_model("m", tmp_path / "m.onnx", work, x[:64], scorer, bound=100, min_speedup=0,
                                  rounds=1, log=lambda *_: None)
-    assert sorted({c["batchnorm"] for c in rec["candidates"]}) == ["fp32", "int8"] and len(rec["candidates"]) == 12
+    assert sorted({c["batchnorm"] for c in rec["candidates"]}) == ["fp32", "int8"] and len(rec["candidates"]) == 18
     assert chosen is not None and rec["batchnorm"] in ("int8", "fp32")
     for bn in ("int8", "fp32"):
         g = onnx.load(str(work / f"m.QUInt8.MinMax.bn{bn}.onnx")).graph
@@ -253,6 +255,16 @@ def test_an_unfoldable_batchnorm_is_tried_int8_and_fp32(tmp_path):
             scale = next(i for i in g.initializer if i.name == dq.input[1])
             assert list(scale.dims) == [8]
         assert "QuantizeLinear" in {n.op_type for n in g.node}
+    # reduce_range: the convolution's int8 weights use 7 bits (|w| <= 64), against the full 8 without it
+    from onnx import numpy_helper
+
+    def conv_weight_peak(path: Path) -> int:
+        g = onnx.load(str(path)).graph
+        return max(int(np.abs(numpy_helper.to_array(i).astype(np.int32)).max()) for i in g.initializer
+                   if i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 4)
+
+    assert conv_weight_peak(work / "m.QUInt8.MinMax.bnint8.onnx") == 127
+    assert conv_weight_peak(work / "m.QUInt8.MinMax.bnint8.rr.onnx") <= 64
 
 
 def test_choose_takes_the_fastest_graph_then_the_smaller_file_then_the_most_accurate_calibration():
