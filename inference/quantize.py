@@ -17,9 +17,9 @@ fp32 ONNX file is written:
    measured: fashion-mnist models on AVX2 lost 0.8-2.7 points on `select` with 8-bit weights;
 4. each candidate is scored on `select`: accuracy beside the fp32 file's (for the selector: the
    routed accuracy with the fp32 students, since its output is a routing score), and images/s at
-   batch 64 and 2 threads, timed side by side with the fp32 file in the same rounds (the speed of
-   a graph does not depend on its calibration ranges or weight range, so it is timed once per
-   activation type);
+   batch 64 and 2 threads, timed side by side with the fp32 file in the same rounds (calibration
+   ranges and 7-bit weights change values, not operators, so a graph is timed once per activation
+   type, with 8-bit weights);
 5. of the candidates whose `select` accuracy is within --int8-bound points of fp32 and whose
    speed-up exceeds --int8-min-speedup, `choose` takes the fastest graph (speed-ups within 10%
    count as equal), the smallest file among equals, and its most accurate calibration; it replaces
