@@ -127,7 +127,10 @@ def test_an_interrupted_stage_exits_130_and_says_how_to_resume(tmp_path, env):
     module, func = scripts()["teacherTrain"].split(":")
     argv = [sys.executable, "-c", f"import sys; from {module} import {func}; sys.exit({func}())",
             "--run-dir", str(tmp_path / "run"), *TINY[:-4], "--epochs", "200", "--device", "cpu"]
-    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIGINT back to its default in the child: a suite started in the background (nohup, `&`) hands its
+    # children an ignored SIGINT, and Python then never raises KeyboardInterrupt
+    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         for line in proc.stdout:  # the first epoch is on disk: a resumable run to interrupt
             if "epoch 1/200" in line:
