@@ -292,14 +292,11 @@ def refit_thresholds(policy: Policy, logits: dict, scores: np.ndarray | None, la
     for i, s in enumerate(policy.steps):
         groups.setdefault((s.score, round(s.threshold, 6), s.target), []).append(i)
     points = 20 if len(groups) == 1 else 11
+    probs = {k: softmax(v) for k, v in L.items()}
     grids = []
     for members in groups.values():
-        conf = []
-        for i in members:
-            s = policy.steps[i]
-            probs = [softmax(L[k]) for k in _answer_path(policy, s.source)]
-            answer = probs[-1] if policy.combine == "replace" else sum(probs) / len(probs)
-            conf.append(s.scores(answer))
+        conf = [policy.steps[i].scores(chain_answers(probs, _answer_path(policy, policy.steps[i].source),
+                                                     policy.combine)[-1]) for i in members]
         grids.append(thresholds(np.concatenate(conf), points))
     combos = {tuple(c) for c in np.array(np.meshgrid(*grids, indexing="ij")).reshape(len(grids), -1).T.tolist()}
     scored = [before]

@@ -78,6 +78,14 @@ def _header(i: int, n: int, title: str) -> None:
     print(f"\n=== [{i}/{n}] {title} " + "=" * max(3, 60 - len(title)), flush=True)
 
 
+def _resumes(step: Step, cfg: PipelineConfig, shared: frozenset[Path] = frozenset()) -> bool:
+    """Whether the step continues an interrupted stage (last.pt without summary.json) with --resume."""
+    if step.out is None or step.out in shared or cfg.force:
+        return False
+    out = StageDir(step.out)
+    return not out.finished and out.last.exists()
+
+
 def _run_step(step: Step, argv: list[str], cfg: PipelineConfig, shared: frozenset[Path] = frozenset()) -> str:
     """Run one step unless its stage is finished; resume it if interrupted. Returns what happened.
     A stage folder in `shared` was linked in from another run (a shared teacher): never retrained
@@ -92,7 +100,7 @@ def _run_step(step: Step, argv: list[str], cfg: PipelineConfig, shared: frozense
         return "skipped (finished)"
     if cfg.force:
         argv = [*argv, "--force"]
-    elif out.last.exists():
+    elif _resumes(step, cfg, shared):
         argv = [*argv, "--resume"]
     importlib.import_module(step.module).main(argv)
     return "resumed" if "--resume" in argv else "done"
@@ -129,9 +137,7 @@ def run(cfg: PipelineConfig, config: Optional[str] = None, teacher: Optional[Pat
     timings = {s.title: before[s.title] for s in steps if s.title in before}
     for i, step in enumerate(steps, 1):
         _header(i, len(steps), step.title)
-        stage = StageDir(step.out) if step.out is not None else None
-        resuming = stage is not None and not cfg.force and not stage.finished and stage.last.exists()
-        carried = before.get(step.title, 0.0) if resuming else 0.0
+        carried = before.get(step.title, 0.0) if _resumes(step, cfg, shared) else 0.0
         t0, what = time.perf_counter(), None
         try:
             what = _run_step(step, flags[step.kind] + list(step.argv), cfg, shared)
