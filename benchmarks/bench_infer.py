@@ -43,7 +43,7 @@ from bench_router import fixed_logits, fixed_mix_router  # noqa: E402
 from moskd.fold import FastPath, fast_model, prepare_input  # noqa: E402
 from moskd.models import STEMS, create_model, stem_kwargs  # noqa: E402
 from moskd.profile import count_macs  # noqa: E402
-from selector.model import SelectorCNN  # noqa: E402
+from moskd.selector_net import SelectorCNN  # noqa: E402
 
 MODELS = ("teacher", "densenet121", "googlenet", "selector", "routed")
 

@@ -14,7 +14,8 @@ import argparse
 import json
 import statistics
 
-from moskd.pipeline import PipelineConfig, run
+from moskd.pipeline import run
+from moskd.sections import PipelineConfig
 from moskd.run import RunDir, StageDir
 
 

@@ -34,7 +34,7 @@ from inference.router import Router
 from moskd.policy import router_policy
 from moskd.models import create_model
 from moskd.profile import count_macs
-from selector.model import SelectorCNN
+from moskd.selector_net import SelectorCNN
 
 BATCH = 256
 CHEAP_SHARE = 0.7

@@ -26,42 +26,16 @@ or a fixed first model), when it goes on to the next model, and how answers comb
                       a folder without images); empty when it was
 --output FILE.csv or FILE.jsonl writes the rows to a file (atomically), --output - to stdout (CSV
 unless --output-format jsonl). The human-readable table goes to stderr, or nowhere with --quiet
-(then each failed input gets one line on stderr instead). The exit code is 1 when any input
-failed (its row is still written), 2 for bad flags.
+(then each failed input gets one line on stderr instead). The exit code is 2 when any input
+failed (its row is still written) and for bad flags.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional
-
-from moskd.config import build_parser, field, parse_namespace
 from moskd.errors import cli_entry
+from moskd.sections import build_parser, parse_namespace
+from inference.config import InferenceConfig
 
 PROG = "inference"
-
-
-@dataclass
-class InferenceConfig:
-    run_dir: str = field("runs/digits", "run directory holding teacher/, students/ and selector/")
-    bundle: Optional[str] = field(None, "predict from a deployment bundle (moskd export) instead of --run-dir",
-                                  metavar="DIR")
-    dataset: Optional[str] = field(None, "evaluate on this dataset (must be the run's; default: the run's)")
-    split: Optional[str] = field(None, "evaluate the run on this split and write the report", choices=["test"])
-    data_dir: Optional[str] = field(None, "where CIFAR files live (default: the run's)")
-    download: bool = field(False, "download CIFAR through torchvision (needs network)")
-    limit: Optional[int] = field(None, "evaluate on at most N images of the split")
-    output: Optional[str] = field(None, "write one row per input to FILE.csv or FILE.jsonl, or to stdout "
-                                        "with -", metavar="FILE")
-    output_format: Optional[str] = field(None, "format of --output (default: its suffix; csv for -)",
-                                         choices=["csv", "jsonl"])
-    quiet: bool = field(False, "no table on stderr (failed inputs still get one line each)")
-    batch_size: int = field(256, "images per forward pass")
-    fast: str = field("fold+cl", "with --run-dir: CPU fast path, Conv+BN folding and channels_last "
-                                 "(measured in benchmarks/bench_infer.py): eager | fold | fold+cl",
-                      choices=["eager", "fold", "fold+cl"])
-    invert: str = field("auto", "auto (digits: invert light-background images) | yes | no",
-                        choices=["auto", "yes", "no"])
-    device: str = field("auto", "auto | cpu | cuda | cuda:N")
 
 
 def parse_args(argv) -> tuple[InferenceConfig, list[str]]:
@@ -79,7 +53,7 @@ def main(argv=None):
     cfg, inputs = parse_args(argv)
     from inference.predict import run
 
-    return run(cfg, inputs)
+    return run(cfg, inputs, PROG)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ from PIL import Image  # tests patch Image.open here
 
 from inference.images import (
     BadImage, image_extensions, preprocess_array, read_image_array)
-from inference.cli import PROG
 from inference.output import failed_row, format_table, output_format, prediction_row, write_rows
 from moskd.loader import normalize
 from moskd.errors import MoskdError
@@ -162,7 +161,7 @@ def predict_files(run, files: list[Path], batch_size: int, invert: str, device, 
     return rows
 
 
-def run(cfg, inputs: list[str]) -> int:
+def run(cfg, inputs: list[str], prog: str = "inference") -> int:
     """The inference command once its flags are parsed (inference.cli.main)."""
     evaluating = cfg.split is not None or cfg.dataset is not None
     if inputs and evaluating:
@@ -187,7 +186,7 @@ def run(cfg, inputs: list[str]) -> int:
 
     def on_fail(path, why):  # with the table off, each failure still gets its line on stderr
         if cfg.quiet:
-            print(f"{PROG}: {path}: {why}", file=sys.stderr, flush=True)
+            print(f"{prog}: {path}: {why}", file=sys.stderr, flush=True)
 
     rows: list[dict] = []
     files: list[Path] = []
@@ -208,7 +207,7 @@ def run(cfg, inputs: list[str]) -> int:
             print(f"wrote {len(rows)} row(s) to {cfg.output}", file=sys.stderr)
     failed = sum(r["error"] is not None for r in rows)
     if failed:
-        print(f"{PROG}: {failed} of {len(rows)} input(s) could not be predicted (see their error); "
+        print(f"{prog}: {failed} of {len(rows)} input(s) could not be predicted (see their error); "
               f"the others were predicted", file=sys.stderr)
         raise SystemExit(2)  # bad input (exit codes: 0 ok, 2 bad input, 130 interrupted, 1 internal failure)
     return 0

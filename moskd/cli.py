@@ -1,10 +1,11 @@
-"""`moskd`: one umbrella command with a subcommand per stage command. It only dispatches.
+"""`moskd`: the umbrella command, one subcommand per command of the project. The top of the command layer.
 
     moskd teacher   ...   = teacherTrain ...
     moskd student   ...   = StudentTrain ...
     moskd selector  ...   = trainSelector ...
     moskd inference ...   = inference ...
     moskd report    ...   evaluation report of a finished run (--run-dir RUN)
+    moskd policy    ...   fit the routing policy on select (RUN/policy.json), then the report
     moskd sweep     ...   temperature/alpha/seed grid for one student
     moskd export    ...   a finished run as a deployment bundle (torch.export or ONNX)
     moskd serve     ...   HTTP prediction server for a bundle or a run (needs the serve extra)
@@ -12,43 +13,79 @@
     moskd results         README and docs/RESULTS.md tables from the committed seed files
     moskd clean     ...   drop optimizer state of finished stages (last.pt) to shrink a run
 
-The stage commands come from what the four stages declare in their stage.py, listed once below
-(STAGES: the umbrella may name the stages; the rest of the core reads them through
-moskd.stages.stages()); the last three are the core's own. A command's module is imported only
-when it is chosen, so `moskd --help` is instant.
+COMMANDS below is the one list. The stage commands' parsers are torch-free and imported here; the
+commands whose module loads torch at import are reached through a small function that imports it
+only when the command runs, so `moskd --help` answers at once.
 """
 from __future__ import annotations
 
 import difflib
-import importlib
 import sys
+from typing import Callable
 
-from inference.stage import STAGE as INFERENCE
+from inference.cli import main as inference_main
 from moskd import __version__
-from moskd.stages import Command, commands
-from selector.stage import STAGE as SELECTOR
-from students.stage import STAGE as STUDENTS
-from teacher.stage import STAGE as TEACHER_STAGE
-
-STAGES = (TEACHER_STAGE, STUDENTS, SELECTOR, INFERENCE)  # every stage, in pipeline order: the one list
-
-CORE_COMMANDS = (
-    Command("pipeline", "moskd.pipeline",
-            "teacher -> cache -> students -> selector -> report, skipping finished stages"),
-    Command("results", "moskd.results", "README and docs/RESULTS.md tables from docs/results/*/seeds.json"),
-    Command("clean", "moskd.clean", "drop last.pt of finished stages and slim old best.pt files"),
-)
+from selector.cli import main as selector_main
+from students.cli import main as student_main, sweep_main
+from teacher.cli import main as teacher_main
 
 
-def all_commands() -> dict[str, Command]:
-    return {**commands(), **{c.name: c for c in CORE_COMMANDS}}
+def _report(argv):
+    from inference.report import main
+    main(argv)
+
+
+def _policy(argv):
+    from inference.policy_cli import main
+    main(argv)
+
+
+def _export(argv):
+    from inference.export import main
+    main(argv)
+
+
+def _serve(argv):
+    from inference.serve import main
+    main(argv)
+
+
+def _pipeline(argv):
+    from moskd.pipeline import main
+    main(argv)
+
+
+def _results(argv):
+    from moskd.results import main
+    main(argv)
+
+
+def _clean(argv):
+    from moskd.clean import main
+    main(argv)
+
+
+# name -> (what runs it, its one-line help), in the order `moskd --help` lists them
+COMMANDS: dict[str, tuple[Callable, str]] = {
+    "teacher": (teacher_main, "stage 1: train the teacher (teacherTrain)"),
+    "student": (student_main, "stage 2: distil the teacher into a student (StudentTrain)"),
+    "sweep": (sweep_main, "grid of temperatures, alphas and seeds for one student"),
+    "selector": (selector_main, "stage 3: label select images and train the selector (trainSelector)"),
+    "inference": (inference_main, "stage 4: routed predictions for files, folders or a split (inference)"),
+    "report": (_report, "evaluation report of a run: report.json, report.md, plots"),
+    "policy": (_policy, "fit the routing policy on select (RUN/policy.json) and rewrite the report"),
+    "export": (_export, "a finished run as a deployment bundle: manifest.json + one program per model"),
+    "serve": (_serve, "HTTP server: POST /predict, GET /health, GET /info (pip install -e '.[serve]')"),
+    "pipeline": (_pipeline, "teacher -> cache -> students -> selector -> policy and report, skipping finished stages"),
+    "results": (_results, "README and docs/RESULTS.md tables from docs/results/*/seeds.json"),
+    "clean": (_clean, "drop last.pt of finished stages and slim old best.pt files"),
+}
 
 
 def usage() -> str:
-    table = all_commands()
-    width = max(map(len, table))
+    width = max(map(len, COMMANDS))
     lines = ["usage: moskd COMMAND [ARGS...]   (moskd COMMAND --help for its flags)", "", "commands:"]
-    lines += [f"  {name:<{width}}  {c.help}" for name, c in table.items()]
+    lines += [f"  {name:<{width}}  {help_text}" for name, (_, help_text) in COMMANDS.items()]
     return "\n".join(lines)
 
 
@@ -61,14 +98,12 @@ def main(argv=None) -> None:
         print(f"moskd {__version__}")
         return
     name, rest = argv[0], argv[1:]
-    table = all_commands()
-    if name not in table:
-        close = difflib.get_close_matches(name, table, n=1)
+    if name not in COMMANDS:
+        close = difflib.get_close_matches(name, COMMANDS, n=1)
         hint = f"did you mean {close[0]}? " if close else ""
-        print(f"moskd: error: unknown command '{name}'; {hint}choose one of {', '.join(table)}", file=sys.stderr)
+        print(f"moskd: error: unknown command '{name}'; {hint}choose one of {', '.join(COMMANDS)}", file=sys.stderr)
         raise SystemExit(2)
-    module = importlib.import_module(table[name].module)
-    module.main(rest)
+    COMMANDS[name][0](rest)
 
 
 if __name__ == "__main__":

@@ -25,14 +25,14 @@ mapping of per-architecture overrides, applied over the section for the model th
 
 The whole file is checked whichever command reads it: a top-level key no command knows, an
 unknown section, or an unknown key inside a section is an error naming the nearest known one.
-Importing this module (and the config modules of sections()) loads no torch, so --help is instant.
+Which sections exist is the command layer's knowledge (moskd.sections.SECTIONS, passed in here as
+`sections`); this module names no command. It loads no torch, so --help is instant.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import difflib
-import importlib
 import re
 import sys
 import typing
@@ -43,23 +43,13 @@ import yaml
 
 from moskd.atomic import write_text
 from moskd.errors import MoskdError
-from moskd.stages import config_sections
 from moskd.values import (
     check_values, choices_of, nearest, not_a_choice, out_of_range)
 from moskd.per_model import MODELS_KEY, check_models, per_model
 
 C = TypeVar("C")
 
-# YAML section -> "module:Class" of the config dataclass that reads it: the stages declare theirs
-# (moskd.stages, StageInfo.sections), the core adds the pipeline's. Imported by name, and only when
-# a config file is read, so the core names no stage; every module named must be importable without
-# torch (tests/test_strict_config.py keeps them so). The union of their fields is the set of keys a
-# file may hold at its top level.
-CORE_SECTIONS = {"pipeline": "moskd.pipeline:PipelineConfig"}
-
-
-def sections() -> dict[str, str]:
-    return {**config_sections(), **CORE_SECTIONS}
+Sections = dict[str, type]  # YAML section -> the config dataclass that reads it (moskd.sections.SECTIONS)
 
 
 def field(default: Any, help: str, **kw) -> Any:
@@ -97,15 +87,6 @@ def _check_value(name: str, value: Any, tp: Any, source: str) -> Any:
     raise MoskdError(
         f"{source}: '{name}' must be {getattr(inner, '__name__', inner)}, got {value!r}; fix the value in the file"
     )
-
-
-def section_configs() -> dict[str, type]:
-    """Every YAML section's config dataclass (sections(), imported by name)."""
-    out = {}
-    for section, target in sections().items():
-        module, name = target.split(":")
-        out[section] = getattr(importlib.import_module(module), name)
-    return out
 
 
 def read_yaml(path: str) -> dict[str, Any]:
@@ -167,19 +148,19 @@ def check_file(raw: dict[str, Any], path: str, sections: dict[str, type]) -> Non
                              f"{nearest(name, union | set(sections))} (sections: {', '.join(sections)})")
 
 
-def load_yaml_overrides(cls: type, path: str, section: str | Sequence[str], model: Any = None,
-                        with_models: bool = True) -> dict[str, Any]:
+def load_yaml_overrides(cls: type, path: str, section: str | Sequence[str], sections: Sections,
+                        model: Any = None, with_models: bool = True) -> dict[str, Any]:
     """Read a flat or sectioned YAML file, check all of it (check_file), and return the type-checked
     values this command knows: top-level settings, then its own section(s) over them, then (when
     the command declares PER_MODEL and `with_models`) the section's ``models`` entry for `model`
     (default: the model the file or the command's default names)."""
     raw = read_yaml(path)
-    check_file(raw, path, section_configs())
+    check_file(raw, path, sections)
     own = [section] if isinstance(section, str) else list(section)
     fields = {f.name for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     spec = per_model(cls)
-    merged = {_key(k): v for k, v in raw.items() if _key(k) not in sections() and _key(k) in fields}
+    merged = {_key(k): v for k, v in raw.items() if _key(k) not in sections and _key(k) in fields}
     entries: dict[str, Any] = {}
     for s in own:
         for k, v in (raw.get(s) or {}).items():
@@ -236,10 +217,10 @@ class Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def build_parser(cls: type, prog: str, description: str) -> Parser:
+def build_parser(cls: type, prog: str, description: str, sections: Sections) -> Parser:
     parser = Parser(prog=prog, description=description)
     parser.add_argument("--config", metavar="FILE.yaml", default=None,
-                        help=f"YAML defaults (flat, or sectioned per command: {'/'.join(sections())}); "
+                        help=f"YAML defaults (flat, or sectioned per command: {'/'.join(sections)}); "
                              f"flags given here override them; unknown keys are refused")
     hints = typing.get_type_hints(cls)
     declared = choices_of(cls)
@@ -272,24 +253,42 @@ def build_parser(cls: type, prog: str, description: str) -> Parser:
 
 
 def parse_config(cls: type[C], argv: Sequence[str] | None, prog: str, description: str,
-                 section: str | Sequence[str], parser: Parser | None = None) -> C:
+                 section: str | Sequence[str], sections: Sections) -> C:
     """Dataclass defaults, then --config YAML, then flags; returns a checked instance."""
-    args = parse_namespace(cls, argv, section, parser or build_parser(cls, prog, description))
+    args = parse_namespace(cls, argv, section, build_parser(cls, prog, description, sections), sections)
     return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
 
 
 def parse_namespace(cls: type, argv: Sequence[str] | None, section: str | Sequence[str],
-                    parser: Parser) -> argparse.Namespace:
+                    parser: Parser, sections: Sections) -> argparse.Namespace:
     """parse_config's work for a parser (build_parser(cls, ...) with extra arguments, e.g.
     positional inputs): the whole namespace."""
     pre, _ = parser.parse_known_args(argv)
     if pre.config:
         spec = per_model(cls)
-        parser.set_defaults(**load_yaml_overrides(cls, pre.config, section, with_models=spec is None))
+        parser.set_defaults(**load_yaml_overrides(cls, pre.config, section, sections, with_models=spec is None))
         if spec is not None:  # the model this run trains (flag > file > default) picks its overrides
             model = getattr(parser.parse_known_args(argv)[0], spec.selector)
-            parser.set_defaults(**load_yaml_overrides(cls, pre.config, section, model=model))
+            parser.set_defaults(**load_yaml_overrides(cls, pre.config, section, sections, model=model))
     return parser.parse_args(argv)  # checks every value, from the file or a flag
+
+
+def resolve_config(cls: type[C], path: str | None, section: str | Sequence[str], sections: Sections,
+                   **overrides: Any) -> C:
+    """What parse_config gives for `--config path` plus flags, built from values instead of argv
+    (moskd pipeline calls the stages this way): defaults < file (its per-model entry for the model
+    the overrides or the file name) < overrides, every value checked as a flag's would be."""
+    values = {f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
+              for f in dataclasses.fields(cls)}
+    if path:
+        values.update(load_yaml_overrides(cls, path, section, sections, with_models=False))
+        spec = per_model(cls)
+        if spec is not None:
+            model = overrides.get(spec.selector, values[spec.selector])
+            values.update(load_yaml_overrides(cls, path, section, sections, model=model))
+    values.update(overrides)
+    check_values(values, choices_of(cls))
+    return cls(**values)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

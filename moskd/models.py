@@ -4,15 +4,14 @@ The three seed architectures come from torchvision with a choice of stem (`stem=
 3x3 stride-1 first convolution and no early max-pool, so 8x8 digits and 32x32 CIFAR images are not
 shrunk to nothing before the first block; or `imagenet`, torchvision's strided stem, for 28x28
 and larger inputs. Any other torchvision classifier or timm model
-is created by name. Stages register their own models with `@register_model` in the modules their
-declaration lists (moskd.stages: the selector's `selector_cnn`); `create_model` imports those on
-the first name it does not know, so importing this module is all it takes to build any built-in
-model, from a checkpoint's card too (`build_model_from_checkpoint`).
+is created by name. The registry (`REGISTRY`, at the end of this module) lists every built-in
+architecture, the selector's CNN (`selector_cnn`, moskd.selector_net) included, so importing this
+module is all it takes to build any of them, from a checkpoint's card too
+(`build_model_from_checkpoint`).
 """
 from __future__ import annotations
 
 import difflib
-import importlib
 from typing import Callable
 
 import torch
@@ -22,30 +21,7 @@ from torchvision.models.googlenet import BasicConv2d
 
 from moskd.checkpoint import inference_weights, read_checkpoint_file
 from moskd.errors import MoskdError
-from moskd.stages import model_modules
-
-_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
-
-
-def _load_declared_models() -> None:
-    """Import the model modules the stages declare (each registers its models on import), once."""
-    global _DECLARED_LOADED
-    if not _DECLARED_LOADED:
-        _DECLARED_LOADED = True
-        for module in model_modules():
-            importlib.import_module(module)
-
-
-_DECLARED_LOADED = False
-
-
-def register_model(name: str):
-    def deco(fn: Callable[..., nn.Module]):
-        _REGISTRY[name] = fn
-        return fn
-
-    return deco
-
+from moskd.selector_net import selector_cnn
 
 STEMS = ("cifar", "imagenet")
 
@@ -65,7 +41,6 @@ def _check_stem(stem: str) -> None:
 #   imagenet  torchvision's own strided stem (7x7/2 convolution + 3x3/2 max-pool: /4 before the
 #             first block, /8 for GoogLeNet): a 28x28 Fashion-MNIST image then costs about what an
 #             8x8 one costs with the cifar stem, but the first convolution sees every pixel.
-@register_model("resnet50")
 def resnet50(num_classes: int, in_chans: int = 3, stem: str = "cifar") -> nn.Module:
     _check_stem(stem)
     # zero-init of each block's last BN gamma: every residual branch starts as identity, which
@@ -78,7 +53,6 @@ def resnet50(num_classes: int, in_chans: int = 3, stem: str = "cifar") -> nn.Mod
     return m
 
 
-@register_model("densenet121")
 def densenet121(num_classes: int, in_chans: int = 3, stem: str = "cifar") -> nn.Module:
     _check_stem(stem)
     m = torchvision.models.densenet121(weights=None, num_classes=num_classes)
@@ -94,7 +68,6 @@ def densenet121(num_classes: int, in_chans: int = 3, stem: str = "cifar") -> nn.
     return m
 
 
-@register_model("googlenet")
 def googlenet(num_classes: int, in_chans: int = 3, stem: str = "cifar") -> nn.Module:
     _check_stem(stem)
     m = torchvision.models.googlenet(weights=None, num_classes=num_classes, aux_logits=False, init_weights=True)
@@ -107,6 +80,21 @@ def googlenet(num_classes: int, in_chans: int = 3, stem: str = "cifar") -> nn.Mo
     elif in_chans != 3:
         m.conv1 = BasicConv2d(in_chans, 64, kernel_size=7, stride=2, padding=3)
     return m
+
+
+# every built-in architecture, by the name a card's `arch` holds
+REGISTRY: dict[str, Callable[..., nn.Module]] = {
+    "resnet50": resnet50, "densenet121": densenet121, "googlenet": googlenet, "selector_cnn": selector_cnn,
+}
+
+
+def register_model(name: str) -> Callable:
+    """A decorator adding an architecture of your own to REGISTRY (the tests' tiny networks, say)."""
+    def add(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        REGISTRY[name] = fn
+        return fn
+
+    return add
 
 
 def stem_kwargs(arch: str, stem: str) -> dict:
@@ -133,16 +121,13 @@ def _torchvision_classifier(name: str, num_classes: int, in_chans: int) -> nn.Mo
 
 
 def available_models() -> list[str]:
-    _load_declared_models()
-    return sorted(_REGISTRY)
+    return sorted(REGISTRY)
 
 
 def create_model(name: str, num_classes: int, in_chans: int = 3, pretrained: str | None = None, **kwargs) -> nn.Module:
     """Create `name` from the registry, else torchvision's classifiers, else timm; optional local weights."""
-    if name not in _REGISTRY:
-        _load_declared_models()
-    if name in _REGISTRY:
-        model = _REGISTRY[name](num_classes=num_classes, in_chans=in_chans, **kwargs)
+    if name in REGISTRY:
+        model = REGISTRY[name](num_classes=num_classes, in_chans=in_chans, **kwargs)
     elif name in torchvision.models.list_models(module=torchvision.models):
         model = _torchvision_classifier(name, num_classes, in_chans)
     else:

@@ -1,8 +1,9 @@
-"""`moskd pipeline`: teacher -> teacher-logit cache -> students -> selector -> report, on one run dir.
+"""`moskd pipeline`: teacher -> teacher-logit cache -> students -> selector -> policy and report, on one run dir.
 
-It only dispatches: the steps come from what the stages declare (moskd.stages), and every step
-runs through its stage command's main() with the same flags a user would type, so the pipeline can
-do nothing the four commands cannot. A stage whose folder holds a summary.json is finished and
+Part of the command layer: an explicit sequence of in-process calls to each stage's `run(cfg, rt)`,
+each with the typed config its own command would have parsed from the same recipe and flags
+(moskd.sections.resolve_config), so the pipeline can do nothing the stage commands cannot. A stage
+whose folder holds a summary.json is finished and
 skipped (RUN/pipeline_timings.json keeps the time it took when it ran); one with only last.pt was
 interrupted and resumes (its time adds to the part recorded before); --force redoes everything.
 
@@ -16,47 +17,23 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import os
 import shutil
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
-from moskd.config import field, parse_config
+from moskd.atomic import read_json, write_json
 from moskd.errors import MoskdError, cli_entry
 from moskd.run import RunDir, StageDir
-from moskd.atomic import read_json, write_json
+from moskd.sections import PipelineConfig, parse_config, resolve_config
 from moskd.seeds import aggregate_seeds
-from moskd.stages import Step, pipeline_steps
-
-
-@dataclass
-class PipelineConfig:
-    run_dir: str = field("runs/digits", "run directory shared by all stages")
-    dataset: str = field("digits", "digits (bundled, offline) | fashion-mnist | cifar10 | cifar100 | folder:PATH")
-    data_dir: str = field("data", "where fashion-mnist/CIFAR files live (or are downloaded to)")
-    download: bool = field(False, "download fashion-mnist/CIFAR through torchvision (needs network)")
-    device: str = field("auto", "auto | cpu | cuda | cuda:N")
-    seed: int = field(0, "seed for every stage")
-    limit: Optional[int] = field(None, "use at most N images per split (smoke runs and tests)")
-    epochs: Optional[int] = field(None, "override every stage's epochs (smoke runs)")
-    baselines: bool = field(True, "also train each student without the teacher (--no-teacher): the "
-                                  "comparison every report needs")
-    force: bool = field(False, "redo every stage even if finished")
-    seeds: list[int] = field([], "run once per seed into RUN/seed<k>/ and write RUN/seeds.{json,md} "
-                                 "(mean and std of every row); overrides --seed")
-    complementary: Optional[str] = field(None, "train the distilled students as complementary specialists: none | "
-                                               "clusters (StudentTrain --complementary; default: the recipe's "
-                                               "setting, else none); baselines stay plain")
-    shared_teacher: bool = field(True, "with --seeds: train the teacher once (first seed) and share it")
-    teacher_from: Optional[str] = field(None, "a finished teacher folder (e.g. runs/a/seed0/teacher) to hard-link "
-                                              "into this run instead of training one: compare methods on one teacher")
-    keep_last: str = field("no", "drop each stage's last.pt (optimizer state, only --resume reads it) once the "
-                                 "stage has finished, as `moskd clean RUN` does (a digits run shrinks ~4x); yes = "
-                                 "keep them (the stage commands keep them by default)", choices=["yes", "no"])
+from moskd.values import SEED_STUDENTS
+from selector.config import SelectorConfig
+from students.config import StudentConfig
+from teacher.config import TeacherConfig
 
 
 def _recipe(config: Optional[str], dataset: str, device: str) -> Optional[str]:
@@ -78,6 +55,15 @@ def _header(i: int, n: int, title: str) -> None:
     print(f"\n=== [{i}/{n}] {title} " + "=" * max(3, 60 - len(title)), flush=True)
 
 
+@dataclass(frozen=True)
+class Step:
+    """One step of the pipeline: `call(force, resume)` runs it. `out`: the stage folder it writes,
+    skipped when finished and resumed when it holds only last.pt (None: always run)."""
+    title: str
+    call: Callable[[bool, bool], object]
+    out: Optional[Path] = None
+
+
 def _resumes(step: Step, cfg: PipelineConfig, shared: frozenset[Path] = frozenset()) -> bool:
     """Whether the step continues an interrupted stage (last.pt without summary.json) with --resume."""
     if step.out is None or step.out in shared or cfg.force:
@@ -86,24 +72,78 @@ def _resumes(step: Step, cfg: PipelineConfig, shared: frozenset[Path] = frozense
     return not out.finished and out.last.exists()
 
 
-def _run_step(step: Step, argv: list[str], cfg: PipelineConfig, shared: frozenset[Path] = frozenset()) -> str:
+def _run_step(step: Step, cfg: PipelineConfig, shared: frozenset[Path] = frozenset()) -> str:
     """Run one step unless its stage is finished; resume it if interrupted. Returns what happened.
     A stage folder in `shared` was linked in from another run (a shared teacher): never retrained
     here, --force included."""
     if step.out is not None and step.out in shared:
         return "shared (linked in, not retrained)"
-    if step.out is None:
-        importlib.import_module(step.module).main(argv)
-        return "done"
-    out = StageDir(step.out)
-    if out.finished and not cfg.force:
+    if step.out is not None and StageDir(step.out).finished and not cfg.force:
         return "skipped (finished)"
-    if cfg.force:
-        argv = [*argv, "--force"]
-    elif _resumes(step, cfg, shared):
-        argv = [*argv, "--resume"]
-    importlib.import_module(step.module).main(argv)
-    return "resumed" if "--resume" in argv else "done"
+    resume = _resumes(step, cfg, shared)
+    step.call(cfg.force and step.out is not None, resume)
+    return "resumed" if resume else "done"
+
+
+def _stage(cls: type, section: str, cfg: PipelineConfig, recipe: Optional[str], **values) -> Callable:
+    """A step's call: the stage's config as its command would resolve it, then its run(cfg, rt)."""
+    common = dict(run_dir=cfg.run_dir, dataset=cfg.dataset, data_dir=cfg.data_dir, device=cfg.device,
+                  seed=cfg.seed, download=cfg.download, keep_last=cfg.keep_last, **values)
+    if cfg.limit:
+        common["limit"] = cfg.limit
+    if cfg.epochs:
+        common["epochs"] = cfg.epochs
+
+    def call(force: bool, resume: bool):
+        from moskd.runtime import run_stage
+
+        stage_cfg = resolve_config(cls, recipe, section, force=force, resume=resume, **common)
+        return run_stage(stage_cfg, _stage_run(cls))
+
+    return call
+
+
+def _stage_run(cls: type) -> Callable:
+    """The stage's run(cfg, rt) for its config class (imported here: they load torch)."""
+    if cls is TeacherConfig:
+        from teacher.train import run
+    elif cls is StudentConfig:
+        from students.train import run
+    else:
+        from selector.train import run
+    return run
+
+
+def _report(cfg: PipelineConfig) -> Callable:
+    """The policy step (fit RUN/policy.json on select, as `moskd policy` does), then the report."""
+    def call(force: bool, resume: bool):
+        from inference.report import report_run
+        from moskd.runtime import setup_runtime, show_progress
+
+        rt = setup_runtime(cfg.device)
+        return report_run(cfg.run_dir, refit=True, limit=cfg.limit, device=rt.device, progress=show_progress(rt))
+
+    return call
+
+
+def steps(cfg: PipelineConfig, recipe: Optional[str]) -> list[Step]:
+    """What the pipeline runs, in order: every stage of the run, each reading what the earlier wrote."""
+    run = RunDir(cfg.run_dir)
+    complementary = {"complementary": cfg.complementary} if cfg.complementary else {}
+    # the cache step always runs: it reuses a valid cache in a second and rebuilds a stale one
+    out = [Step("teacher", _stage(TeacherConfig, "teacher", cfg, recipe), run.teacher.path),
+           Step("teacher-logit cache", _stage(StudentConfig, "students", cfg, recipe, cache_only=True))]
+    for key, arch in SEED_STUDENTS.items():  # --complementary reaches the distilled students; baselines stay plain
+        out.append(Step(f"student {arch} (distilled)",
+                        _stage(StudentConfig, "students", cfg, recipe, model=key, **complementary),
+                        run.student(run.student_name(arch)).path))
+        if cfg.baselines:
+            out.append(Step(f"student {arch} (baseline, no teacher)",
+                            _stage(StudentConfig, "students", cfg, recipe, model=key, no_teacher=True),
+                            run.student(run.student_name(arch, True)).path))
+    out.append(Step("selector", _stage(SelectorConfig, "selector", cfg, recipe), run.selector.path))
+    out.append(Step("routing policy and evaluation report", _report(cfg)))
+    return out
 
 
 def run(cfg: PipelineConfig, config: Optional[str] = None, teacher: Optional[Path] = None) -> dict:
@@ -114,33 +154,23 @@ def run(cfg: PipelineConfig, config: Optional[str] = None, teacher: Optional[Pat
     if teacher is not None:
         share_teacher(teacher, run_dir.teacher.path)
         shared = frozenset({run_dir.teacher.path})
-    common = ["--run-dir", cfg.run_dir, "--dataset", cfg.dataset, "--data-dir", cfg.data_dir,
-              "--device", cfg.device, "--seed", str(cfg.seed)]
     recipe = _recipe(config, cfg.dataset, cfg.device)
     if recipe:
-        common += ["--config", recipe]
         print(f"recipe: {recipe}", flush=True)
-    if cfg.download:
-        common.append("--download")
-    limit = ["--limit", str(cfg.limit)] if cfg.limit else []
-    flags = {"train": common + limit + (["--epochs", str(cfg.epochs)] if cfg.epochs else [])
-             + ["--keep-last", cfg.keep_last],
-             "report": ["--run-dir", cfg.run_dir, "--device", cfg.device] + limit}
-
-    steps = pipeline_steps(run_dir, {"baselines": cfg.baselines, "complementary": cfg.complementary})
+    todo = steps(cfg, recipe)
     # RUN/pipeline_timings.json: the wall time each stage cost, summed over the runs that worked on it.
     # It is written after every step, so an interrupted pipeline keeps what its finished stages took
     # (and the interrupted stage its part); a stage skipped as finished keeps its recorded time, a
     # resumed one adds to its part. Without this, a rerun that adds seeds or only redoes the report
     # turns the recorded cost of the training into zeros.
     before = read_json(run_dir.pipeline_timings) if run_dir.pipeline_timings.is_file() else {}
-    timings = {s.title: before[s.title] for s in steps if s.title in before}
-    for i, step in enumerate(steps, 1):
-        _header(i, len(steps), step.title)
+    timings = {s.title: before[s.title] for s in todo if s.title in before}
+    for i, step in enumerate(todo, 1):
+        _header(i, len(todo), step.title)
         carried = before.get(step.title, 0.0) if _resumes(step, cfg, shared) else 0.0
         t0, what = time.perf_counter(), None
         try:
-            what = _run_step(step, flags[step.kind] + list(step.argv), cfg, shared)
+            what = _run_step(step, cfg, shared)
         finally:
             took = round(time.perf_counter() - t0, 1)
             skipped = what is not None and what.startswith("skipped")

@@ -1,6 +1,6 @@
 """The trainSelector stage's work: label `select` with the students' correctness, train the
-selector on it, calibrate it and choose the router's operating point (the command line and its
-settings, SelectorConfig, live in selector.cli, which loads no torch)."""
+selector on it, calibrate it and choose the router's operating point (its settings, SelectorConfig, live in selector.config and
+its command line in selector.cli, both torch-free)."""
 from __future__ import annotations
 
 import dataclasses
@@ -20,10 +20,11 @@ from moskd.profile import count_macs
 from moskd.run import RunDir
 from moskd.loaded import SPLIT_KEYS
 from moskd.runtime import Runtime, log, show_progress
-from selector.cli import TARGETS, SelectorConfig, main
+from selector.config import TARGETS, SelectorConfig
 from selector.labels import complementary_partition, describe, label_split, owner_targets, save_labels
 from moskd.policy import entry_routes, knob_grid, relative_costs
-from selector.model import MAC_BUDGET
+
+MAC_BUDGET = 0.05  # the selector may cost at most this share of the cheapest student's MACs
 
 
 def routes(scores: torch.Tensor, tie_margin: float, knob: float = 0.0, macs: list[int] | None = None
@@ -304,6 +305,3 @@ def run(cfg: SelectorConfig, rt: Runtime) -> dict:
     rt.barrier()
     return summary
 
-
-if __name__ == "__main__":
-    main()

@@ -1,7 +1,8 @@
 """The objectives students train on: labels plus a distillation term, optionally weighted per image.
 
-loss = alpha * CE(s, y) + (1 - alpha) * KD(s, t), where KD is any loss registered in students.kd
-(kl: Hinton et al. 2015 soft targets with the T^2 factor; mse: Ba & Caruana 2014 logit matching).
+loss = alpha * CE(s, y) + (1 - alpha) * KD(s, t), where KD is one of KD_LOSSES below
+(kl: Hinton et al. 2015 soft targets with the T^2 factor; mse: Ba & Caruana 2014 logit matching;
+a new one is a function of (student logits, teacher logits, T) -> one value per image, and an entry).
 Both terms are computed per image and averaged with weights w: sum(w * l) / sum(w). Without
 weights this is the plain batch mean (KL's "batchmean"); complementary students
 (students.complementary) weigh the images their student owns higher.
@@ -19,9 +20,28 @@ from torch import nn
 
 from moskd.engine import LossOutput, Objective
 from moskd.precision import Precision
-from students.kd import get_kd_loss, kd_losses
 
-KD_LOSSES = kd_losses()
+
+def kd_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton et al. (2015) soft targets: T^2 * KL(softmax(t/T) || softmax(s/T)) per image.
+
+    The T^2 factor keeps the soft term's gradient scale independent of T (its gradient shrinks as
+    1/T^2), so alpha means the same thing at every temperature. Summed over classes, one value per
+    image: the batch mean of these is KL's reduction="batchmean", the true KL per image
+    (reduction="mean" would also divide by the class count)."""
+    log_p_s = F.log_softmax(student / temperature, dim=1)
+    log_p_t = F.log_softmax(teacher / temperature, dim=1)
+    return F.kl_div(log_p_s, log_p_t, reduction="none", log_target=True).sum(1) * temperature**2
+
+
+def kd_mse(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Logit matching (Ba & Caruana, 2014): mean squared difference of the raw logits over classes,
+    one value per image; no temperature."""
+    return (student - teacher).pow(2).mean(1)
+
+
+# --kd-loss NAME -> (student logits (B, C), teacher logits (B, C), temperature) -> per-image loss (B,)
+KD_LOSSES = {"kl": kd_kl, "mse": kd_mse}
 
 
 def weighted_mean(values: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
@@ -38,7 +58,7 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor | None, targe
 
     teacher may be None only when alpha == 1 (then "kd" is absent); at alpha == 0 the labels are not used.
     """
-    kd_fn = get_kd_loss(kd_loss)
+    kd_fn = KD_LOSSES[kd_loss]
     parts = {}
     if alpha > 0.0:
         hard = F.cross_entropy(student, targets, label_smoothing=label_smoothing, reduction="none")

@@ -24,25 +24,15 @@ from pathlib import Path
 
 from typing import TYPE_CHECKING
 
-from moskd.config import field, parse_config
-from moskd.errors import cli_entry
 from moskd.run import RunDir, StageDir  # no torch: paths and JSON only
 from moskd.atomic import read_json, write_json, write_text
-from students.cli import StudentConfig
+from students.config import StudentConfig, SweepConfig
 
 if TYPE_CHECKING:
     from moskd.runtime import Runtime
 
-# torch-heavy modules are imported inside the functions that need them, so that `moskd sweep
-# --help` and a bad flag answer without loading torch
-
-
-@dataclass
-class SweepConfig(StudentConfig):
-    temperatures: list[float] = field([1.0, 4.0, 10.0], "softmax temperatures T to try (> 0)")
-    alphas: list[float] = field([0.0, 0.5], "hard-label weights alpha to try (0..1; 1 = the baseline)")
-    seeds: list[int] = field([0, 1], "seeds per grid point: mean ± std over these")
-    baseline: bool = field(True, "also train the baseline student (alpha = 1, no teacher) for each seed")
+# torch-heavy modules are imported inside the functions that need them: `moskd sweep --help`
+# (students.cli.sweep_main) answers without loading torch
 
 
 @dataclass(frozen=True)
@@ -187,17 +177,3 @@ def sweep(cfg: SweepConfig, rt: Runtime) -> list[dict]:
         log(rt, f"sweep: {len(jobs)} runs -> {run.sweep_table(arch, 'results', 'md')}, "
                 f"{run.sweep_table(arch, 'results', 'csv')}")
     return table
-
-
-@cli_entry("moskd sweep")
-def main(argv=None):
-    """Parse (no torch yet), then sweep. Settings come from the `students` section of --config,
-    then its `sweep` section (temperatures, alphas, seeds, baseline)."""
-    cfg = parse_config(SweepConfig, argv, "moskd sweep", __doc__, section=("students", "sweep"))
-    from moskd.runtime import run_stage
-
-    return run_stage(cfg, sweep)
-
-
-if __name__ == "__main__":
-    main()

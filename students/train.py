@@ -1,5 +1,5 @@
-"""The StudentTrain stage's work: distil the teacher into a student (the command line and its
-settings, StudentConfig, live in students.cli, which loads no torch)."""
+"""The StudentTrain stage's work: distil the teacher into a student (its settings, StudentConfig,
+live in students.config and its command line in students.cli, both torch-free)."""
 from __future__ import annotations
 
 import dataclasses
@@ -23,7 +23,7 @@ from moskd.loaded import SPLIT_KEYS
 from moskd.atomic import write_json
 from moskd.runtime import Runtime, log
 from students.cache import cache_key, load_or_build
-from students.cli import StudentConfig, main
+from students.config import StudentConfig
 from students.complementary import build_partition, image_weights, load_partition
 from students.losses import KD_LOSSES, cached_objective, label_objective, online_objective
 from students.teacher_check import warn_if_poor_teacher
@@ -226,6 +226,3 @@ def ensure_partition(cfg: StudentConfig, tpath: Path, teacher: nn.Module, data: 
             + "; ".join(f"{o}: {', '.join(c)}" for o, c in partition["clusters"].items()))
     return partition
 
-
-if __name__ == "__main__":
-    main()

@@ -1,7 +1,7 @@
 """The teacher stage's work: train the teacher on `train`, choose its checkpoint on `select`.
 
-The command line (teacherTrain) and its settings (TeacherConfig) live in teacher.cli, which loads
-no torch; this module is imported once the flags have been parsed.
+Its settings (TeacherConfig) live in teacher.config and its command line (teacherTrain) in
+teacher.cli, both torch-free; this module is imported once the flags have been parsed.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from moskd.engine import Stage, cross_entropy, finish, fit
 from moskd.models import create_model, stem_kwargs
 from moskd.run import RunDir
 from moskd.runtime import Runtime
-from teacher.cli import TeacherConfig, main
+from teacher.config import TeacherConfig
 
 
 def run(cfg: TeacherConfig, rt: Runtime) -> dict:
@@ -34,6 +34,3 @@ def run(cfg: TeacherConfig, rt: Runtime) -> dict:
     summary = fit(stage, cfg, rt, "teacherTrain")
     return finish(stage, cfg, rt, summary, make_loader(data, "test", cfg.eval_batch_size, device=rt.device))
 
-
-if __name__ == "__main__":
-    main()

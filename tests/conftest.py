@@ -172,7 +172,7 @@ def _save(path: Path, role: str, arch: str, card: dict, model: nn.Module, kwargs
 
 def hand_set_selector(width: int, k: float, c: float) -> nn.Module:
     """A SelectorCNN whose two logits are +-k (f - c) (see SplitRun)."""
-    from selector.model import SelectorCNN
+    from moskd.selector_net import SelectorCNN
 
     sel = SelectorCNN(2, in_chans=1, width=width).eval()
     with torch.no_grad():

@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from moskd.config import load_yaml_overrides
-from selector.cli import SelectorConfig
-from students.cli import StudentConfig
-from teacher.cli import TeacherConfig
+from moskd.sections import load_yaml_overrides
+from selector.config import SelectorConfig
+from students.config import StudentConfig
+from teacher.config import TeacherConfig
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 STAGES = {"teacher": TeacherConfig, "students": StudentConfig, "selector": SelectorConfig}
@@ -42,7 +42,8 @@ def test_shipped_recipes_keep_the_selector_within_its_mac_budget(name, size):
     """trainSelector refuses a selector over 5% of the cheapest student's MACs: a recipe must not ask for one."""
     from moskd.models import create_model, stem_kwargs
     from moskd.profile import count_macs
-    from selector.model import MAC_BUDGET, SelectorCNN
+    from moskd.selector_net import SelectorCNN
+    from selector.train import MAC_BUDGET
 
     student = load_yaml_overrides(StudentConfig, str(CONFIGS / name), "students")
     width = load_yaml_overrides(SelectorConfig, str(CONFIGS / name), "selector").get("width", 32)
@@ -53,7 +54,7 @@ def test_shipped_recipes_keep_the_selector_within_its_mac_budget(name, size):
 
 
 def test_flags_override_the_section_which_overrides_the_top_level(tmp_path):
-    from moskd.config import parse_config
+    from moskd.sections import parse_config
     from moskd.errors import MoskdError
 
     cfg = tmp_path / "c.yaml"

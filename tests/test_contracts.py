@@ -1,6 +1,8 @@
-"""Contracts between the core and the stage folders: each stage declares its commands and its
-pipeline steps (moskd.stages), its outputs live where moskd.run says, its --help answers; the core
-imports no stage, and no module but moskd/run.py spells a run-directory path."""
+"""The house's layers, as docs/DESIGN.md draws them: the command layer (console scripts, the `moskd`
+umbrella, moskd/sections.py, the pipeline) on top, then the stages in pipeline order, then the
+library (the rest of moskd/). The library imports no stage and no command; a stage never imports a
+later stage or the command layer; nothing dispatches by a module-name string; no import circle; and
+no module but moskd/run.py spells a run-directory path."""
 from __future__ import annotations
 
 import ast
@@ -9,107 +11,118 @@ from pathlib import Path
 
 import pytest
 
-from moskd.cli import main as moskd_main
+from moskd.cli import COMMANDS, main as moskd_main
 from moskd.run import RunDir
-from moskd.stages import StageInfo, commands, model_modules, pipeline_steps, stages
+from moskd.sections import PipelineConfig
 
 ROOT = Path(__file__).resolve().parent.parent
-STAGE_PACKAGES = ("teacher", "students", "selector", "inference")
+STAGE_PACKAGES = ("teacher", "students", "selector", "inference")  # pipeline order
 CORE = ROOT / "moskd"
+COMMAND_LAYER = {CORE / "cli.py", CORE / "sections.py", CORE / "pipeline.py",
+                 *(ROOT / pkg / "cli.py" for pkg in STAGE_PACKAGES), ROOT / "inference" / "policy_cli.py"}
+PROJECT = ("moskd", *STAGE_PACKAGES)
 
 
-def test_every_stage_folder_declares_itself_in_order():
-    found = stages()
-    assert [s.name for s in found] == list(STAGE_PACKAGES)
-    assert [s.order for s in found] == sorted(s.order for s in found)
-    for pkg in STAGE_PACKAGES:
-        assert isinstance(__import__(f"{pkg}.stage", fromlist=["STAGE"]).STAGE, StageInfo)
-    from moskd.cli import STAGES
-
-    assert [s.name for s in STAGES] == list(STAGE_PACKAGES)  # listed once, where the umbrella dispatches
-    assert "entry-points" not in (ROOT / "pyproject.toml").read_text()  # and nowhere else
-
-
-@pytest.mark.parametrize("pkg", STAGE_PACKAGES)
-def test_stage_commands_exist_and_answer_help(pkg, cli):
-    info = next(s for s in stages() if s.name == pkg)
-    assert info.commands, f"{pkg} declares no command"
-    for c in info.commands:
-        assert c.module.split(".")[0] == pkg  # a stage's commands live in its own folder
-        if c.name == "serve":
-            pytest.importorskip("fastapi")
-        code, out, err = cli(moskd_main, [c.name, "--help"])
-        assert code == 0 and "usage:" in out and ("--run-dir" in out or "--bundle" in out), (c.name, err)
-
-
-@pytest.mark.parametrize("pkg", STAGE_PACKAGES)
-def test_stage_outputs_live_where_the_run_dir_says(pkg, tmp_path):
-    run = RunDir(tmp_path)
-    info = next(s for s in stages() if s.name == pkg)
-    steps = info.steps(run, {"baselines": True}) if info.steps else []
-    assert steps, f"{pkg} declares no pipeline step"
-    folders = {s.out for s in steps if s.out is not None}
-    allowed = {run.teacher.path, run.selector.path} | {p.path for p in map(run.student, _students(steps))}
-    assert folders <= allowed, folders - allowed
-    for s in steps:
-        assert s.kind in ("train", "report") and s.module.split(".")[0] == pkg
-
-
-def _students(steps) -> list[str]:
-    from moskd.values import SEED_STUDENTS
-
-    return [RunDir.student_name(a, b) for a in SEED_STUDENTS.values() for b in (False, True)]
-
-
-def test_pipeline_runs_the_stages_in_declared_order(tmp_path):
-    run = RunDir(tmp_path)
-    steps = pipeline_steps(run, {"baselines": True})
-    modules = [s.module.split(".")[0] for s in steps]
-    assert modules == sorted(modules, key=STAGE_PACKAGES.index)  # no stage after a later one
-    assert steps[0].out == run.teacher.path and steps[-1].kind == "report"
-    assert len(pipeline_steps(run, {"baselines": False})) == len(steps) - 2  # one baseline per seed student
-
-
-def test_stage_commands_and_core_commands_are_all_dispatched(cli):
-    code, out, _ = cli(moskd_main, ["--help"])
-    for name in [*commands(), "pipeline", "results", "clean"]:
-        assert f"  {name} " in out, name
-    code, _, err = cli(moskd_main, ["reprot"])
-    assert code == 2 and "did you mean report?" in err and err.count("\n") == 1
-
-
-def test_declared_models_register_from_one_import():
-    import moskd.models
-
-    assert model_modules() == ["selector.model"]
-    assert "selector_cnn" in moskd.models.available_models()  # no `import selector.model` needed
-
-
-# ---------------------------------------------------------------- the core names no stage
+def _modules() -> dict[str, Path]:
+    out = {}
+    for pkg in PROJECT:
+        for p in (ROOT / pkg).rglob("*.py"):
+            parts = list(p.relative_to(ROOT).with_suffix("").parts)
+            out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = p
+    return out
 
 
 def _imports(path: Path) -> set[str]:
-    """Top-level names of every module `path` imports, at any depth (function-level imports too)."""
+    """Every module `path` imports, at any depth (function-level imports too), with `from X import Y`
+    also giving X.Y (a submodule, when Y is one)."""
     names = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             names |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module)
+            names |= {node.module, *(f"{node.module}.{a.name}" for a in node.names)}
     return names
 
 
-def test_core_imports_no_stage():
-    """Only the umbrella command names the stages (their light declarations); the library does not."""
-    declarations = {f"{pkg}.stage" for pkg in STAGE_PACKAGES}
-    assert {m for m in _imports(CORE / "cli.py") if m.split(".")[0] in STAGE_PACKAGES} == declarations
+def _project_imports(path: Path) -> set[str]:
+    return {m for m in _imports(path) if m in _modules() and _modules()[m] != path}
+
+
+def test_the_library_imports_no_stage_and_no_command():
     for path in sorted(CORE.glob("*.py")):
-        if path.name == "cli.py":
+        if path in COMMAND_LAYER:
             continue
         bad = {m for m in _imports(path) if m.split(".")[0] in STAGE_PACKAGES}
+        bad |= {m for m in _project_imports(path) if _modules()[m] in COMMAND_LAYER}
         assert not bad, f"{path.name} imports {bad}"
-        # nor by name through importlib: the stage list comes from the declarations
-        assert not re.search(r"""["'](teacher|students|selector|inference)\.\w+["']""", path.read_text()), path.name
+
+
+@pytest.mark.parametrize("k, pkg", list(enumerate(STAGE_PACKAGES)))
+def test_a_stage_imports_no_later_stage_and_no_command(k, pkg):
+    later = set(STAGE_PACKAGES[k + 1:])
+    for path in sorted((ROOT / pkg).rglob("*.py")):
+        if path in COMMAND_LAYER:
+            continue
+        found = _project_imports(path)
+        assert not {m for m in found if m.split(".")[0] in later}, (path, found)
+        assert not {m for m in found if _modules()[m] in COMMAND_LAYER}, (path, found)
+
+
+def test_no_dispatch_by_module_name_strings():
+    for path in _modules().values():
+        text = path.read_text()
+        assert "import_module" not in text and "__import__" not in text, path
+        # nor a project module named in a string ("students.train", "teacher.cli:Config")
+        assert not re.search(r"""["'](moskd|teacher|students|selector|inference)\.\w+[:"']""", text), path
+
+
+def test_no_import_circle():
+    graph = {m: _project_imports(p) for m, p in _modules().items()}
+    state: dict[str, int] = {}
+
+    def visit(m: str, trail: list[str]) -> None:
+        state[m] = 1
+        for n in sorted(graph[m]):
+            assert state.get(n) != 1, "import circle: " + " -> ".join(trail[trail.index(n):] + [m, n]
+                                                                      if n in trail else [m, n])
+            if n not in state:
+                visit(n, trail + [m])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [])
+
+
+def test_every_command_answers_help(cli):
+    for name in COMMANDS:
+        if name == "serve":
+            pytest.importorskip("fastapi")
+        code, out, err = cli(moskd_main, [name, "--help"])
+        assert code == 0 and "usage:" in out, (name, err)
+    code, _, err = cli(moskd_main, ["reprot"])
+    assert code == 2 and "did you mean report?" in err and err.count("\n") == 1
+
+
+def test_pipeline_steps_run_the_stages_in_order_into_the_run_layout(tmp_path):
+    from moskd.pipeline import steps
+
+    run = RunDir(tmp_path)
+    todo = steps(PipelineConfig(run_dir=str(tmp_path)), None)
+    assert [s.out for s in todo if s.out is not None] == [
+        run.teacher.path, run.student("densenet121").path, run.student("densenet121-baseline").path,
+        run.student("googlenet").path, run.student("googlenet-baseline").path, run.selector.path]
+    assert todo[1].title == "teacher-logit cache" and todo[-1].title.startswith("routing policy")
+    assert len(steps(PipelineConfig(run_dir=str(tmp_path), baselines=False), None)) == len(todo) - 2
+
+
+def test_every_architecture_is_in_the_library_registry():
+    import torch
+
+    import moskd.models
+
+    assert {"resnet50", "densenet121", "googlenet", "selector_cnn"} <= set(moskd.models.REGISTRY)  # tests add theirs
+    assert moskd.models.create_model("selector_cnn", 2, 1, width=2)(torch.zeros(1, 1, 8, 8)).shape == (1, 2)
 
 
 def test_checkpoint_and_models_import_cycle_is_gone():
@@ -117,16 +130,13 @@ def test_checkpoint_and_models_import_cycle_is_gone():
     assert "moskd.checkpoint" in _imports(CORE / "models.py")
 
 
-def test_stage_declarations_are_light():
-    """`moskd --help` reads every declaration: they must not pull in torch."""
-    for pkg in STAGE_PACKAGES:
-        heavy = {m for m in _imports(ROOT / pkg / "stage.py") if m.split(".")[0] in ("torch", "torchvision", "timm")}
-        assert not heavy, pkg
-    for name in ("stages.py", "run.py", "cli.py"):
-        top = ast.parse((CORE / name).read_text()).body  # module-level imports only
+def test_command_layer_loads_no_torch_at_import():
+    """`moskd --help` imports the command layer: none of its modules may import torch at module level."""
+    for path in sorted(COMMAND_LAYER | {ROOT / pkg / "config.py" for pkg in STAGE_PACKAGES}):
+        top = ast.parse(path.read_text()).body  # module-level imports only
         mods = {a.name for n in top if isinstance(n, ast.Import) for a in n.names}
         mods |= {n.module for n in top if isinstance(n, ast.ImportFrom) and n.module}
-        assert not {m for m in mods if m.split(".")[0] == "torch"}, name
+        assert not {m for m in mods if m.split(".")[0] in ("torch", "torchvision", "timm")}, path
 
 
 # ---------------------------------------------------------------- one owner of the layout

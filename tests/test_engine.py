@@ -231,8 +231,8 @@ def test_objective_owns_the_forward_and_its_named_parts_are_logged(tmp_path):
 
 def test_fractional_warmup_ends_on_its_update_then_decays():
     """--warmup-epochs 0.4 with 10 updates per epoch: linear warm-up over 4 updates, then the cosine."""
-    from moskd.config import parse_config
-    from teacher.cli import TeacherConfig
+    from moskd.sections import parse_config
+    from teacher.config import TeacherConfig
 
     cfg = parse_config(TeacherConfig, ["--warmup-epochs", "0.4", "--epochs", "2", "--lr", "0.1"], "teacherTrain", "",
                        "teacher")

@@ -38,7 +38,7 @@ SITE = textwrap.dedent("""
             return self.fc(self.features(x))
 
     for name, width in (("resnet50", 32), ("densenet121", 24), ("googlenet", 16)):
-        moskd.models._REGISTRY[name] = lambda num_classes, in_chans=3, w=width, **_: Tiny(num_classes, in_chans, w)
+        moskd.models.REGISTRY[name] = lambda num_classes, in_chans=3, w=width, **_: Tiny(num_classes, in_chans, w)
 """)
 
 

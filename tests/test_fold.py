@@ -8,7 +8,7 @@ from torch import nn
 
 from moskd.fold import FastPath, fast_model, fold_batchnorm, prepare_input
 from moskd.models import create_model
-from selector.model import SelectorCNN
+from moskd.selector_net import SelectorCNN
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -8,7 +8,8 @@ import moskd.models
 from moskd.checkpoint import load_checkpoint
 from moskd.pipeline import main as pipeline_main
 from moskd.run import RunDir, StageDir
-from moskd.stages import pipeline_steps
+from moskd.pipeline import steps as pipeline_steps
+from moskd.sections import PipelineConfig
 from tests.conftest import TinyCNN
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # small inputs: thread hand-offs cost more than they save
@@ -20,7 +21,7 @@ def small_seed_models(monkeypatch, tmp_path) -> list[str]:
     then googlenet, as with the real ones) and a selector narrow enough for their MAC budget: the
     pipeline's orchestration is under test here, not the architectures (tests/test_models.py)."""
     for name, width in (("resnet50", 32), ("densenet121", 24), ("googlenet", 16)):
-        monkeypatch.setitem(moskd.models._REGISTRY, name,
+        monkeypatch.setitem(moskd.models.REGISTRY, name,
                             lambda num_classes, in_chans=3, w=width, **_: TinyCNN(num_classes, in_chans, w, depth=2))
     cfg = tmp_path / "small.yaml"
     cfg.write_text("selector:\n  width: 2\n")
@@ -79,7 +80,7 @@ def test_pipeline_end_to_end_then_skips_and_resumes(tmp_path, monkeypatch, cli):
     assert abs(sum(report["routed"]["route_share"].values()) - 1) < 1e-6
     # every declared step's output sits where moskd.run says (the run's own --limit: the full report)
     layout = RunDir(run)
-    steps = [s for s in pipeline_steps(layout, {"baselines": False}) if s.out is not None]
+    steps = [s for s in pipeline_steps(PipelineConfig(run_dir=str(run), baselines=False), None) if s.out is not None]
     assert [s.out for s in steps] == [layout.teacher.path, layout.student("densenet121").path,
                                       layout.student("googlenet").path, layout.selector.path]
     for s in steps:

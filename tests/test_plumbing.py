@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from students.sweep import main as sweep_main
+from students.cli import sweep_main
 from teacher.cli import main as teacher_main
 from tests.test_pipeline import small_seed_models
 
@@ -33,27 +33,18 @@ def test_sweep_with_keep_last_no_scores_every_run_and_drops_its_last_pt(tmp_path
 
 
 def fake_stages(monkeypatch):
-    """moskd pipeline's steps with stand-in stage mains: each training step writes its stage folder
+    """moskd pipeline's steps with stand-in stages: each training step writes its stage folder
     (a teacher's best.pt names the run it was trained in and how many teachers came before), the
-    report step a report.json; returns the log of (module, run dir, argv) calls."""
-    import types
-
+    report step a report.json; returns the log of (stage, run dir, force) calls."""
     import moskd.pipeline as pipeline
     from moskd.run import RunDir
-    from moskd.stages import Step
     from tests.test_seeds import fake_report
 
     calls = []
 
-    def steps(run, options):
-        return [Step("teacher", "fake.teacher", out=run.teacher.path),
-                Step("student densenet121", "fake.student", out=run.student("densenet121").path),
-                Step("report", "fake.report", kind="report")]
-
-    def module(name):
-        def main(argv):
-            run = RunDir(argv[argv.index("--run-dir") + 1])
-            calls.append((name, run.root, argv))
+    def fake(name: str, run: RunDir):
+        def call(force: bool, resume: bool):
+            calls.append((name, run.root, force))
             if name == "fake.report":
                 run.report().json.write_text(json.dumps(fake_report(0)))
                 return
@@ -62,10 +53,15 @@ def fake_stages(monkeypatch):
             for path in (stage.best, stage.last, stage.summary):
                 path.unlink(missing_ok=True)  # as the atomic writers do: a new file, never one written through
                 path.write_text(f"{name} in {run.root}, #{len(calls)}")
-        return types.SimpleNamespace(main=main)
+        return call
 
-    monkeypatch.setattr(pipeline, "pipeline_steps", steps)
-    monkeypatch.setattr(pipeline.importlib, "import_module", module)
+    def steps(cfg, recipe):
+        run = RunDir(cfg.run_dir)
+        return [pipeline.Step("teacher", fake("fake.teacher", run), run.teacher.path),
+                pipeline.Step("student densenet121", fake("fake.student", run), run.student("densenet121").path),
+                pipeline.Step("report", fake("fake.report", run))]
+
+    monkeypatch.setattr(pipeline, "steps", steps)
     return calls
 
 
@@ -75,7 +71,8 @@ def test_seeds_with_force_train_one_teacher_and_share_it(tmp_path, monkeypatch, 
     seed while seeds.json said teacher_shared and recorded seed 0's hash."""
     import hashlib
 
-    from moskd.pipeline import PipelineConfig, run_seeds
+    from moskd.pipeline import run_seeds
+    from moskd.sections import PipelineConfig
     from moskd.run import RunDir
 
     calls = fake_stages(monkeypatch)
@@ -93,7 +90,7 @@ def test_seeds_with_force_train_one_teacher_and_share_it(tmp_path, monkeypatch, 
     run_seeds(PipelineConfig(**{**cfg.__dict__, "force": True}))
     teachers = [c for c in calls if c[0] == "fake.teacher"]
     assert [t[1] for t in teachers] == ([] if borrowed else [root.seed(0).root])  # trained once, or never
-    assert all("--force" in c[2] for c in calls if c[0] == "fake.student")  # the rest is redone per seed
+    assert all(c[2] for c in calls if c[0] == "fake.student")  # the rest is redone per seed (force)
     digests = {hashlib.sha256(root.seed(k).teacher.best.read_bytes()).hexdigest() for k in (0, 1, 2)}
     saved = json.loads(root.seeds_json.read_text())
     assert saved["teacher_shared"] is True and digests == {saved["teacher_sha256"]}

@@ -10,8 +10,8 @@ import pytest
 import torch
 import yaml
 
-from moskd.config import load_yaml_overrides, parse_config
-from students.cli import PER_MODEL_KEYS, StudentConfig
+from moskd.sections import load_yaml_overrides, parse_config
+from students.config import PER_MODEL_KEYS, StudentConfig
 from students.cli import main as student_main
 
 RECIPE = """\
@@ -59,8 +59,8 @@ def test_the_model_named_in_the_file_picks_its_entry(recipe):
 
 
 def test_other_commands_read_the_file_without_the_entries(recipe):
-    from moskd.pipeline import PipelineConfig
-    from teacher.cli import TeacherConfig
+    from moskd.sections import PipelineConfig
+    from teacher.config import TeacherConfig
 
     assert load_yaml_overrides(TeacherConfig, str(recipe), "teacher") == {"dataset": "digits"}
     assert load_yaml_overrides(PipelineConfig, str(recipe), "pipeline") == {"dataset": "digits"}

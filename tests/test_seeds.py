@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from moskd import pipeline
-from moskd.pipeline import PipelineConfig, run_seeds
+from moskd.pipeline import run_seeds
+from moskd.sections import PipelineConfig
 from moskd.results import main as results_main
 from moskd.results import outputs
 from moskd.seeds import report_rows

@@ -19,7 +19,7 @@ from moskd.models import build_model_from_checkpoint, create_model, register_mod
 from moskd.profile import count_macs
 from selector.labels import label_stats, make_labels, preferred_routes
 from moskd.policy import entry_routes
-from selector.model import MAC_BUDGET
+from selector.train import MAC_BUDGET
 from selector.cli import main as train_selector
 from selector.train import holdout_split
 from tests.conftest import TinyCNN

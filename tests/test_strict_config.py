@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from moskd.config import section_configs, sections
+from moskd.sections import SECTIONS
 from teacher.cli import main as teacher_main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,8 +35,8 @@ def test_unknown_keys_and_sections_are_named_with_the_nearest(text, words, cli, 
 
 def test_top_level_keys_another_command_reads_are_accepted(tmp_path):
     """`temperature` is read by StudentTrain only; teacherTrain takes the file without it."""
-    from moskd.config import load_yaml_overrides
-    from teacher.cli import TeacherConfig
+    from moskd.sections import load_yaml_overrides
+    from teacher.config import TeacherConfig
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text("temperature: 3\nholdout_fraction: 0.4\nbatch-size: 16\nsweep:\n  alphas: [0, 1]\n")
@@ -44,10 +44,9 @@ def test_top_level_keys_another_command_reads_are_accepted(tmp_path):
 
 
 def test_sweep_settings_go_in_their_own_section(tmp_path):
-    from moskd.config import load_yaml_overrides
+    from moskd.sections import load_yaml_overrides
     from moskd.errors import MoskdError
-    from students.cli import StudentConfig
-    from students.sweep import SweepConfig
+    from students.config import StudentConfig, SweepConfig
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text("students:\n  alpha: 0.25\nsweep:\n  temperatures: [2, 3]\n")
@@ -63,10 +62,10 @@ def test_static_choices_match_the_registries_they_stand_for():
     """The config modules load no torch, so they spell some registries' names; keep them equal."""
     from moskd.models import STEMS
     from moskd.values import choices_of
-    from selector.cli import TARGETS
+    from selector.config import TARGETS
     from students.losses import KD_LOSSES
 
-    configs = section_configs()
+    configs = SECTIONS
     for section in ("teacher", "students"):
         assert set(choices_of(configs[section])["stem"][0]) == set(STEMS), section
     assert list(choices_of(configs["students"])["kd_loss"][0]()) == list(KD_LOSSES)
@@ -77,9 +76,8 @@ def test_static_choices_match_the_registries_they_stand_for():
 HELP_COMMANDS = ["teacher", "student", "selector", "inference", "pipeline", "sweep", "results"]
 NO_TORCH = """
 import json, sys
-from moskd.config import section_configs
+from moskd.sections import SECTIONS  # every config class a config file can name
 from moskd.cli import main
-section_configs()  # every config module a config file can name
 for command in {commands!r}:
     try:
         main([command, "--help"])
@@ -98,6 +96,6 @@ def test_help_answers_without_importing_torch():
         assert flag in res.stdout, flag
 
 
-def test_every_section_names_a_torch_free_config_module():
-    assert set(sections()) == {"teacher", "students", "selector", "inference", "pipeline", "sweep"}
-    assert all(isinstance(c, type) for c in section_configs().values())
+def test_every_section_names_a_config_class():
+    assert set(SECTIONS) == {"teacher", "students", "selector", "inference", "pipeline", "sweep"}
+    assert all(isinstance(c, type) for c in SECTIONS.values())

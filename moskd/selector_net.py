@@ -7,9 +7,8 @@ class (or its 0/1 correctness), then calibrated per student on held-out `select`
 scaling, kept in the model as two buffers), so sigmoid(logit) is the selector's estimate that the
 student gets the image right.
 
-Registered as `selector_cnn`, so moskd.models.build_model_from_checkpoint rebuilds it from a
-selector checkpoint's card (the selector stage declares this module, so moskd.models imports it
-on demand).
+It is a model like the others: moskd.models lists it in its registry as `selector_cnn`, so
+build_model_from_checkpoint rebuilds it from a selector checkpoint's card.
 
 The routing rule it feeds (the cost knob, the tie margin) is the routing policy's entry rule and
 lives in moskd.policy, the one place every path decides through.
@@ -18,10 +17,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-
-from moskd.models import register_model
-
-MAC_BUDGET = 0.05  # the selector may cost at most this share of the cheapest student's MACs
 
 
 def _block(in_chans: int, out: int) -> nn.Sequential:
@@ -60,7 +55,6 @@ class SelectorCNN(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
-@register_model("selector_cnn")
 def selector_cnn(num_classes: int, in_chans: int = 3, width: int = 32, dropout: float = 0.0) -> nn.Module:
     """num_classes is the number of students (the registry's common signature)."""
     return SelectorCNN(num_classes, in_chans, width, dropout)
