@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from moskd.errors import MoskdError
+from moskd.choose import choose_point  # noqa: F401 (summary and the tests take it from here too)
 from moskd.policy import (ALWAYS, Policy, Step, decide, features, knob_grid, relative_costs, replay, router_policy,
                           softmax)
 
@@ -174,21 +175,6 @@ def candidates(setup: Setup, choose: dict, learn: dict | None, with_selector: bo
 
 
 # ---------------------------------------------------------------- choosing
-
-
-def choose_point(points: list[Scored], target_accuracy: float | None = None, budget: float | None = None
-                 ) -> Scored | None:
-    """With a budget: the most accurate point within it (ties: fewer MACs). Else the fewest MACs whose
-    accuracy reaches the target (ties: more accurate), and the most accurate when none does."""
-    if not points:
-        return None
-    if budget is not None:
-        ok = [p for p in points if p.macs <= budget + 1e-6]
-        return max(ok, key=lambda p: (p.accuracy, -p.macs)) if ok else None
-    reach = [p for p in points if p.accuracy >= target_accuracy - 1e-12]
-    if reach:
-        return min(reach, key=lambda p: (p.macs, -p.accuracy))
-    return max(points, key=lambda p: (p.accuracy, -p.macs))
 
 
 def pareto(points: list[Scored]) -> list[Scored]:

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from inference.policy_fit import Setup, fit_policy
 from inference.report_markdown import headline, render_markdown
 from inference.report_plots import plot_accuracy_vs_macs, plot_confusions
-from inference.router import Router, RunModels, load_policy, load_router
+from inference.router import Router, RunModels, load_policy, load_router, routed_by
 from inference.summary import SELECTOR, make_setup, summarize
 from moskd.atomic import read_json, write_json, write_npz, write_text
 from moskd.config import Parser, run_dir_argument  # one-line errors, 'did you mean', values checked by name
@@ -37,6 +37,7 @@ from moskd.models import adapt_input, unwrap
 from moskd.policy import TEACHER, Policy, replay
 from moskd.precision import policy as precision_policy
 from moskd.profile import model_cost
+from moskd.loaded import is_baseline
 from moskd.run import ReportDir, RunDir
 
 SPLITS = ("select", "test", "spare")
@@ -141,19 +142,22 @@ def evaluate_run(run_dir: str | Path, *, dataset: str | None = None, data_dir: s
     none (or `refit`), run it for real on `test`, and return report.json's content."""
     run_dir = RunDir(run_dir)
     run_dir.require("teacher", "students", "selector")
-    run = load_router(run_dir.root, device, with_teacher=True, policy=None if refit else load_policy(run_dir, limit))
+    policy = None if refit else load_policy(run_dir, limit)
+    run = load_router(run_dir.root, device, with_teacher=True, policy=policy)  # every checkpoint, read once
     data = load_data(**_data_settings(run, dataset, data_dir, download, limit))
     names = run.router.names
     classes = len(run.class_names)
     if data.num_classes != classes:
         raise MoskdError(f"{data.name} has {data.num_classes} classes, the run's models {classes}; "
                          f"evaluate on the run's dataset")
-    distilled, baselines = run_dir.discover_students()
-    extra = [k for k in distilled + baselines if k not in names]  # baselines, unrouted students
-    extras = {k: run_dir.load_student(k, dataset=data.name, num_classes=classes, device=device) for k in extra}
     card = run.card
-    for st in extras.values():
-        st.model = adapt_input(st.model, st.card, card, st.path)
+    extras = {}  # baselines and unrouted students, each read once (the routed ones came with the router)
+    for d in run_dir.student_dirs():
+        if d.path.name not in names:
+            st = run_dir.load_student(d.path.name, dataset=data.name, num_classes=classes, device=device)
+            st.model = adapt_input(st.model, st.card, card, st.path)
+            extras[d.path.name] = st
+    extras = dict(sorted(extras.items(), key=lambda kv: (is_baseline(kv[0], kv[1].card), kv[0])))  # distilled first
     arrays = {}
     for split in SPLITS:
         if split in data.splits:
@@ -166,11 +170,9 @@ def evaluate_run(run_dir: str | Path, *, dataset: str | None = None, data_dir: s
             "meta": {"dataset": data.name, "split": "test", "input_size": list(card["input_size"]),
                      "class_names": run.class_names}}
     out = run_dir.report(limit)
-    policy = load_policy(run_dir, limit) if not refit else None
     if policy is None:
-        policy = fit_and_save(out, meta, arrays, target, budget_macs)
-    if run.router.policy.to_dict() != policy.to_dict():  # the router was built before the policy was fitted
-        run = load_router(run_dir.root, device, with_teacher=True, policy=policy)
+        policy = policy_step(out, meta, arrays, target, budget_macs, said=refit)
+        run = routed_by(run, policy)  # the same models, routed by the policy just fitted
     real = dispatch(run.router, _loader(data, "test", card, batch_size, device), progress)
     for split, a in arrays.items():
         arrays[split] = with_policy(a, policy)
@@ -189,9 +191,14 @@ def setup_of(meta: dict) -> Setup:
     return make_setup(meta["names"], meta["costs"], meta["tie_margin"], meta["knob"])
 
 
-def fit_and_save(out: ReportDir, meta: dict, arrays: dict, target: str = "teacher",
-                 budget_macs: float | None = None) -> Policy:
-    """Fit the routing policy on the saved arrays' `select` (and `spare`) and write RUN/policy.json."""
+def policy_step(out: ReportDir, meta: dict, arrays: dict, target: str = "teacher",
+                budget_macs: float | None = None, said: bool = False) -> Policy:
+    """`moskd policy`'s work: fit the routing policy on the arrays' `select` (and `spare`) and write
+    RUN/policy.json. A report that finds no policy calls it and says so in one line (said=False);
+    `moskd policy` asked for it (said=True)."""
+    if not said:
+        print(f"no routing policy in {out.policy.parent} yet: fitting one on select, as `moskd policy` does "
+              f"-> {out.policy}", flush=True)
     policy, _ = fit_policy(setup_of(meta), arrays["select"], meta["heldout"], arrays.get("spare"), target,
                            budget_macs)
     write_json(out.policy, policy.to_dict())
@@ -229,7 +236,7 @@ def report_from_eval(run_dir: str | Path, limit: int | None = None, refit: bool 
     out, meta, arrays = load_saved(run_dir, limit)
     policy = None if refit else load_policy(RunDir(run_dir), limit)
     if policy is None:
-        policy = fit_and_save(out, meta, arrays, target, budget_macs)
+        policy = policy_step(out, meta, arrays, target, budget_macs, said=refit)
     for split, a in arrays.items():
         arrays[split] = with_policy(a, policy)
         if refit:

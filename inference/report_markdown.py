@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 
 from moskd.policy import TEACHER
+from moskd.tables import markdown_table
 
 COMPARISONS = (
     ("policy_minus_cascade_same_macs", "deployed policy - best max-softmax cascade at equal MACs"),
@@ -36,28 +37,48 @@ def _thin(points: list, rows: int = 12) -> list:
 
 
 def render_markdown(r: dict) -> str:
+    return "\n".join([
+        f"# moskd report: {r['dataset']} / {r['split']} ({r['num_images']} images, input {r['input_size']})", "",
+        "Every number here is recomputable from `eval/test.npz` (and `eval/select.npz` for what is chosen).", "",
+        *_policy_lines(r),
+        "## Accuracy and compute", "", *_accuracy_table(r), "",
+        "## Does routing pay?", "", *_evidence(r), "",
+        "![accuracy vs MACs](plots/accuracy_vs_macs.png)", "",
+        "## Router: cost knob swept (score - knob x relative MACs)", "", *_router_table(r), "",
+        "## Max-softmax cascades (escalate when max softmax < threshold)", "",
+        *markdown_table(["cascade", "threshold", "accuracy", "MACs / image"],
+                        [(key, f"{p['threshold']:.4f}", _fmt_pct(p["accuracy"]), _fmt_int(p["macs_per_image"]))
+                         for key, curve in r["curves"]["cascade"].items() for p in _thin(curve, 6)], "lrrr"), "",
+        "## Per-class accuracy", "", *_per_class_table(r["models"], r.get("class_names")), "",
+        "![confusion matrices](plots/confusion.png)", "",
+        "## Compression (reductions against the teacher; negative = larger)", "", *_compression_table(r), "",
+        "MACs per image of `routed`: selector + route-weighted model MACs; its bytes: selector + students; "
+        "`bundle`: every model a deployment holds.", "",
+    ])
+
+
+def _accuracy_table(r: dict) -> list[str]:
+    models, ro, b, same = r["models"], r["routed"], r["baselines"], r.get("cascade_same_macs")
+    student_macs = sum(models[k]["macs"] for k in ro["students"])
+    rows = [(f"{k} ({v['role'] + ('' if v.get('routed', True) else ', not routed')})", _fmt_pct(v["accuracy"]),
+             _fmt_int(v["macs"]), f"{v['ece']:.4f}", _fmt_pct(v.get("agreement_with_teacher")))
+            for k, v in models.items() if v["accuracy"] is not None]
+    rows.append((f"selector alone (knob {ro['knob']:.4f})", f"**{_fmt_pct(ro['accuracy'])}**",
+                 _fmt_int(ro["macs_per_image"]), "", ""))
+    if same:
+        rows.append((f"cascade {same['cascade']} (threshold {same['threshold']:.4f}, chosen on select at the routed "
+                     f"MACs)", _fmt_pct(same["accuracy"]), _fmt_int(same["macs_per_image"]), "", ""))
+    rows += [("random router, same route shares", _fmt_pct(b["random_same_share"]), _fmt_int(ro["macs_per_image"]), "", ""),
+             ("more-confident student (runs all students)", _fmt_pct(b["most_confident"]), _fmt_int(student_macs), "", ""),
+             ("oracle (any routed student right)", _fmt_pct(r["oracle"]["accuracy"]), "-", "", "")]
+    return markdown_table(["system", "accuracy", "MACs / image", "ECE", "agreement with teacher"], rows, "lrrrr")
+
+
+def _evidence(r: dict) -> list[str]:
     models, ro, b, sel, ci = r["models"], r["routed"], r["baselines"], r["selector"], r["ci95"]
-    names, same, best = ro["students"], r.get("cascade_same_macs"), r["best_single_student"]
-    student_macs = sum(models[k]["macs"] for k in names)
-    acc_rows = ["| system | accuracy | MACs / image | ECE | agreement with teacher |", "|---|---:|---:|---:|---:|"]
-    for k, v in models.items():
-        if v["accuracy"] is not None:
-            role = v["role"] + ("" if v.get("routed", True) else ", not routed")
-            acc_rows.append(f"| {k} ({role}) | {_fmt_pct(v['accuracy'])} | {_fmt_int(v['macs'])} | {v['ece']:.4f} "
-                            f"| {_fmt_pct(v.get('agreement_with_teacher'))} |")
-    acc_rows += [
-        f"| selector alone (knob {ro['knob']:.4f}) "
-        f"| **{_fmt_pct(ro['accuracy'])}** | {_fmt_int(ro['macs_per_image'])} | | |",
-        *([f"| cascade {same['cascade']} (threshold {same['threshold']:.4f}, chosen on select at the routed MACs) "
-           f"| {_fmt_pct(same['accuracy'])} | {_fmt_int(same['macs_per_image'])} | | |"] if same else []),
-        f"| random router, same route shares | {_fmt_pct(b['random_same_share'])} | {_fmt_int(ro['macs_per_image'])} | | |",
-        f"| more-confident student (runs all students) | {_fmt_pct(b['most_confident'])} | {_fmt_int(student_macs)} | | |",
-        f"| oracle (any routed student right) | {_fmt_pct(r['oracle']['accuracy'])} | - | | |",
-    ]
-    gap = r["gap_closed"]
-    iso = r["iso_accuracy"]
+    same, best, gap, iso = r.get("cascade_same_macs"), r["best_single_student"], r["gap_closed"], r["iso_accuracy"]
     share = ", ".join(f"{k} {_fmt_pct(v)}" for k, v in ro["route_share"].items())
-    evidence = [
+    return [
         f"- best single student (chosen on `select`): {best}",
         f"- routed - {best}: {_pt(ro['accuracy'] - models[best]['accuracy'])}, 95% CI "
         f"{_ci(ci['routed_minus_best_student'])} (paired bootstrap over test images)",
@@ -77,42 +98,30 @@ def render_markdown(r: dict) -> str:
         f"- route share: {share}; selector cost: {_fmt_pct(sel['macs_share_of_cheapest_student'])} of the "
         "cheapest student's MACs",
     ]
-    router_rows = ["| knob | accuracy | MACs / image | " + " | ".join(f"to {k}" for k in names) + " |",
-                   "|---:|---:|---:|" + "---:|" * len(names)]
-    router_rows += [f"| {p['knob']:.4f} | {_fmt_pct(p['accuracy'])} | {_fmt_int(p['macs_per_image'])} | "
-                    + " | ".join(_fmt_pct(p["share"][k]) for k in names) + " |" for p in _thin(r["curves"]["router"])]
-    cascade_rows = ["| cascade | threshold | accuracy | MACs / image |", "|---|---:|---:|---:|"]
-    for key, curve in r["curves"]["cascade"].items():
-        cascade_rows += [f"| {key} | {p['threshold']:.4f} | {_fmt_pct(p['accuracy'])} | {_fmt_int(p['macs_per_image'])} |"
-                         for p in _thin(curve, 6)]
-    classes = r.get("class_names") or [str(i) for i in range(len(next(
+
+
+def _router_table(r: dict) -> list[str]:
+    names = r["routed"]["students"]
+    rows = [(f"{p['knob']:.4f}", _fmt_pct(p["accuracy"]), _fmt_int(p["macs_per_image"]),
+             *(_fmt_pct(p["share"][k]) for k in names)) for p in _thin(r["curves"]["router"])]
+    return markdown_table(["knob", "accuracy", "MACs / image", *(f"to {k}" for k in names)], rows,
+                          "r" * (3 + len(names)))
+
+
+def _per_class_table(models: dict, classes: list | None) -> list[str]:
+    classes = classes or [str(i) for i in range(len(next(
         v for v in models.values() if v["per_class_accuracy"])["per_class_accuracy"]))]
-    per_class = ["| model | " + " | ".join(classes) + " |", "|---|" + "---:|" * len(classes)]
-    per_class += [f"| {k} | " + " | ".join(_fmt_pct(a) for a in v["per_class_accuracy"]) + " |"
-                  for k, v in models.items() if v["per_class_accuracy"]]
-    rows = ["| model | params | bytes | MACs / image | params red. | bytes red. | MACs red. |",
-            "|---|---:|---:|---:|---:|---:|---:|"]
+    rows = [(k, *(_fmt_pct(a) for a in v["per_class_accuracy"])) for k, v in models.items() if v["per_class_accuracy"]]
+    return markdown_table(["model", *classes], rows, "l" + "r" * len(classes))
+
+
+def _compression_table(r: dict) -> list[str]:
     comp = r["compression"]
-    for k, v in [*models.items(), *r["systems"].items()]:
-        c = comp[k]
-        rows.append(f"| {k} | {_fmt_int(v['params'])} | {_fmt_int(v['bytes'])} | {_fmt_int(v['macs'])} "
-                    f"| {_fmt_pct(c['params_reduction'])} | {_fmt_pct(c['bytes_reduction'])} "
-                    f"| {_fmt_pct(c['macs_reduction'])} |")
-    return "\n".join([
-        f"# moskd report: {r['dataset']} / {r['split']} ({r['num_images']} images, input {r['input_size']})", "",
-        "Every number here is recomputable from `eval/test.npz` (and `eval/select.npz` for what is chosen).", "",
-        *_policy_lines(r),
-        "## Accuracy and compute", "", *acc_rows, "",
-        "## Does routing pay?", "", *evidence, "",
-        "![accuracy vs MACs](plots/accuracy_vs_macs.png)", "",
-        "## Router: cost knob swept (score - knob x relative MACs)", "", *router_rows, "",
-        "## Max-softmax cascades (escalate when max softmax < threshold)", "", *cascade_rows, "",
-        "## Per-class accuracy", "", *per_class, "",
-        "![confusion matrices](plots/confusion.png)", "",
-        "## Compression (reductions against the teacher; negative = larger)", "", *rows, "",
-        "MACs per image of `routed`: selector + route-weighted model MACs; its bytes: selector + students; "
-        "`bundle`: every model a deployment holds.", "",
-    ])
+    rows = [(k, _fmt_int(v["params"]), _fmt_int(v["bytes"]), _fmt_int(v["macs"]),
+             _fmt_pct(comp[k]["params_reduction"]), _fmt_pct(comp[k]["bytes_reduction"]),
+             _fmt_pct(comp[k]["macs_reduction"])) for k, v in [*r["models"].items(), *r["systems"].items()]]
+    return markdown_table(["model", "params", "bytes", "MACs / image", "params red.", "bytes red.", "MACs red."],
+                          rows, "lrrrrrr")
 
 
 def _policy_lines(r: dict) -> list[str]:
@@ -142,16 +151,16 @@ def _policy_lines(r: dict) -> list[str]:
                      f"routes {_fmt_pct(match['routes'])} equal")
     lines += ["", "### MACs to reach the teacher's accuracy, per family (cheapest point whose select accuracy "
               "reaches the teacher's select accuracy)", "",
-              "| family | policy | test accuracy | MACs / image | x teacher |", "|---|---|---:|---:|---:|"]
-    for fam, row in r["iso_points"]["teacher"].items():
-        lines.append(f"| {fam} | " + ("never | - | - | - |" if row is None else
-                                      f"`{row['policy']}` | {_fmt_pct(row['accuracy'])} | "
-                                      f"{_fmt_int(row['macs_per_image'])} | {row['macs_per_image'] / t['macs']:.2f} |"))
+              *markdown_table(["family", "policy", "test accuracy", "MACs / image", "x teacher"],
+                              [(fam, "never", "-", "-", "-") if row is None else
+                               (fam, f"`{row['policy']}`", _fmt_pct(row["accuracy"]), _fmt_int(row["macs_per_image"]),
+                                f"{row['macs_per_image'] / t['macs']:.2f}")
+                               for fam, row in r["iso_points"]["teacher"].items()], "llrrr")]
     lines += ["", "### Every family's select-Pareto points, scored on test", "",
-              "| family | policy | select acc. | test acc. | MACs / image |", "|---|---|---:|---:|---:|"]
-    for fam, curve in r["curves"]["families"].items():
-        lines += [f"| {fam} | `{p['policy']}` | {_fmt_pct(p['select_accuracy'])} | {_fmt_pct(p['accuracy'])} "
-                  f"| {_fmt_int(p['macs_per_image'])} |" for p in _thin(curve, 6)]
+              *markdown_table(["family", "policy", "select acc.", "test acc.", "MACs / image"],
+                              [(fam, f"`{p['policy']}`", _fmt_pct(p["select_accuracy"]), _fmt_pct(p["accuracy"]),
+                                _fmt_int(p["macs_per_image"])) for fam, curve in r["curves"]["families"].items()
+                               for p in _thin(curve, 6)], "llrrr")]
     return lines + [""]
 
 

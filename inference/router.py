@@ -9,6 +9,8 @@ so an image's answer never depends on the rest of its batch.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,14 +172,32 @@ def load_router(run_dir: str | Path, device="cpu", with_teacher: bool = False, p
     if policy is None:
         teacher_macs = count_macs(teacher, card["input_size"]) if teacher is not None else 0
         policy = selector_policy(card, students, teacher_macs)
-    uses_teacher = len(students) in policy.used()
-    router = Router(policy, [s.model for s in students] + [teacher if uses_teacher else None],
-                    selector_model if policy.selector else None, len(students), classes)
-    router.selector_module = selector_model  # evaluation reads the selector's scores whatever the policy
-    teacher = teacher.eval() if teacher is not None else None
-    router.precision = prec = precision_policy(device)  # inference policy: fp32 on the CPU, as the bundle runs
-    prec.model(router)
-    prec.model(selector_model)
-    if teacher is not None:
-        prec.model(teacher)
+    prec = precision_policy(device)  # inference policy: fp32 on the CPU, as the bundle runs
+    for m in [selector_model, *[s.model for s in students]] + ([teacher] if teacher is not None else []):
+        prec.model(m.eval())
+    router = _router(policy, students, teacher, selector_model, classes, prec)
     return RunModels(router, card, sel.get("config") or {}, students, teacher, teacher_card)
+
+
+def _router(policy: Policy, students: list[Student], teacher: nn.Module | None, selector: nn.Module, classes: int,
+            prec: Precision) -> Router:
+    uses_teacher = len(students) in policy.used()
+    if uses_teacher and teacher is None:
+        raise MoskdError("the routing policy escalates to the teacher, which was not loaded")
+    router = Router(policy, [s.model for s in students] + [teacher if uses_teacher else None],
+                    selector if policy.selector else None, len(students), classes)
+    router.selector_module = selector  # evaluation reads the selector's scores whatever the policy
+    router.precision = prec
+    return router
+
+
+def routed_by(run: RunModels, policy: Policy) -> RunModels:
+    """The run's loaded models routed by `policy`: a new Router over the same modules, so a policy
+    known only after evaluation (fitted on its arrays) costs no second read of any checkpoint."""
+    names = [s.name for s in run.students]
+    if policy.models[:-1] != names:
+        raise MoskdError(f"the policy routes {', '.join(policy.models[:-1])}, the run's selector {', '.join(names)}; "
+                         f"refit it with moskd policy")
+    old = run.router
+    router = _router(policy, run.students, run.teacher, old.selector_module, old.num_classes, old.precision)
+    return dataclasses.replace(run, router=router)

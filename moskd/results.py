@@ -29,6 +29,7 @@ from pathlib import Path
 from moskd.atomic import write_bytes, write_text
 from moskd.config import Parser  # one-line errors, 'did you mean', values checked by name
 from moskd.errors import MoskdError, cli_entry
+from moskd.tables import markdown_table
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 HEADLINE = [  # (row, label) shown in README's table, in this order, when present
@@ -80,16 +81,15 @@ def section(config: str, s: dict) -> str:
              f"`{s.get('command') or 'moskd pipeline'}` — torch {env['torch']}, {env['threads']} threads on "
              f"{env['cpu_count']} CPUs ({env['processor']}){', ' + env['cuda'] if env.get('cuda') else ''}; teacher "
              f"{'shared by the seeds' if s['teacher_shared'] else 'trained per seed'}. {spread} "
-             f"(from [docs/results/{config}/seeds.json](docs/results/{config}/seeds.json)).", "",
-             "| model / system | test accuracy (%) | MACs / image |", "|---|---:|---:|"]
-    for key, label in HEADLINE:
-        if key in rows:
-            lines.append(f"| {label} | {_pct(rows[key])} | {_macs(rows.get(f'{key}_macs_per_image'))} |")
-    lines += ["", f"| difference | points{', mean ± std' if n > 1 else ''} |", "|---|---:|"]
-    lines += [f"| {label} | {_pct(rows.get(key), signed=True)} |" for key, label in DIFFS if key in rows]
+             f"(from [docs/results/{config}/seeds.json](docs/results/{config}/seeds.json)).", ""]
+    lines += markdown_table(["model / system", "test accuracy (%)", "MACs / image"],
+                            [(label, _pct(rows[key]), _macs(rows.get(f"{key}_macs_per_image")))
+                             for key, label in HEADLINE if key in rows], "lrr")
+    diffs = [(label, _pct(rows.get(key), signed=True)) for key, label in DIFFS if key in rows]
     gap = rows.get("gap_closed")
     if gap and gap["mean"] is not None:
-        lines.append(f"| gap closed (fraction) | {gap['mean']:+.3f}" + (f" ± {gap['std']:.3f} |" if n > 1 else " |"))
+        diffs.append(("gap closed (fraction)", f"{gap['mean']:+.3f}" + (f" ± {gap['std']:.3f}" if n > 1 else "")))
+    lines += ["", *markdown_table(["difference", f"points{', mean ± std' if n > 1 else ''}"], diffs, "lr")]
     families = [k[: -len("_macs_at_teacher_accuracy")] for k in rows if k.endswith("_macs_at_teacher_accuracy")]
     if "policy" in rows:  # per policy family (router and cascade included): the cheapest point whose *select* accuracy reaches the teacher's
         lines += ["", "MACs per image of the cheapest point whose `select` accuracy reaches the teacher's, per "
@@ -131,21 +131,22 @@ def methods_table(results: dict[str, dict]) -> str:
         return ""
     lines = ["### Complementary students: methods on the same data, teacher and epochs", "",
              "Test accuracy and differences in points, mean ± std over seeds; the CIs per seed are in each "
-             "config's seeds.md and report.", "",
-             "| config | --complementary | " + " | ".join(label for _, label in METHOD_COLUMNS)
-             + " | gap closed | MACs at teacher acc. (router / cascade) |",
-             "|---|---|" + "---:|" * (len(METHOD_COLUMNS) + 2)]
-    for names in groups:
-        for n in names:
-            rows = results[n]["rows"]
-            signed = {k for k, _ in METHOD_COLUMNS if "minus" in k}
-            gap = rows.get("gap_closed")
-            gap_cell = "–" if not gap or gap["mean"] is None else f"{gap['mean']:+.3f} ± {gap['std']:.3f}"
-            lines.append(f"| {n} | {results[n].get('complementary', 'none')} | "
-                         + " | ".join(_pct(rows.get(k), signed=k in signed) for k, _ in METHOD_COLUMNS)
-                         + f" | {gap_cell} | {_macs(rows.get('router_macs_at_teacher_accuracy'))} / "
-                           f"{_macs(rows.get('cascade_macs_at_teacher_accuracy'))} |")
+             "config's seeds.md and report.", ""]
+    header = ["config", "--complementary", *(label for _, label in METHOD_COLUMNS), "gap closed",
+              "MACs at teacher acc. (router / cascade)"]
+    lines += markdown_table(header, [_method_row(n, results[n]) for names in groups for n in names],
+                            "ll" + "r" * (len(METHOD_COLUMNS) + 2))
     return "\n".join(lines) + "\n"
+
+
+def _method_row(name: str, result: dict) -> list[str]:
+    rows = result["rows"]
+    signed = {k for k, _ in METHOD_COLUMNS if "minus" in k}
+    gap = rows.get("gap_closed")
+    gap_cell = "–" if not gap or gap["mean"] is None else f"{gap['mean']:+.3f} ± {gap['std']:.3f}"
+    return [name, result.get("complementary", "none"),
+            *(_pct(rows.get(k), signed=k in signed) for k, _ in METHOD_COLUMNS), gap_cell,
+            f"{_macs(rows.get('router_macs_at_teacher_accuracy'))} / {_macs(rows.get('cascade_macs_at_teacher_accuracy'))}"]
 
 
 def render_block(results: dict[str, dict]) -> str:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from moskd.tables import markdown_table
 from moskd.atomic import file_sha256
 from moskd.errors import MoskdError
 from moskd.run import RunDir
@@ -157,19 +158,17 @@ def render_seeds(s: dict) -> str:
              f"{'trained once and shared by every seed' if s['teacher_shared'] else 'trained per seed'}; "
              f"torch {env['torch']}, {env['threads']} threads, {env['cpu_count']} CPUs"
              f"{', ' + env['cuda'] if env.get('cuda') else ''}.", "",
-             "Accuracies and differences in % (points), mean ± std over seeds (sample std); MACs per image.", "",
-             "| row | mean ± std | per seed |", "|---|---:|---|"]
-    for name, row in s["rows"].items():
-        vals = ", ".join("-" if v is None else (f"{v / 1e6:.2f}M" if is_macs(name) else
-                                                 f"{v:.3f}" if name == "gap_closed" else f"{100 * v:.2f}")
-                         for v in row["values"])
-        lines.append(f"| {name} | {_cell(name, row)} | {vals} |")
+             "Accuracies and differences in % (points), mean ± std over seeds (sample std); MACs per image.", ""]
+    value = lambda name, v: ("-" if v is None else f"{v / 1e6:.2f}M" if is_macs(name)  # noqa: E731
+                             else f"{v:.3f}" if name == "gap_closed" else f"{100 * v:.2f}")
+    lines += markdown_table(["row", "mean ± std", "per seed"],
+                            [(name, _cell(name, row), ", ".join(value(name, v) for v in row["values"]))
+                             for name, row in s["rows"].items()], "lrl")
     if s.get("ci95"):
-        lines += ["", "Each seed's difference with its paired-bootstrap 95% CI on test (points; from its report.json):", "",
-                  "| difference | " + " | ".join(f"seed {k}" for k in s["seeds"]) + " |",
-                  "|---|" + "---:|" * len(s["seeds"])]
-        for name, per in s["ci95"].items():
-            cells = ["-" if v is None or ci is None else f"{_pct(v, name)} [{_pct(ci[0], name)}, {_pct(ci[1], name)}]"
-                     for v, ci in zip(s["rows"][name]["values"], per)]
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        ci = lambda name, v, c: ("-" if v is None or c is None  # noqa: E731
+                                 else f"{_pct(v, name)} [{_pct(c[0], name)}, {_pct(c[1], name)}]")
+        lines += ["", "Each seed's difference with its paired-bootstrap 95% CI on test (points; from its report.json):", ""]
+        lines += markdown_table(["difference", *(f"seed {k}" for k in s["seeds"])],
+                                [(name, *(ci(name, v, c) for v, c in zip(s["rows"][name]["values"], per)))
+                                 for name, per in s["ci95"].items()], "l" + "r" * len(s["seeds"]))
     return "\n".join(lines) + "\n"

@@ -6,10 +6,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
+from moskd.choose import choose_point
 from moskd.checkpoint import inference_weights, load_checkpoint, save_checkpoint
 from moskd.data import DataBundle, data_from_config
 from moskd.loader import TensorLoader
@@ -183,13 +185,20 @@ def routed_stats(scores: torch.Tensor, correct: torch.Tensor, macs: list[int], t
     return correct.gather(1, route[:, None]).float().mean().item(), cost
 
 
+class KnobPoint(NamedTuple):
+    knob: float
+    accuracy: float
+    macs: float  # the students' MACs per image at this knob
+
+
 def choose_knob(scores: torch.Tensor, correct: torch.Tensor, macs: list[int], tie_margin: float) -> dict:
-    """The operating point on held-out `select` images: best routed accuracy, ties to fewer MACs."""
+    """The operating point on held-out `select` images, by the one chooser (moskd.choose) with no
+    target: the best routed accuracy, ties to fewer MACs."""
     grid = knob_grid(scores.double().cpu().numpy(), relative_costs(macs), tie_margin)
-    points = [(k, *routed_stats(scores, correct, macs, tie_margin, k)) for k in grid]
-    knob, acc, cost = max(points, key=lambda p: (round(p[1], 12), -p[2]))
-    return {"knob": knob, "accuracy": acc, "student_macs": cost,
-            "curve": [{"knob": k, "accuracy": a, "student_macs": c} for k, a, c in points]}
+    points = [KnobPoint(k, *routed_stats(scores, correct, macs, tie_margin, k)) for k in grid]
+    best = choose_point(points)
+    return {"knob": best.knob, "accuracy": best.accuracy, "student_macs": best.macs,
+            "curve": [{"knob": p.knob, "accuracy": p.accuracy, "student_macs": p.macs} for p in points]}
 
 
 def heldout_summary(scores: torch.Tensor, correct: torch.Tensor, tie_margin: float, knob: float,

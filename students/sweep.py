@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from moskd.run import RunDir, StageDir  # no torch: paths and JSON only
 from moskd.atomic import read_json, write_json, write_text
+from moskd.tables import markdown_table
 from students.config import StudentConfig, SweepConfig
 
 if TYPE_CHECKING:
@@ -141,13 +142,11 @@ def markdown(table: list[dict], arch: str) -> str:
         f"# Distillation sweep: {arch}", "",
         "Accuracy in % (mean ± std over seeds). `select`: the chosen epoch's accuracy on the select split; "
         "test @best: that checkpoint on `test`; test @last: the last epoch's weights on `test`.", "",
-        "| run | loss | T | alpha | seeds | select | test @best | test @last |",
-        "|---|---|---|---|---|---|---|---|",
     ]
-    for r in table:
-        t = "–" if r["temperature"] is None else f"{r['temperature']:g}"
-        lines.append(f"| {r['name']} | {r['kd_loss']} | {t} | {r['alpha']:g} | {r['seeds']} | "
-                     f"{pct(r, 'select_acc')} | {pct(r, 'test_acc_best')} | {pct(r, 'test_acc_last')} |")
+    lines += markdown_table(["run", "loss", "T", "alpha", "seeds", "select", "test @best", "test @last"],
+                            [(r["name"], r["kd_loss"], "–" if r["temperature"] is None else f"{r['temperature']:g}",
+                              f"{r['alpha']:g}", r["seeds"], pct(r, "select_acc"), pct(r, "test_acc_best"),
+                              pct(r, "test_acc_last")) for r in table])
     return "\n".join(lines) + "\n"
 
 

@@ -34,3 +34,9 @@ def run(cfg: TeacherConfig, rt: Runtime) -> dict:
     summary = fit(stage, cfg, rt, "teacherTrain")
     return finish(stage, cfg, rt, summary, make_loader(data, "test", cfg.eval_batch_size, device=rt.device))
 
+
+if __name__ == "__main__":  # the command moved to teacher.cli (the command layer); say so instead of doing nothing
+    import sys
+
+    print("teacher.train is the stage's library; run `python -m teacher.cli ...` or `teacherTrain ...`", file=sys.stderr)
+    raise SystemExit(2)

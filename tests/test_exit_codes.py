@@ -113,7 +113,7 @@ def test_every_console_script_and_python_m_entry_exits_as_the_contract_says(tmp_
     run(env, [sys.executable, "-m", "moskd.cli", "pipeline", "--run-dir", str(tmp_path / "p"), *TINY,
               "--no-baselines", "--config", str(_small_selector(tmp_path))])
     assert (tmp_path / "p" / "report.json").is_file() and not list((tmp_path / "p").rglob("last.pt"))
-    run(env, [sys.executable, "-m", "teacher.train", "--run-dir", str(tmp_path / "m"), *TINY])
+    run(env, [sys.executable, "-m", "teacher.cli", "--run-dir", str(tmp_path / "m"), *TINY])
     assert (tmp_path / "m" / "teacher" / "summary.json").is_file()
 
 

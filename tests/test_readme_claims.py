@@ -43,9 +43,38 @@ def usage_flags(cli, name: str) -> set[str]:
 
 
 def test_readme_table_lists_every_command():
-    from moskd.cli import all_commands
+    from moskd.cli import COMMANDS
 
-    assert set(readme_table()) == set(all_commands())
+    assert set(readme_table()) == set(COMMANDS)
+
+
+def test_readme_subcommand_list_names_every_command():
+    from moskd.cli import COMMANDS
+
+    listed = re.search(r"`moskd COMMAND` runs the same commands \(`moskd ([a-z|]+)`\)", README)
+    assert listed and listed.group(1).split("|") == list(COMMANDS)
+
+
+def test_inference_help_states_the_exit_code_it_uses(cli):
+    code, out, _ = cli(moskd_main, ["inference", "--help"])
+    text = " ".join(out.split())
+    assert code == 0 and "The exit code is 2 when any input failed" in text and "exit code is 1" not in text
+
+
+def test_readme_opening_says_which_family_each_committed_result_deployed():
+    """The README's opening names the policy family each committed multi-seed result deployed (from
+    the committed seed<k>-policy.json files), and claims no selector routing where none shipped."""
+    import json
+
+    opening = README.split("## ", 1)[0]
+    for folder in sorted((ROOT / "docs" / "results").iterdir()):
+        policies = sorted(folder.glob("seed*-policy.json"))
+        if not policies:
+            continue
+        families = sorted({json.loads(p.read_text())["family"] for p in policies})
+        line = next((x for x in opening.splitlines() if f"`{folder.name}`" in x), "")
+        assert line and all(f in line for f in families), (folder.name, families)
+    assert "then *only* the chosen student" not in opening
 
 
 @pytest.mark.parametrize("name", sorted(readme_table()))

@@ -105,7 +105,9 @@ def test_selector_target_reaches_the_loss(trained_run, monkeypatch, tmp_path, ta
     monkeypatch.setattr(st, "bce_on_target", spy)
     run = tmp_path / "run"
     shutil.copytree(trained_run / "students", run / "students")
-    st.main(["--run-dir", str(run), "--limit", "60", "--epochs", "1", "--width", "4", "--device", "cpu",
+    from selector.cli import main as train_selector
+
+    train_selector(["--run-dir", str(run), "--limit", "60", "--epochs", "1", "--width", "4", "--device", "cpu",
              "--target", target])
     targets = torch.cat(seen)
     fractional = ((targets > 0) & (targets < 1)).any().item()
