@@ -16,16 +16,57 @@ class InferenceConfig:
     split: Optional[str] = field(None, "evaluate the run on this split and write the report", choices=["test"])
     data_dir: Optional[str] = field(None, "where CIFAR files live (default: the run's)")
     download: bool = field(False, "download CIFAR through torchvision (needs network)")
-    limit: Optional[int] = field(None, "evaluate on at most N images of the split")
+    limit: Optional[int] = field(None, "evaluate on at most N images of the split", range=">=1")
     output: Optional[str] = field(None, "write one row per input to FILE.csv or FILE.jsonl, or to stdout "
                                         "with -", metavar="FILE")
     output_format: Optional[str] = field(None, "format of --output (default: its suffix; csv for -)",
                                          choices=["csv", "jsonl"])
     quiet: bool = field(False, "no table on stderr (failed inputs still get one line each)")
-    batch_size: int = field(256, "images per forward pass")
+    batch_size: int = field(256, "images per forward pass", range=">=1")
     fast: str = field("fold+cl", "with --run-dir: CPU fast path, Conv+BN folding and channels_last "
                                  "(measured in benchmarks/bench_infer.py): eager | fold | fold+cl",
                       choices=["eager", "fold", "fold+cl"])
     invert: str = field("auto", "auto (digits: invert light-background images) | yes | no",
                         choices=["auto", "yes", "no"])
     device: str = field("auto", "auto | cpu | cuda | cuda:N")
+
+
+@dataclass
+class PolicyConfig:
+    """`moskd policy`: fit RUN/policy.json on select, then write the report."""
+    run_dir: Optional[str] = field(None, "run directory holding teacher/, students/ and selector/ (default: runs/digits)")
+    dataset: Optional[str] = field(None, "must be the run's dataset (default: read from the run)")
+    data_dir: Optional[str] = field(None, "where fashion-mnist/CIFAR files live (default: the run's)")
+    download: bool = field(False, "download fashion-mnist/CIFAR (needs network)")
+    limit: Optional[int] = field(None, "use at most N test images; the report then goes to RUN/report-limit<N>/, "
+                                       "beside the full one", range=">=1")
+    batch_size: int = field(256, "images per evaluation step", range=">=1")
+    device: str = field("auto", "auto | cpu | cuda | cuda:N")
+    from_eval: bool = field(False, "work from RUN/eval/*.npz and meta.json without running any model")
+    target: str = field("teacher", "the deployed point, chosen on select: the fewest MACs whose select accuracy "
+                                   "reaches teacher | best-student | ACC (0..1]; the most accurate point when none does")
+    budget_macs: Optional[float] = field(None, "instead of --target: the most accurate point using at most M MACs per "
+                                               "image on select", range=">0", metavar="M")
+
+
+@dataclass
+class ReportConfig(PolicyConfig):
+    """`moskd report`: evaluate the run and write the report (the policy step only when it has none)."""
+    refit: bool = field(False, "fit the routing policy again (RUN/policy.json) instead of reporting the one the run has")
+
+
+@dataclass
+class ServeConfig:
+    """`moskd serve`: an HTTP prediction server for a bundle or a run."""
+    bundle: Optional[str] = field(None, "deployment bundle written by moskd export", metavar="DIR")
+    run_dir: Optional[str] = field(None, "run directory (loads checkpoints and training code)", metavar="RUN")
+    host: str = field("127.0.0.1", "address to listen on")
+    port: int = field(8000, "TCP port (0: any free one, printed)", range="[0,65535]")
+    max_batch: int = field(32, "most images in one routed batch (1 = no batching)", range=">=1")
+    max_bytes: int = field(10_000_000, "largest accepted request body", range=">=1")
+    invert: str = field("auto", "auto: digits models invert light-background images", choices=["auto", "yes", "no"])
+    threads: Optional[int] = field(None, "torch/onnxruntime threads (default: theirs; with --backend ray: 1 per "
+                                         "replica)", range=">=1")
+    backend: str = field("local", "local: this process (uvicorn); ray: Ray Serve, one deployment per model (needs "
+                                  "the ray extra)", choices=["local", "ray"])
+    replicas: int = field(1, "with --backend ray: replicas of each deployment", range=">=1")

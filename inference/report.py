@@ -16,7 +16,6 @@ report without running a model. Choices are made on `select`, never on `test`.
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
@@ -29,10 +28,9 @@ from inference.report_plots import plot_accuracy_vs_macs, plot_confusions
 from inference.router import Router, RunModels, load_policy, load_router, routed_by
 from inference.summary import SELECTOR, make_setup, summarize
 from moskd.atomic import read_json, write_json, write_npz, write_text
-from moskd.config import Parser, run_dir_argument  # one-line errors, 'did you mean', values checked by name
 from moskd.data import load_data
 from moskd.loader import TensorLoader
-from moskd.errors import MoskdError, cli_entry
+from moskd.errors import MoskdError
 from moskd.models import adapt_input, unwrap
 from moskd.policy import TEACHER, Policy, replay
 from moskd.precision import policy as precision_policy
@@ -273,59 +271,22 @@ def report_run(run_dir, from_eval: bool = False, **kw) -> dict:
     return report
 
 
-def report_parser(prog: str, doc: str, refit_flag: bool = True) -> Parser:
-    """The flags `moskd report` and `moskd policy` share."""
-    p = Parser(prog=prog, description=doc, allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run", metavar="RUN", nargs="?", help="the run directory, as --run-dir RUN (kept for older scripts)")
-    p.add_argument("--run-dir", default=None, help="run directory holding teacher/, students/ and selector/ "
-                                                   "(default: runs/digits)")
-    p.add_argument("--dataset", default=None, help="must be the run's dataset (default: read from the run)")
-    p.add_argument("--data-dir", default=None, help="where fashion-mnist/CIFAR files live (default: the run's)")
-    p.add_argument("--download", action="store_true", help="download fashion-mnist/CIFAR (needs network)")
-    p.add_argument("--limit", type=int, default=None,
-                   help="use at most N test images; the report then goes to RUN/report-limit<N>/, beside the full one")
-    p.add_argument("--batch-size", type=int, default=256, help="images per evaluation step")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--from-eval", action="store_true",
-                   help="work from RUN/eval/*.npz and meta.json without running any model")
-    if refit_flag:
-        p.add_argument("--refit", action="store_true",
-                       help="fit the routing policy again (RUN/policy.json) instead of reporting the one the run has")
-    p.add_argument("--target", default="teacher",
-                   help="the deployed point, chosen on select: the fewest MACs whose select accuracy reaches "
-                        "teacher | best-student | ACC (0..1]; the most accurate point when none does")
-    p.add_argument("--budget-macs", type=float, default=None, metavar="M",
-                   help="instead of --target: the most accurate point using at most M MACs per image on select")
-    return p
-
-
-def run_report_cli(a, refit: bool) -> None:
-    a.run_dir = run_dir_argument(a.run, a.run_dir, default="runs/digits")
-    if a.target not in ("teacher", "best-student"):
+def report_command(cfg, refit: bool) -> None:
+    """`moskd report` / `moskd policy` once their flags are parsed (inference.cli): cfg is a
+    ReportConfig or PolicyConfig (inference.config)."""
+    if cfg.target not in ("teacher", "best-student"):
         try:
-            ok = 0 < float(a.target) <= 1
+            ok = 0 < float(cfg.target) <= 1
         except ValueError:
             ok = False
         if not ok:
-            raise MoskdError(f"--target {a.target}: choose teacher, best-student or an accuracy in (0, 1]")
-    if a.budget_macs is not None and a.budget_macs <= 0:
-        raise MoskdError(f"--budget-macs {a.budget_macs:g}: give a positive number of MACs per image")
+            raise MoskdError(f"--target {cfg.target}: choose teacher, best-student or an accuracy in (0, 1]")
     from moskd.runtime import setup_runtime, show_progress
 
-    fit = {"refit": refit, "target": a.target, "budget_macs": a.budget_macs}
-    if a.from_eval:
-        report_run(a.run_dir, from_eval=True, limit=a.limit, **fit)
+    fit = {"refit": refit, "target": cfg.target, "budget_macs": cfg.budget_macs}
+    if cfg.from_eval:
+        report_run(cfg.run_dir, from_eval=True, limit=cfg.limit, **fit)
         return
-    rt = setup_runtime(a.device)
-    report_run(a.run_dir, dataset=a.dataset, data_dir=a.data_dir, download=a.download, limit=a.limit,
-               device=rt.device, batch_size=a.batch_size, progress=show_progress(rt), **fit)
-
-
-@cli_entry("moskd report")
-def main(argv=None):
-    a = report_parser("moskd report", __doc__).parse_args(argv)
-    run_report_cli(a, a.refit)
-
-
-if __name__ == "__main__":
-    main()
+    rt = setup_runtime(cfg.device)
+    report_run(cfg.run_dir, dataset=cfg.dataset, data_dir=cfg.data_dir, download=cfg.download, limit=cfg.limit,
+               device=rt.device, batch_size=cfg.batch_size, progress=show_progress(rt), **fit)

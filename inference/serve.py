@@ -31,7 +31,6 @@ DRAIN_BYTES) before the 413 goes out, so a client that sends the whole body befo
 the 413, not a reset connection; past that bound the 413 closes the connection.
 """
 
-import argparse
 import asyncio
 import socket
 from collections import deque
@@ -42,8 +41,7 @@ import numpy as np
 
 from moskd.policy import softmax
 from inference.serve_http import DRAIN_BYTES, HTTPProblem, decode_all, images_of, read_limited  # noqa: F401
-from moskd.config import Parser  # one-line errors, 'did you mean', values checked by name
-from moskd.errors import MoskdError, cli_entry
+from moskd.errors import MoskdError
 
 PROG = "moskd serve"
 DECODE_THREADS = 2  # PIL releases the GIL while it decodes
@@ -174,26 +172,6 @@ def create_app(predictor, max_batch: int = 32, max_bytes: int = 10_000_000, inve
     return app
 
 
-def parse_args(argv) -> argparse.Namespace:
-    p = Parser(prog=PROG, description=__doc__, allow_abbrev=False,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--bundle", metavar="DIR", help="deployment bundle written by moskd export")
-    src.add_argument("--run-dir", metavar="RUN", help="run directory (loads checkpoints and training code)")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    p.add_argument("--port", type=int, default=8000, help="TCP port (0: any free one, printed)")
-    p.add_argument("--max-batch", type=int, default=32, help="most images in one routed batch (1 = no batching)")
-    p.add_argument("--max-bytes", type=int, default=10_000_000, help="largest accepted request body")
-    p.add_argument("--invert", choices=["auto", "yes", "no"], default="auto",
-                   help="auto: digits models invert light-background images")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch/onnxruntime threads (default: theirs; with --backend ray: 1 per replica)")
-    p.add_argument("--backend", choices=["local", "ray"], default="local",
-                   help="local: this process (uvicorn); ray: Ray Serve, one deployment per model (needs the ray extra)")
-    p.add_argument("--replicas", type=int, default=1, help="with --backend ray: replicas of each deployment")
-    return p.parse_args(argv)  # ranges (--port, --max-batch, ...) checked by name: moskd.values.RANGES
-
-
 def check_port(host: str, port: int) -> int:
     """Fail with one line before loading models when the address cannot be bound; the port (a free
     one for port 0)."""
@@ -206,31 +184,10 @@ def check_port(host: str, port: int) -> int:
         raise MoskdError(f"cannot listen on {host}:{port} ({e.strerror or e}); pass another --port or --host") from None
 
 
-def check_args(a: argparse.Namespace) -> None:
-    if a.replicas < 1:
-        raise MoskdError(f"--replicas {a.replicas}: must be >= 1")
-    if a.backend == "local" and a.replicas != 1:
-        raise MoskdError("--replicas needs --backend ray (the local server is one process)")
-    if a.backend == "ray" and a.bundle is None:
-        raise MoskdError("--backend ray serves a bundle: pass --bundle DIR (moskd export --run-dir RUN --out DIR)")
+def serve_local(a) -> int:
+    """The local server once `moskd serve` has parsed its flags (inference.cli.serve_main; a: ServeConfig)."""
+    import uvicorn
 
-
-@cli_entry(PROG)
-def main(argv=None):
-    a = parse_args(argv)
-    check_args(a)
-    try:
-        import fastapi  # noqa: F401
-        import uvicorn
-    except ImportError as e:
-        raise MoskdError(f"moskd serve needs the serve extra ({e.name} is missing): pip install -e '.[serve]'") from None
-    if a.backend == "ray":
-        try:
-            from inference.serve_ray import serve_main
-        except ImportError as e:
-            raise MoskdError(f"--backend ray needs the ray extra ({e.name} is missing): pip install -e '.[ray]'") from None
-
-        return serve_main(a)
     port = check_port(a.host, a.port)
     if a.threads:
         try:
@@ -250,7 +207,3 @@ def main(argv=None):
           flush=True)
     uvicorn.run(app, host=a.host, port=port, log_level="warning")
     return 0
-
-
-if __name__ == "__main__":
-    main()

@@ -23,30 +23,15 @@ import difflib
 import sys
 from typing import Callable
 
-from inference.cli import main as inference_main
+from inference.cli import main as inference_main, policy_main, report_main, serve_main
 from moskd import __version__
 from selector.cli import main as selector_main
 from students.cli import main as student_main, sweep_main
 from teacher.cli import main as teacher_main
 
 
-def _report(argv):
-    from inference.report import main
-    main(argv)
-
-
-def _policy(argv):
-    from inference.policy_cli import main
-    main(argv)
-
-
 def _export(argv):
     from inference.export import main
-    main(argv)
-
-
-def _serve(argv):
-    from inference.serve import main
     main(argv)
 
 
@@ -72,10 +57,10 @@ COMMANDS: dict[str, tuple[Callable, str]] = {
     "sweep": (sweep_main, "grid of temperatures, alphas and seeds for one student"),
     "selector": (selector_main, "stage 3: label select images and train the selector (trainSelector)"),
     "inference": (inference_main, "stage 4: routed predictions for files, folders or a split (inference)"),
-    "report": (_report, "evaluation report of a run: report.json, report.md, plots"),
-    "policy": (_policy, "fit the routing policy on select (RUN/policy.json) and rewrite the report"),
+    "report": (report_main, "evaluation report of a run: report.json, report.md, plots"),
+    "policy": (policy_main, "fit the routing policy on select (RUN/policy.json) and rewrite the report"),
     "export": (_export, "a finished run as a deployment bundle: manifest.json + one program per model"),
-    "serve": (_serve, "HTTP server: POST /predict, GET /health, GET /info (pip install -e '.[serve]')"),
+    "serve": (serve_main, "HTTP server: POST /predict, GET /health, GET /info (pip install -e '.[serve]')"),
     "pipeline": (_pipeline, "teacher -> cache -> students -> selector -> policy and report, skipping finished stages"),
     "results": (_results, "README and docs/RESULTS.md tables from docs/results/*/seeds.json"),
     "clean": (_clean, "drop last.pt of finished stages and slim old best.pt files"),

@@ -44,7 +44,7 @@ import yaml
 from moskd.atomic import write_text
 from moskd.errors import MoskdError
 from moskd.values import (
-    check_values, choices_of, nearest, not_a_choice, out_of_range)
+    check_values, choices_of, nearest, not_a_choice, out_of_range, ranges_of)
 from moskd.per_model import MODELS_KEY, check_models, per_model
 
 C = TypeVar("C")
@@ -53,7 +53,9 @@ Sections = dict[str, type]  # YAML section -> the config dataclass that reads it
 
 
 def field(default: Any, help: str, **kw) -> Any:
-    """A config field with its help text (the flag's --help line)."""
+    """A config field with its help text (the flag's --help line) and what a valid value is:
+    `range=">=1"` (or ">0", "[0,1]", "(0,1]", ...; moskd.values.parse_range), `choices=` (a list, or
+    a callable read when a value is checked), `ignore_case=`; other keywords go to argparse."""
     if isinstance(default, list):
         return dataclasses.field(default_factory=lambda: list(default), metadata={"help": help, **kw})
     return dataclasses.field(default=default, metadata={"help": help, **kw})
@@ -114,7 +116,7 @@ def _check_entry(name: str, value: Any, classes: list[type], path: str, section:
     for cls in classes:
         value = _check_value(name, value, typing.get_type_hints(cls)[name], where)
         opts, ignore_case = choices_of(cls).get(name, (None, False))
-        problem = out_of_range(name, value) or not_a_choice(name, value, opts, ignore_case)
+        problem = out_of_range(ranges_of(cls).get(name), value) or not_a_choice(name, value, opts, ignore_case)
         if problem:
             raise MoskdError(f"{label} {problem}; fix the value in the file")
 
@@ -186,18 +188,27 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
 class Parser(argparse.ArgumentParser):
     """The parser of every moskd command: no abbreviations, one-line errors (an unknown flag or
     choice gets the nearest known one, not the usage block), and every value checked by name
-    (RANGES, declared choices, --device, --resume with --force) before the command does anything."""
+    (declared ranges and choices, --device, --resume with --force) before the command does anything.
+    `add_argument(..., range=">=1")` declares a hand-made flag's range as `field(range=...)` does."""
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("allow_abbrev", False)
         kwargs.setdefault("formatter_class", _HelpFormatter)
         super().__init__(*args, **kwargs)
         self.value_choices: dict[str, tuple] = {}  # dest -> (choices or a callable giving them, ignore case)
+        self.value_ranges: dict[str, str] = {}  # dest -> range (moskd.values.parse_range)
+
+    def add_argument(self, *args, **kwargs):
+        spec = kwargs.pop("range", None)
+        action = super().add_argument(*args, **kwargs)
+        if spec is not None:
+            self.value_ranges[action.dest] = spec
+        return action
 
     def parse_args(self, args=None, namespace=None):  # type: ignore[override]
         ns = super().parse_args(args, namespace)
         try:
-            check_values(vars(ns), self.value_choices)
+            check_values(vars(ns), self.value_choices, self.value_ranges)
         except MoskdError as e:
             self.error(str(e))
         return ns
@@ -232,6 +243,8 @@ def build_parser(cls: type, prog: str, description: str, sections: Sections) -> 
         extra_flags = meta.pop("flags", ())
         meta.pop("ignore_case", None)
         meta.pop("choices", None)
+        if "range" in meta:
+            parser.value_ranges[f.name] = meta.pop("range")
         choices = declared.get(f.name, (None,))[0]
         if choices is not None:  # checked by Parser.parse_args, the same way as a value from YAML
             parser.value_choices[f.name] = declared[f.name]
@@ -287,7 +300,7 @@ def resolve_config(cls: type[C], path: str | None, section: str | Sequence[str],
             model = overrides.get(spec.selector, values[spec.selector])
             values.update(load_yaml_overrides(cls, path, section, sections, model=model))
     values.update(overrides)
-    check_values(values, choices_of(cls))
+    check_values(values, choices_of(cls), ranges_of(cls))
     return cls(**values)
 
 

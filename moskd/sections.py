@@ -1,8 +1,8 @@
 """The command layer's table of settings: every command's config class, by the YAML section that holds it.
 
 One config file serves every command (moskd.config reads and checks it whole): `teacher`,
-`students`, `sweep`, `selector`, `inference` and `pipeline` sections, and top-level keys any of
-them has. The library's parser (moskd.config) is handed this table; it names no command itself.
+`students`, `sweep`, `selector`, `inference`, `report`, `policy`, `serve` and `pipeline` sections,
+and top-level keys any of them has. The library's parser (moskd.config) is handed this table; it names no command itself.
 Torch-free, like every config class listed, so --help and config checks answer at once.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any, Optional, Sequence, TypeVar
 
 from moskd import config
 from moskd.config import field
-from inference.config import InferenceConfig
+from inference.config import InferenceConfig, PolicyConfig, ReportConfig, ServeConfig
 from selector.config import SelectorConfig
 from students.config import StudentConfig, SweepConfig
 from teacher.config import TeacherConfig
@@ -27,14 +27,14 @@ class PipelineConfig:
     data_dir: str = field("data", "where fashion-mnist/CIFAR files live (or are downloaded to)")
     download: bool = field(False, "download fashion-mnist/CIFAR through torchvision (needs network)")
     device: str = field("auto", "auto | cpu | cuda | cuda:N")
-    seed: int = field(0, "seed for every stage")
-    limit: Optional[int] = field(None, "use at most N images per split (smoke runs and tests)")
-    epochs: Optional[int] = field(None, "override every stage's epochs (smoke runs)")
+    seed: int = field(0, "seed for every stage", range=">=0")
+    limit: Optional[int] = field(None, "use at most N images per split (smoke runs and tests)", range=">=1")
+    epochs: Optional[int] = field(None, "override every stage's epochs (smoke runs)", range=">=1")
     baselines: bool = field(True, "also train each student without the teacher (--no-teacher): the "
                                   "comparison every report needs")
     force: bool = field(False, "redo every stage even if finished")
     seeds: list[int] = field([], "run once per seed into RUN/seed<k>/ and write RUN/seeds.{json,md} "
-                                 "(mean and std of every row); overrides --seed")
+                                 "(mean and std of every row); overrides --seed", range=">=0")
     complementary: Optional[str] = field(None, "train the distilled students as complementary specialists: none | "
                                                "clusters (StudentTrain --complementary; default: the recipe's "
                                                "setting, else none); baselines stay plain")
@@ -48,7 +48,8 @@ class PipelineConfig:
 
 SECTIONS: dict[str, type] = {
     "teacher": TeacherConfig, "students": StudentConfig, "sweep": SweepConfig, "selector": SelectorConfig,
-    "inference": InferenceConfig, "pipeline": PipelineConfig,
+    "inference": InferenceConfig, "report": ReportConfig, "policy": PolicyConfig, "serve": ServeConfig,
+    "pipeline": PipelineConfig,
 }
 
 

@@ -13,17 +13,17 @@ LABEL_SOURCES = ("select", "select+spare")
 @dataclass
 class SelectorConfig(TrainConfig):
     # the selector is tiny and `select` is small: short steps, Adam, a few dozen epochs
-    epochs: int = field(30, "training epochs")
-    batch_size: int = field(32, "images per step (per process under torchrun)")
-    lr: float = field(3e-3, "peak learning rate (after warm-up)")
+    epochs: int = field(30, "training epochs", range=">=1")
+    batch_size: int = field(32, "images per step (per process under torchrun)", range=">=1")
+    lr: float = field(3e-3, "peak learning rate (after warm-up)", range=">0")
     optimizer: str = field("adamw", "sgd (Nesterov momentum) | momentum | adam | adamw, or any timm optimizer")
-    weight_decay: float = field(1e-4, "L2 weight decay (not on biases and norms)")
+    weight_decay: float = field(1e-4, "L2 weight decay (not on biases and norms)", range=">=0")
     students: list[str] = field([], "folders under RUN/students to route between (default: every distilled "
                                     "student); they are ordered cheapest (fewest MACs) first")
-    width: int = field(32, "channels of the first conv block (the next two have 2x and 4x)")
-    dropout: float = field(0.0, "dropout before the selector's head (0..1)")
-    holdout_fraction: float = field(0.3, "share of `select` held out to choose the selector checkpoint (0..1)")
-    tie_margin: float = field(0.05, "scores within this of the best count as a tie, won by the cheaper student")
+    width: int = field(32, "channels of the first conv block (the next two have 2x and 4x)", range=">=1")
+    dropout: float = field(0.0, "dropout before the selector's head (0..1)", range="[0,1)")
+    holdout_fraction: float = field(0.3, "share of `select` held out to choose the selector checkpoint (0..1)", range="(0,1)")
+    tie_margin: float = field(0.05, "scores within this of the best count as a tie, won by the cheaper student", range=">=0")
     augment: bool = field(False, "shift/flip images while training (labels were computed on unshifted ones)")
     target: str = field("auto", "what the selector learns per student: prob (its softmax probability of the "
                                 "true class) | correct (0/1 correctness) | owner (1 for the student that owns the "

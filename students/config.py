@@ -31,18 +31,18 @@ class StudentConfig(TrainConfig):
                                              tuple(SEED_STUDENTS.values()))
     # a student learns from the teacher's soft targets as well as the labels: on digits it reaches
     # the teacher's accuracy in about half the teacher's epochs (8 epochs: ~2 minutes on 2 CPU cores)
-    epochs: int = field(8, "training epochs")
+    epochs: int = field(8, "training epochs", range=">=1")
     model: str = field("1", "student: 1 = densenet121, 2 = googlenet, or any registry/torchvision/timm name")
     teacher: Optional[str] = field(None, "teacher checkpoint; None = RUN/teacher/best.pt")
-    alpha: float = field(0.5, "weight of the hard-label cross-entropy; 1 - alpha weighs the teacher term (0..1)")
-    temperature: float = field(4.0, "softmax temperature T of the KL term (> 0; the term is scaled by T^2)")
+    alpha: float = field(0.5, "weight of the hard-label cross-entropy; 1 - alpha weighs the teacher term (0..1)", range="[0,1]")
+    temperature: float = field(4.0, "softmax temperature T of the KL term (> 0; the term is scaled by T^2)", range=">0")
     kd_loss: str = field("kl", "kl (Hinton soft targets) | mse (logit matching, no temperature)",
                          choices=kd_losses)
     no_teacher: bool = field(False, "train the plain baseline student (alpha = 1, no teacher) "
                                     "into RUN/students/<arch>-baseline/")
     teacher_cache: int = field(10, "K augmented views per train image whose teacher logits are cached in "
-                                   "RUN/teacher/cache/ (0 = run the teacher online every step)")
-    cache_seed: int = field(0, "seed of the cached views (shared by every student reading the cache)")
+                                   "RUN/teacher/cache/ (0 = run the teacher online every step)", range=">=0")
+    cache_seed: int = field(0, "seed of the cached views (shared by every student reading the cache)", range=">=0")
     cache_only: bool = field(False, "build (or validate) the teacher-logit cache, then stop without training")
     complementary: str = field("none", "none (independent students) | clusters (specialists on the teacher's "
                                        "confusable class clusters; students.complementary)",
@@ -50,7 +50,7 @@ class StudentConfig(TrainConfig):
     owners: list[str] = field(["1", "2"], "with --complementary: the students the class clusters go to, hardest "
                                           "cluster first (1 = densenet121, 2 = googlenet, or names)")
     other_weight: float = field(0.25, "with --complementary clusters: loss weight of images outside the "
-                                      "student's own classes (0 < w <= 1; own classes weigh 1)")
+                                      "student's own classes (0 < w <= 1; own classes weigh 1)", range="(0,1]")
     stem: str = field("cifar", "input stem: cifar (3x3 stride 1, for 8x8/32x32) | imagenet (torchvision's "
                                "strided stem: /4, GoogLeNet /8; for 28x28 and larger)",
                       choices=("cifar", "imagenet"))
@@ -58,7 +58,7 @@ class StudentConfig(TrainConfig):
 
 @dataclass
 class SweepConfig(StudentConfig):
-    temperatures: list[float] = field([1.0, 4.0, 10.0], "softmax temperatures T to try (> 0)")
-    alphas: list[float] = field([0.0, 0.5], "hard-label weights alpha to try (0..1; 1 = the baseline)")
-    seeds: list[int] = field([0, 1], "seeds per grid point: mean ± std over these")
+    temperatures: list[float] = field([1.0, 4.0, 10.0], "softmax temperatures T to try (> 0)", range=">0")
+    alphas: list[float] = field([0.0, 0.5], "hard-label weights alpha to try (0..1; 1 = the baseline)", range="[0,1]")
+    seeds: list[int] = field([0, 1], "seeds per grid point: mean ± std over these", range=">=0")
     baseline: bool = field(True, "also train the baseline student (alpha = 1, no teacher) for each seed")

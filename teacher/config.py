@@ -16,4 +16,4 @@ class TeacherConfig(TrainConfig):
                                "strided stem, /4; for 28x28 and larger)", choices=("cifar", "imagenet"))
     target_accuracy: Optional[float] = field(None, "`select` accuracy this recipe expects of the teacher (0..1]; "
                                                    "StudentTrain warns when the teacher it distils from is more "
-                                                   "than 5 points below it")
+                                                   "than 5 points below it", range="(0,1]")

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 STAGE_PACKAGES = ("teacher", "students", "selector", "inference")  # pipeline order
 CORE = ROOT / "moskd"
 COMMAND_LAYER = {CORE / "cli.py", CORE / "sections.py", CORE / "pipeline.py",
-                 *(ROOT / pkg / "cli.py" for pkg in STAGE_PACKAGES), ROOT / "inference" / "policy_cli.py"}
+                 *(ROOT / pkg / "cli.py" for pkg in STAGE_PACKAGES)}
 PROJECT = ("moskd", *STAGE_PACKAGES)
 
 

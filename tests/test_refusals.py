@@ -81,7 +81,7 @@ def test_yaml_values_are_range_checked_too(cli, tmp_path):
     ("report", ["RUN", "--limt", "5"], "did you mean --limit?"),
     ("export", ["--run-dir", "RUN", "--out", "B", "--format", "onnxx"], "did you mean onnx?"),
     ("policy", ["RUN", "--target", "teacherr"], "--target teacherr: choose teacher, best-student or an accuracy"),
-    ("policy", ["RUN", "--budget-macs", "-5"], "--budget-macs -5: give a positive number"),
+    ("policy", ["RUN", "--budget-macs", "-5"], "--budget-macs -5.0: must be > 0"),
     ("serve", ["--bundle", "B", "--port", "70000"], "--port 70000: must be in [0, 65535]"),
     ("serve", ["--bundle", "B", "--max-batch", "0"], "--max-batch 0: must be >= 1"),
     ("serve", ["--bundle", "B", "--threads", "0"], "--threads 0: must be >= 1"),

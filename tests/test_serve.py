@@ -19,7 +19,7 @@ from PIL import Image
 
 from inference.bundle import load_bundle
 from inference.serve import create_app
-from inference.serve import main as serve_main
+from inference.cli import serve_main
 from moskd.data import load_data
 from tests.test_export import bundles  # noqa: F401  (module fixture: torch and ONNX bundles of a tiny run)
 from tests.test_selector import trained_run  # noqa: F401
