@@ -102,7 +102,7 @@ MUTATIONS: list[Mutation] = [
              "held = min(n - 1, max(1, round((1 - fraction) * n)))",
              (f"{T_SEL}::test_holdout_split_is_deterministic_disjoint_and_complete",),
              "--holdout-fraction holds out the complement"),
-    Mutation("S6", "selector/train.py", "metric=routed_accuracy(cfg.tie_margin)", "metric=routed_accuracy(0.05)",
+    Mutation("S6", "selector/train.py", "metric=routed_score(cfg.tie_margin)", "metric=routed_score(0.05)",
              (SEL_FLAGS,), "selector checkpoint chosen with the default tie margin, not --tie-margin"),
     Mutation("S7", "selector/train.py", '"tie_margin": cfg.tie_margin,', '"tie_margin": 0.05,', (SEL_FLAGS,),
              "selector card records the default tie margin, not --tie-margin"),

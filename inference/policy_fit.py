@@ -18,6 +18,8 @@ Families (moskd.policy holds the rule; this module only enumerates and scores pa
 """
 from __future__ import annotations
 
+import dataclasses
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -227,7 +229,8 @@ def fit_policy(setup: Setup, select: dict, heldout: list[int] | None, spare: dic
     if best is None:
         raise MoskdError(f"no policy fits within --budget-macs {budget_macs:,.0f}; the cheapest needs "
                          f"{min(p.macs for p in scored):,.0f}")
-    p = best.policy
+    # a copy: the scored candidate keeps its own target (its chain), which the summary reuses
+    p = dataclasses.replace(best.policy)
     p.target = {"rule": f"fewest MACs reaching {target}" if budget_macs is None else "most accurate within budget",
                 "target": target, "target_accuracy": acc_target, "budget_macs": budget_macs,
                 "select_images": int(len(choose["labels"])), "learn_images": source if learn is None else

@@ -168,15 +168,16 @@ def evaluate_run(run_dir: str | Path, *, dataset: str | None = None, data_dir: s
             "meta": {"dataset": data.name, "split": "test", "input_size": list(card["input_size"]),
                      "class_names": run.class_names}}
     out = run_dir.report(limit)
+    scored = None
     if policy is None:
-        policy = policy_step(out, meta, arrays, target, budget_macs, said=refit)
+        policy, scored = policy_step(out, meta, arrays, target, budget_macs, said=refit)
         run = routed_by(run, policy)  # the same models, routed by the policy just fitted
     real = dispatch(run.router, _loader(data, "test", card, batch_size, device), progress)
     for split, a in arrays.items():
         arrays[split] = with_policy(a, policy)
         save_eval(out.eval_arrays(split), arrays[split])
     write_json(out.eval_meta, meta)
-    report = summarize_meta(arrays, meta, policy)
+    report = summarize_meta(arrays, meta, policy, scored)
     test = arrays["test"]
     report["policy"]["dispatch_matches_replay"] = {
         "labels": float((real["pred"] == test["policy_pred"]).mean()),
@@ -190,23 +191,23 @@ def setup_of(meta: dict) -> Setup:
 
 
 def policy_step(out: ReportDir, meta: dict, arrays: dict, target: str = "teacher",
-                budget_macs: float | None = None, said: bool = False) -> Policy:
+                budget_macs: float | None = None, said: bool = False) -> tuple[Policy, list]:
     """`moskd policy`'s work: fit the routing policy on the arrays' `select` (and `spare`) and write
     RUN/policy.json. A report that finds no policy calls it and says so in one line (said=False);
     `moskd policy` asked for it (said=True)."""
     if not said:
         print(f"no routing policy in {out.policy.parent} yet: fitting one on select, as `moskd policy` does "
               f"-> {out.policy}", flush=True)
-    policy, _ = fit_policy(setup_of(meta), arrays["select"], meta["heldout"], arrays.get("spare"), target,
-                           budget_macs)
+    policy, scored = fit_policy(setup_of(meta), arrays["select"], meta["heldout"], arrays.get("spare"), target,
+                                budget_macs)
     write_json(out.policy, policy.to_dict())
-    return policy
+    return policy, scored  # every candidate scored on select: the summary reuses them
 
 
-def summarize_meta(arrays: dict, meta: dict, policy: Policy) -> dict:
+def summarize_meta(arrays: dict, meta: dict, policy: Policy, scored: list | None = None) -> dict:
     return summarize(arrays["test"], arrays["select"], meta["costs"], names=meta["names"],
                      tie_margin=meta["tie_margin"], knob=meta["knob"], heldout=meta["heldout"], meta=meta["meta"],
-                     policy=policy, spare=arrays.get("spare"))
+                     policy=policy, spare=arrays.get("spare"), scored=scored)
 
 
 def eval_dir(run_dir: str | Path, limit: int | None = None) -> Path:
@@ -232,14 +233,14 @@ def report_from_eval(run_dir: str | Path, limit: int | None = None, refit: bool 
     """report.json's content from the saved RUN/eval arrays, without running a model (the policy is
     refitted from them when asked, or when the run has none)."""
     out, meta, arrays = load_saved(run_dir, limit)
-    policy = None if refit else load_policy(RunDir(run_dir), limit)
+    policy, scored = None if refit else load_policy(RunDir(run_dir), limit), None
     if policy is None:
-        policy = policy_step(out, meta, arrays, target, budget_macs, said=refit)
+        policy, scored = policy_step(out, meta, arrays, target, budget_macs, said=refit)
     for split, a in arrays.items():
         arrays[split] = with_policy(a, policy)
         if refit:
             save_eval(out.eval_arrays(split), arrays[split])
-    return summarize_meta(arrays, meta, policy)
+    return summarize_meta(arrays, meta, policy, scored)
 
 
 # ---------------------------------------------------------------- writing

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from inference import curves as C
-from inference.policy_fit import (COMMITTEE, Setup, candidates, choose_point, pareto,
+from inference.policy_fit import (COMMITTEE, Scored, Setup, candidates, choose_point, pareto,
                                   resolve_target, score, split_choose_learn)
 from moskd.errors import MoskdError
 from moskd.policy import TEACHER, Policy, replay, router_policy
@@ -58,9 +58,11 @@ def make_setup(names: list[str], costs: dict, tie_margin: float, knob: float) ->
 class Points:
     """Every candidate policy scored on the choosing images (`select`) and on `test`."""
 
-    def __init__(self, policies: list[Policy], choose: dict, test: dict):
-        self.sel = [score(p, choose) for p in policies]
-        self.test = [score(p, test) for p in policies]
+    def __init__(self, policies: list[Policy], choose: dict, test: dict, scored: list[Scored] | None = None):
+        """scored: the same candidates already scored on `choose` (by the policy fit that just ran):
+        each candidate is scored once per split."""
+        self.sel = scored if scored is not None else [score(p, choose) for p in policies]
+        self.test = [score(s.policy, test) for s in self.sel]
 
     def family(self, *families: str) -> list[int]:
         return [i for i, s in enumerate(self.sel) if s.policy.family in families]
@@ -213,11 +215,13 @@ def compression_section(costs: dict, names: list[str], routed_macs: float) -> tu
 
 
 def summarize(test: dict, select: dict, costs: dict, *, names: list[str], tie_margin: float, knob: float,
-              heldout: list[int] | None, meta: dict, policy: Policy, spare: dict | None = None) -> dict:
+              heldout: list[int] | None, meta: dict, policy: Policy, spare: dict | None = None,
+              scored: list[Scored] | None = None) -> dict:
     """report.json's content from the per-image arrays of `test`, `select` (and `spare`).
 
     costs: name -> {role, arch, params, bytes, macs} for the teacher, the routed students (`names`,
-    route order = ascending MACs), other students and the selector.
+    route order = ascending MACs), other students and the selector. scored: every candidate already
+    scored on the choosing images, when the policy was fitted in this process (policy_fit.fit_policy).
     """
     y = test["labels"]
     if len(y) == 0:
@@ -229,7 +233,7 @@ def summarize(test: dict, select: dict, costs: dict, *, names: list[str], tie_ma
     best = max(names, key=lambda k: (sel_acc[k], -costs[k]["macs"]))  # chosen on select
     setup = make_setup(names, costs, tie_margin, knob)
     choose, learn, _ = split_choose_learn(select, heldout, spare)
-    points = Points(candidates(setup, choose, learn), choose, test)
+    points = Points([] if scored is not None else candidates(setup, choose, learn), choose, test, scored)
     targets = {"teacher": resolve_target("teacher", choose, setup),
                "best_student": resolve_target("best-student", choose, setup)}
     dep = policy_section(policy, test, names, acc, best, right)

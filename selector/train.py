@@ -59,8 +59,9 @@ def bce_on_target(logits: torch.Tensor, batch) -> torch.Tensor:
 TIE_BREAK = 1e-6  # weight of the BCE tie-break in the checkpoint metric (below any accuracy step)
 
 
-def routed_accuracy(tie_margin: float):
-    """Engine metric: how often the student an image is routed to is right (batch[2] = correctness).
+def routed_score(tie_margin: float):
+    """Engine metric: routed accuracy (how often the student an image is routed to is right; batch[3] =
+    correctness) less TIE_BREAK x BCE, so a score, not an accuracy.
 
     Routed accuracy moves in steps of 1/N and often plateaus from the first epoch (e.g. when
     routing everything to the cheapest student is already as good as it gets); the engine keeps
@@ -235,19 +236,9 @@ def finalize(model, best_path: Path, held_loader: TensorLoader, held: torch.Tens
     return logits.sigmoid(), correct, operating
 
 
-def run(cfg: SelectorConfig, rt: Runtime) -> dict:
-    if cfg.target not in TARGETS:
-        raise MoskdError(f"--target {cfg.target}: choose one of {', '.join(TARGETS)}")
-    run = RunDir(cfg.run_dir)
-    out = run.selector
-    data = data_from_config(cfg)
-    students = run.load_students(cfg.students, dataset=data.name, num_classes=data.num_classes,
-                                 split={k: getattr(cfg, k) for k in SPLIT_KEYS}, device=rt.device)
+def build_selector(cfg: SelectorConfig, data: DataBundle, students: list) -> tuple[torch.nn.Module, dict]:
+    """The untrained selector (seeded) and its model card, within the MAC budget."""
     names, macs = [s.name for s in students], [s.macs for s in students]
-    if list(students[0].card["input_size"]) != data.input_size:
-        raise MoskdError(f"{students[0].path}: takes {students[0].card['input_size']} inputs, this data is "
-                         f"{data.input_size}; pass the --dataset/--image-size the students were trained with")
-
     torch.manual_seed(cfg.seed)
     kwargs = {"width": cfg.width, "dropout": cfg.dropout}
     model = create_model("selector_cnn", len(names), data.in_chans, **kwargs)
@@ -261,13 +252,14 @@ def run(cfg: SelectorConfig, rt: Runtime) -> dict:
         # the selector sees the very batch its students see: same normalisation as theirs
         "mean": students[0].card["mean"], "std": students[0].card["std"],
     }
-    resume = prepare_out_dir(out.path, cfg, "trainSelector", card)  # refuse before labels.pt is (over)written
-    check_resume_matches(resume, cfg)
-    if cfg.labels_from == "select+spare":
-        check_spare(students, data, cfg)
-    log(rt, f"selector: {selector_macs:,} MACs per image = {selector_macs / min(macs):.2%} of {names[0]}; "
-            f"route order {', '.join(names)}")
+    return model, card
 
+
+def label_students(cfg: SelectorConfig, rt: Runtime, students: list, data: DataBundle, card: dict, out
+                   ) -> tuple[SelectorConfig, dict, dict | None]:
+    """Each student's correctness on `select` (and `spare`), the target resolved from the students'
+    cards (card["target"] set), labels.pt written: (cfg, select labels, spare labels or None)."""
+    names = [s.name for s in students]
     labels = label_split(students, data, "select", cfg.eval_batch_size, rt.device, show_progress(rt))
     log(rt, describe(labels["stats"]))
     partition = complementary_partition(students)
@@ -285,6 +277,29 @@ def run(cfg: SelectorConfig, rt: Runtime) -> dict:
             + (f" (students specialise: --complementary {partition['method']})" if partition else ""))
     if rt.is_main:
         save_labels(labels, out.labels)
+    return cfg, labels, spare
+
+
+def run(cfg: SelectorConfig, rt: Runtime) -> dict:
+    if cfg.target not in TARGETS:
+        raise MoskdError(f"--target {cfg.target}: choose one of {', '.join(TARGETS)}")
+    run = RunDir(cfg.run_dir)
+    out = run.selector
+    data = data_from_config(cfg)
+    students = run.load_students(cfg.students, dataset=data.name, num_classes=data.num_classes,
+                                 split={k: getattr(cfg, k) for k in SPLIT_KEYS}, device=rt.device)
+    names, macs = [s.name for s in students], [s.macs for s in students]
+    if list(students[0].card["input_size"]) != data.input_size:
+        raise MoskdError(f"{students[0].path}: takes {students[0].card['input_size']} inputs, this data is "
+                         f"{data.input_size}; pass the --dataset/--image-size the students were trained with")
+    model, card = build_selector(cfg, data, students)
+    resume = prepare_out_dir(out.path, cfg, "trainSelector", card)  # refuse before labels.pt is (over)written
+    check_resume_matches(resume, cfg)
+    if cfg.labels_from == "select+spare":
+        check_spare(students, data, cfg)
+    log(rt, f"selector: {card['selector_macs']:,} MACs per image = {card['selector_macs'] / min(macs):.2%} of "
+            f"{names[0]}; route order {', '.join(names)}")
+    cfg, labels, spare = label_students(cfg, rt, students, data, card, out)
     del students  # only their labels are needed from here on
 
     tr, held = holdout_split(len(labels["correct"]), cfg.holdout_fraction, cfg.split_seed)
@@ -295,16 +310,14 @@ def run(cfg: SelectorConfig, rt: Runtime) -> dict:
         train_loader=_loader(data, card, training, cfg, rt, train=True),
         select_loader=_loader(data, card, held_part, cfg, rt, train=False),
         objective=on_logits(bce_on_target), card=card,
-        metric=routed_accuracy(cfg.tie_margin), metric_name="routed_acc",
+        metric=routed_score(cfg.tie_margin), metric_name="routed_acc",
     )
     summary = fit(stage, cfg, rt, "trainSelector")
     if rt.is_main:
         held_loader = _loader(data, card, held_part, cfg, Runtime(rt.device), train=False)
         scores, correct, operating = finalize(model, out.best, held_loader, held, cfg, macs)
         summary.update(heldout_summary(scores, correct, cfg.tie_margin, operating["knob"], names, macs))
-        summary["operating_point"] = operating
-        summary["labels"] = labels["stats"]
-        summary["train_images"] = len(stage.train_loader.images)  # `select`'s training part (+ spare)
+        summary.update(operating_point=operating, labels=labels["stats"], train_images=len(stage.train_loader.images))
         if spare:
             summary["spare_labels"] = spare["stats"]
         complete(out.path, summary, cfg.keep_last)  # summary.json, curves.png, --keep-last

@@ -254,14 +254,14 @@ def test_selector_learns_which_student_is_right(tmp_path):
 
 
 def test_route_rule_is_shared_with_training_metric():
-    from selector.train import routed_accuracy
+    from selector.train import routed_score
 
     logits = torch.tensor([[2.0, 2.05], [-3.0, 3.0]])
     correct = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-    total, n = routed_accuracy(0.05)(logits, (None, None, correct, correct))  # (x, y, target, correct)
+    total, n = routed_score(0.05)(logits, (None, None, correct, correct))  # (x, y, target, correct)
     assert n == 2 and total == pytest.approx(2.0, abs=1e-4)  # near tie -> cheaper (right), clear win -> dear
     # same routes, same accuracy, better calibrated: scores higher (the checkpoint tie-break)
-    sharper, _ = routed_accuracy(0.05)(torch.tensor([[6.0, -6.0], [-6.0, 6.0]]), (None, None, correct, correct))
+    sharper, _ = routed_score(0.05)(torch.tensor([[6.0, -6.0], [-6.0, 6.0]]), (None, None, correct, correct))
     assert total < sharper <= 2.0
     assert entry_routes(logits.sigmoid().numpy(), 0.05).tolist() == [0, 1]
 
@@ -289,8 +289,8 @@ def test_selector_flags_reach_the_card_the_metric_and_the_holdout(tmp_path, monk
     import selector.train
 
     make_students(tmp_path, baseline=False)
-    margins, real = [], selector.train.routed_accuracy
-    monkeypatch.setattr(selector.train, "routed_accuracy", lambda m: margins.append(m) or real(m))
+    margins, real = [], selector.train.routed_score
+    monkeypatch.setattr(selector.train, "routed_score", lambda m: margins.append(m) or real(m))
     code, _, err = cli(train_selector, ["--run-dir", str(tmp_path), "--limit", str(LIMIT), "--epochs", "1",
                                         "--width", "8", "--tie-margin", "0.2", "--holdout-fraction", "0.5",
                                         "--device", "cpu"])
