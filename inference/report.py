@@ -37,6 +37,7 @@ from moskd.precision import policy as precision_policy
 from moskd.profile import model_cost
 from moskd.loaded import is_baseline
 from moskd.run import ReportDir, RunDir
+from moskd.runtime import setup_runtime, show_progress
 
 SPLITS = ("select", "test", "spare")
 SPARE_IMAGES = 12_000  # enough to learn a deferral rule of a few dozen weights; the rest of spare is not read
@@ -282,8 +283,6 @@ def report_command(cfg, refit: bool) -> None:
             ok = False
         if not ok:
             raise MoskdError(f"--target {cfg.target}: choose teacher, best-student or an accuracy in (0, 1]")
-    from moskd.runtime import setup_runtime, show_progress
-
     fit = {"refit": refit, "target": cfg.target, "budget_macs": cfg.budget_macs}
     if cfg.from_eval:
         report_run(cfg.run_dir, from_eval=True, limit=cfg.limit, **fit)

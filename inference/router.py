@@ -25,6 +25,7 @@ from moskd.models import adapt_input, build_model_from_checkpoint
 from moskd.atomic import read_json
 from moskd.policy import TEACHER, Policy, PolicyError, decide, router_policy
 from moskd.precision import Precision, policy as precision_policy
+from moskd.profile import count_macs
 from moskd.run import RunDir, Student
 
 
@@ -140,8 +141,6 @@ def load_router(run_dir: str | Path, device="cpu", with_teacher: bool = False, p
     """The run's selector, its students (route order from the selector card) and the teacher when the
     routing policy reaches it or when asked for (evaluation), executing RUN/policy.json (or `policy`;
     without either, the selector alone at trainSelector's knob)."""
-    from moskd.profile import count_macs
-
     run = RunDir(run_dir)
     sel = run.load_selector()
     card = sel["card"]

@@ -29,6 +29,7 @@ from pathlib import Path
 from moskd.atomic import write_bytes, write_text
 from moskd.config import Parser  # one-line errors, 'did you mean', values checked by name
 from moskd.errors import MoskdError, cli_entry
+from moskd.run import RunDir
 from moskd.tables import markdown_table
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
@@ -206,8 +207,6 @@ def committed_copy(run, dest: Path) -> dict[Path, Path]:
 
 def archive_files(run: Path, dest: Path) -> dict[Path, Path]:
     """committed_copy, refused in one line when the run has no seeds.json or a seed misses a file."""
-    from moskd.run import RunDir
-
     root = RunDir(run)
     if not root.seeds_json.is_file():
         raise MoskdError(f"{root.seeds_json} not found: --archive takes a finished "

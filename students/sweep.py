@@ -1,18 +1,4 @@
-"""moskd sweep: a temperature x alpha x seed grid for one student, plus its baseline.
-
-    moskd sweep --run-dir RUN --model 1 --temperatures 1 10 30 50 100 --alphas 0 0.5 1 --seeds 0 1 2
-
-Each run trains in-process with StudentTrain's recipe (every StudentTrain flag applies) into
-RUN/sweep/<name>/; all of them read the one teacher-logit cache in RUN/teacher/cache/, so the
-teacher's forward pass is paid once for the whole sweep. Writes RUN/sweep/<arch>-results.{md,csv}
-(mean ± std over seeds) and RUN/sweep/<arch>-runs.csv (one row per run) with select accuracy of
-the chosen epoch, test accuracy of that checkpoint (best on `select`) and of the last epoch.
-
-alpha = 1 gives the teacher no weight, so it is the baseline student: it is trained once per seed
-(as <arch>-baseline) however many temperatures are swept. Likewise MSE logit matching has no
-temperature, so --kd-loss mse collapses the temperature axis. A finished run is reused when the
-sweep is run again (--force retrains), an interrupted one is resumed.
-"""
+"""The work of `moskd sweep` (its flags and what it writes: students.cli.SWEEP_DOC)."""
 from __future__ import annotations
 
 import csv
@@ -22,18 +8,17 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from typing import TYPE_CHECKING
-
-from moskd.run import RunDir, StageDir  # no torch: paths and JSON only
+from moskd.checkpoint import load_checkpoint
+from moskd.data import data_from_config
+from moskd.engine import drop_last, evaluate, top1
+from moskd.loader import make_loader
+from moskd.models import build_model_from_checkpoint
+from moskd.run import RunDir, StageDir
+from moskd.runtime import Runtime, log
 from moskd.atomic import read_json, write_json, write_text
 from moskd.tables import markdown_table
 from students.config import StudentConfig, SweepConfig
-
-if TYPE_CHECKING:
-    from moskd.runtime import Runtime
-
-# torch-heavy modules are imported inside the functions that need them: `moskd sweep --help`
-# (students.cli.sweep_main) answers without loading torch
+from students.train import check_config, resolve_arch, run as train_student
 
 
 @dataclass(frozen=True)
@@ -72,11 +57,6 @@ def grid(cfg: SweepConfig, arch: str) -> list[Point]:
 
 def last_epoch_accuracy(run: StageDir, data, cfg: StudentConfig, rt: Runtime) -> float:
     """Test accuracy of last.pt (the weights after the final epoch), beside best-on-select."""
-    from moskd.checkpoint import load_checkpoint
-    from moskd.loader import make_loader
-    from moskd.engine import evaluate, top1
-    from moskd.models import build_model_from_checkpoint
-    from moskd.runtime import Runtime
 
     model = build_model_from_checkpoint(load_checkpoint(run.last, role="student")).to(rt.device)
     return evaluate(model, make_loader(data, "test", cfg.eval_batch_size, device=rt.device), top1,
@@ -85,9 +65,6 @@ def last_epoch_accuracy(run: StageDir, data, cfg: StudentConfig, rt: Runtime) ->
 
 def train_point(point: Point, seed: int, cfg: SweepConfig, data, rt: Runtime) -> dict:
     """Train (or reuse, or resume) one run; returns its row of <arch>-runs.csv."""
-    from moskd.engine import drop_last
-    from moskd.runtime import log
-    from students.train import run as train_student
 
     out = RunDir(cfg.run_dir).sweep_run(f"{point.name}-s{seed}")
     if out.finished and not cfg.force:
@@ -151,9 +128,6 @@ def markdown(table: list[dict], arch: str) -> str:
 
 
 def sweep(cfg: SweepConfig, rt: Runtime) -> list[dict]:
-    from moskd.data import data_from_config
-    from moskd.runtime import log
-    from students.train import check_config, resolve_arch
 
     check_config(cfg)
     arch = resolve_arch(cfg.model)
