@@ -256,7 +256,6 @@ def summarize(test: dict, select: dict, costs: dict, *, names: list[str], tie_ma
     denom = oracle - acc[best]
     conf = np.stack([C.max_softmax(lg[k]) for k in names], 1)
     systems, compression = compression_section(costs, names, r["routed"]["macs_per_image"])
-    families = sorted({s.policy.family for s in points.sel} - {"single"})
     return {
         **meta, "num_images": int(len(y)),
         "models": model_rows(lg, y, costs, lg[TEACHER].shape[1]),
@@ -269,12 +268,7 @@ def summarize(test: dict, select: dict, costs: dict, *, names: list[str], tie_ma
         "gap_closed": (r["routed"]["accuracy"] - acc[best]) / denom if denom > 1e-12 else None,
         "cascade_same_macs": r["same"],
         "comparisons": {k: v for k, v in cmp.items()},
-        "curves": {"router": [{"knob": s.policy.entry["knob"], "accuracy": t.accuracy, "macs_per_image": t.macs,
-                               "select_accuracy": s.accuracy, "share": {k: t.share[k] for k in names}}
-                              for s, t in ((points.sel[i], points.test[i]) for i in points.family("router"))],
-                   "cascade": _chain_curves(points),
-                   "random": C.random_curve(r["correct"], [costs[k]["macs"] for k in names], names),
-                   "families": {fam: points.curve(points.family(fam)) for fam in families}},
+        "curves": _curves(points, r["correct"], costs, names),
         "iso_accuracy": flat_iso, "iso_points": iso_points,
         "select_targets": targets,
         "ci95": ci,
@@ -282,6 +276,17 @@ def summarize(test: dict, select: dict, costs: dict, *, names: list[str], tie_ma
         "systems": systems,
         "compression": compression,
     }
+
+
+def _curves(points: Points, correct: np.ndarray, costs: dict, names: list[str]) -> dict:
+    """report.json's curves: the selector's knob swept, each cascade chain, random routing and every family."""
+    families = sorted({s.policy.family for s in points.sel} - {"single"})
+    return {"router": [{"knob": s.policy.entry["knob"], "accuracy": t.accuracy, "macs_per_image": t.macs,
+                        "select_accuracy": s.accuracy, "share": {k: t.share[k] for k in names}}
+                       for s, t in ((points.sel[i], points.test[i]) for i in points.family("router"))],
+            "cascade": _chain_curves(points),
+            "random": C.random_curve(correct, [costs[k]["macs"] for k in names], names),
+            "families": {fam: points.curve(points.family(fam)) for fam in families}}
 
 
 def _chain_curves(points: Points) -> dict:
