@@ -102,7 +102,8 @@ class Bundle:
 
     def __init__(self, root: str | Path, threads: int | None = None, force: str | None = None):
         """force: "RUNTIME/PRECISION" runs every ONNX model so (e.g. "onnxruntime/fp32", the baseline
-        the deployment report compares with) instead of the manifest's choice."""
+        the deployment report compares with) instead of the manifest's choice; a model with no file in
+        that precision (int8 not kept) runs its fp32 file in that runtime."""
         self.root = Path(root)
         self.force = force
         self.fallbacks: list[tuple[str, str]] = []  # (model, why) run under onnxruntime instead of openvino
@@ -160,8 +161,9 @@ class Bundle:
         beside it when that differs."""
         from inference.runtimes import ORT
 
-        if self.force:
-            return self._open(entry, *self.force.split("/"), threads)
+        if self.force:  # a model without a file in the forced precision runs its fp32 file, same runtime
+            rt, pr = self.force.split("/")
+            return self._open(entry, rt, pr if pr == "bf16" or pr in entry_files(entry) else "fp32", threads)
         large = self._open(entry, entry.get("runtime", ORT), entry.get("precision", "fp32"), threads)
         small = entry.get("small_batch")
         if not small or (small["runtime"], small["precision"]) == (entry.get("runtime", ORT), entry.get("precision")):

@@ -271,3 +271,34 @@ def test_a_calibration_method_that_fails_is_skipped_and_recorded(tmp_path, monke
                                           min_speedup=0, rounds=1, log=lambda *_: None)
     assert chosen is not None and "Too many bins" in rec["skipped_calibrations"]["Entropy"]
     assert {c["calibration"] for c in rec["candidates"]} == {"MinMax", "Percentile"}
+
+
+# ---------------------------------------------------------------- the deployment report and the benchmark
+
+
+def test_deployment_report_compares_the_choice_with_ort_fp32(tuned, trained_run, tmp_path):  # noqa: F811
+    from inference.deploy_report import REPORT_JSON, deployment_report
+
+    out, m = tuned
+    md = deployment_report(trained_run, out, out=tmp_path, rounds=1, min_s=0.002, threads=1, batches=(8,))
+    r = json.loads((tmp_path / REPORT_JSON).read_text())
+    assert set(r["models"]) == {e.get("name", "selector") for e in _entries(m)} and "| routed |" in md
+    for name, row in [*r["models"].items(), ("routed", r["routed"])]:
+        b = row["batch"]["8"]
+        assert b["ratio_to_ort_fp32"] == pytest.approx(b["images_per_s"] / b["images_per_s_ort_fp32"])
+        assert row["p50_ms_b1"] > 0 and len(row["test"]["ci95"]) == 2
+        assert b["gmacs_per_s"] == pytest.approx(b["images_per_s"] * row["macs_per_image"] / 1e9)
+    chosen_all_fp32 = all(f"{e['runtime']}/{e['precision']}" == BASELINE for e in _entries(m))
+    assert r["routed"]["test"]["label_agreement"] == 1.0 or not chosen_all_fp32
+    assert r["peak_gmacs"]["fp32"] > 0 and r["peak_gmacs"]["int8"] >= r["peak_gmacs"]["fp32"]
+
+
+def test_bench_runtime_prints_every_column_side_by_side(tuned, capsys):
+    from benchmarks.bench_runtime import COLUMNS, main
+
+    out, m = tuned
+    main([str(out), "--threads", "1", "--rounds", "1", "--min-s", "0.002", "--batches", "1", "4"])
+    text = capsys.readouterr().out
+    rows = [ln for ln in text.splitlines() if ln.startswith("| ") and "| batch |" not in ln]
+    assert len(rows) == 2 * (len(_entries(m)) + 1)  # every model and the routed system, at both batches
+    assert all(ln.count("|") == len(COLUMNS) + 4 for ln in rows) and "(1.00x)" in rows[0]
