@@ -261,7 +261,7 @@ def export_run(run_dir: str | Path, out: str | Path, fmt: str = "torch", fast: s
         if rt_rec is not None and report:
             from inference.deploy_report import deployment_report
 
-            log(deployment_report(run_dir, tmp, rounds=report_rounds, min_s=report_min_s, run=run))
+            log(deployment_report(run_dir, tmp, name=out, rounds=report_rounds, min_s=report_min_s, run=run))
         if fp32_dir is not None:
             log(f"export: int8 against fp32 on select and test, latency at batch 1 and 64 ({SPEED_THREADS} threads)")
             rep, arrays = compare_bundles(run_dir, fp32_dir, tmp, rounds=report_rounds, threads=SPEED_THREADS,
