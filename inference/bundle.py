@@ -8,7 +8,10 @@ Written by `moskd export`. This module imports only the standard library, numpy,
 inference.images), moskd.policy (numpy only) and the backend the bundle needs: torch for `.pt2`
 programs, onnxruntime for `.onnx` files. It never imports moskd's training code, the stages, timm
 or torchvision, so a bundle runs where only those are installed; tests/test_export.py checks that
-in a fresh process.
+in a fresh process. Each ONNX model runs in the (runtime, precision) the manifest names
+(inference/runtimes.py: onnxruntime or OpenVINO; fp32, bf16 or int8), chosen at export by measurement;
+where the manifest names openvino and this host lacks it, the model runs under onnxruntime and the
+bundle says so in one warning line on stderr.
 
 The routing decision is the run's policy, copied verbatim into the manifest under "policy" and run
 by moskd.policy.decide, the code the report replays and the run's router executes: each model runs
@@ -17,6 +20,7 @@ only on the sub-batch of images whose chain reaches it, and outputs come back in
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,20 +80,33 @@ def ort_session(model, threads: int | None = None):
                                 providers=["CPUExecutionProvider"])
 
 
-class _OnnxProgram:
-    def __init__(self, path: Path, threads: int | None):
-        self.session = ort_session(path, threads)
-        self.input = self.session.get_inputs()[0].name
+def entry_files(entry: dict) -> dict:
+    """precision -> file of one manifest entry: "files" where the export kept both (runtime choice),
+    else the one file in its recorded precision (older and --quantize bundles)."""
+    return dict(entry.get("files") or {entry.get("precision", "fp32"): entry["file"]})
+
+
+class _RegimeProgram:
+    """Two choices of one model: sub-batches of at most `up_to` images run `small` (the batch-1
+    choice), larger ones `large` (the serving batch's)."""
+
+    def __init__(self, large, small, up_to: int):
+        self.large, self.small, self.up_to = large, small, up_to
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input: x})[0].astype(np.float32, copy=False)
+        return (self.small if len(x) <= self.up_to else self.large)(x)
 
 
 class Bundle:
     """A loaded bundle: preprocessing card, class names, one program per model, the routing policy."""
 
-    def __init__(self, root: str | Path, threads: int | None = None):
+    def __init__(self, root: str | Path, threads: int | None = None, force: str | None = None):
+        """force: "RUNTIME/PRECISION" runs every ONNX model so (e.g. "onnxruntime/fp32", the baseline
+        the deployment report compares with) instead of the manifest's choice; a model with no file in
+        that precision (int8 not kept) runs its fp32 file in that runtime."""
         self.root = Path(root)
+        self.force = force
+        self.fallbacks: list[tuple[str, str]] = []  # (model, why) run under onnxruntime instead of openvino
         path = self.root / MANIFEST
         if not path.is_file():
             raise BundleError(f"{path} not found; write a bundle with moskd export --run-dir RUN --out {self.root}")
@@ -120,19 +137,58 @@ class Bundle:
         c = len(m["mean"])
         self._mean = np.asarray(m["mean"], dtype=np.float32).reshape(1, c, 1, 1)
         self._std = np.asarray(m["std"], dtype=np.float32).reshape(1, c, 1, 1)
+        if self.fallbacks:  # one line for the whole bundle, whatever the number of models
+            print(f"moskd bundle: warning: running {', '.join(n for n, _ in self.fallbacks)} under onnxruntime "
+                  f"instead of openvino ({self.fallbacks[0][1]})", file=sys.stderr)
 
     def _load(self, entry: dict, threads: int | None):
         path = self.root / entry["file"]
         if not path.is_file():
             raise BundleError(f"{path} not found; the bundle is incomplete, export it again")
         try:
-            return _OnnxProgram(path, threads) if path.suffix == ".onnx" else _TorchProgram(path)
+            return self._onnx(entry, threads) if path.suffix == ".onnx" else _TorchProgram(path)
+        except BundleError:
+            raise
         except ImportError as e:
             need = "onnxruntime" if path.suffix == ".onnx" else "torch"
             raise BundleError(f"{path}: needs {need} ({e}); pip install {need}") from None
         except Exception as e:  # noqa: BLE001  a damaged program file: name it, whatever the backend raised
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
             raise BundleError(f"{path}: cannot load ({first}); export the bundle again") from None
+
+    def _onnx(self, entry: dict, threads: int | None):
+        """The model's program in the manifest's (runtime, precision), or `force`'s; its batch-1 choice
+        beside it when that differs."""
+        from inference.runtimes import ORT
+
+        if self.force:  # a model without a file in the forced precision runs its fp32 file, same runtime
+            rt, pr = self.force.split("/")
+            return self._open(entry, rt, pr if pr == "bf16" or pr in entry_files(entry) else "fp32", threads)
+        large = self._open(entry, entry.get("runtime", ORT), entry.get("precision", "fp32"), threads)
+        small = entry.get("small_batch")
+        if not small or (small["runtime"], small["precision"]) == (entry.get("runtime", ORT), entry.get("precision")):
+            return large
+        return _RegimeProgram(large, self._open(entry, small["runtime"], small["precision"], threads),
+                              int(small["up_to"]))
+
+    def _open(self, entry: dict, runtime: str, precision: str, threads: int | None):
+        from inference.runtimes import ORT, RuntimeUnavailable, open_program
+
+        files = entry_files(entry)
+        file = files.get("fp32" if precision == "bf16" else precision)
+        if file is None:
+            raise BundleError(f"{self.root / MANIFEST}: {entry.get('name', 'selector')} has no {precision} file "
+                              f"(it holds {', '.join(files)}); export the bundle again")
+        if not (self.root / file).is_file():
+            raise BundleError(f"{self.root / file} not found; the bundle is incomplete, export it again")
+        try:
+            return open_program(self.root / file, runtime, precision, threads)
+        except RuntimeUnavailable as e:
+            if runtime == ORT:
+                raise BundleError(f"{self.root / file}: {e}; export the bundle again") from None
+            self.fallbacks.append((entry.get("name", "selector"), str(e)))
+            bf = "fp32" if precision == "bf16" else precision
+            return open_program(self.root / files[bf], ORT, bf, threads)
 
     def normalize(self, x: np.ndarray) -> np.ndarray:
         """(N, C, H, W) uint8 -> float32, as moskd.data.normalize does it."""
@@ -158,5 +214,5 @@ class Bundle:
                 "routing": self.policy.describe(), "source": m.get("source")}
 
 
-def load_bundle(root: str | Path, threads: int | None = None) -> Bundle:
-    return Bundle(root, threads)
+def load_bundle(root: str | Path, threads: int | None = None, force: str | None = None) -> Bundle:
+    return Bundle(root, threads, force)

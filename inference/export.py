@@ -5,6 +5,8 @@ imports no stage).
 
     moskd export --run-dir RUN --out DIR [--format torch|onnx] [--fast fold|eager]
     moskd export --run-dir RUN --out DIR --quantize int8 [--calib N] [--report]
+    moskd export --run-dir RUN --out DIR --runtime auto|ort|openvino --precision auto|fp32|bf16|int8 [--report]
+    moskd export --retune DIR [--runtime ...] [--precision ...]
 
 Writes DIR/manifest.json (class names, input size, mean/std, each model's file, MACs and
 parameters, and the run's routing policy, RUN/policy.json, verbatim under "policy") and one file
@@ -16,6 +18,12 @@ the manifest. Models get the selector card's normalisation baked in (as the run'
 their Conv+BN pairs folded (--fast fold, the default); each exported program is checked against
 the eager model on a random batch before the manifest is written, and the largest difference is
 recorded in the manifest. The manifest is written last, so a half-written bundle never loads.
+
+--runtime/--precision (inference/tune.py) choose each ONNX model's runtime (onnxruntime or OpenVINO)
+and precision (fp32, bf16, int8) on this host by measurement, per batch regime, within --int8-bound
+points on `select`, never slower than onnxruntime fp32; the bundle keeps the fp32 and int8 files, the
+manifest the figures; --retune re-times an exported bundle on another host. The bundle folder is
+swapped in whole (inference/swap.py): a kill leaves the old bundle or the new one.
 
 --quantize int8 (inference/quantize.py) replaces each ONNX model by its static int8 graph where that
 is faster and within --int8-bound points on `select`, then refits the routing policy's deferral
@@ -32,7 +40,6 @@ import argparse
 import contextlib
 import copy
 import io
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -44,7 +51,9 @@ from inference.bundle import FORMAT_VERSION, MANIFEST, ort_session
 from inference.int8_report import compare_bundles, write_int8_report
 from inference.quantize import DEFAULT_BOUND, DEFAULT_CALIB, DEFAULT_MIN_SPEEDUP, check_calib, quantize_bundle
 from inference.quantize_tools import SPEED_THREADS
-from inference.router import load_router  # the stage-4 loader: card checks, route order, adapters
+from inference.router import load_router
+from inference.swap import recover, swap_in
+from inference.tune import tune_bundle  # the stage-4 loader: card checks, route order, adapters
 from moskd.atomic import write_json
 from moskd.config import Parser  # one-line errors, 'did you mean', values checked by name
 from moskd.errors import MoskdError, cli_entry
@@ -72,8 +81,17 @@ class Scores(nn.Module):
 def parse_args(argv) -> argparse.Namespace:
     p = Parser(prog=PROG, description=__doc__, allow_abbrev=False,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run-dir", required=True, help="finished run (selector/, students/, teacher/)")
-    p.add_argument("--out", required=True, help="bundle folder to write (must be empty or absent, or pass --force)")
+    p.add_argument("--run-dir", default=None, help="finished run (selector/, students/, teacher/)")
+    p.add_argument("--out", default=None, help="bundle folder to write (must be empty or absent, or pass --force)")
+    p.add_argument("--runtime", choices=["auto", "ort", "openvino"], default=None,
+                   help="run each ONNX model under onnxruntime, OpenVINO, or (auto) whichever is fastest on this "
+                        "host within --int8-bound points on select (inference/tune.py); writes ONNX")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "int8"], default=None,
+                   help="precisions to choose among (auto: every one this host runs natively; bf16 only under "
+                        "OpenVINO on a CPU with avx512_bf16/amx_bf16); writes ONNX, keeps fp32 and int8 files")
+    p.add_argument("--retune", default=None, metavar="BUNDLE",
+                   help="re-time the runtime choice of a bundle exported with --runtime/--precision on this host, "
+                        "without the run: the accuracy verdicts and thresholds recorded at export stand")
     p.add_argument("--format", choices=["torch", "onnx"], default=None,
                    help="torch.export programs (.pt2) or ONNX (.onnx, needs onnx and onnxscript) "
                         "(default: torch; onnx with --quantize)")
@@ -95,12 +113,27 @@ def parse_args(argv) -> argparse.Namespace:
                         "into the bundle: each model and the routed system, int8 against fp32, on select and test "
                         "(paired CIs), bytes, and latency at batch 1 and 64 side by side")
     a = p.parse_args(argv)
-    if a.report and not a.quantize:
-        p.error("--report compares int8 with fp32: it goes with --quantize int8")
+    tuned = a.runtime is not None or a.precision is not None
+    if a.retune:
+        if a.run_dir or a.out or a.quantize or a.report or a.force:
+            p.error("--retune BUNDLE takes only --runtime and --precision (it rewrites that bundle's manifest)")
+        a.runtime, a.precision = a.runtime or "auto", a.precision or "auto"
+        return a
+    if not a.run_dir or not a.out:
+        p.error("--run-dir and --out are required (or --retune BUNDLE)")
+    if tuned and a.quantize:
+        p.error("--quantize int8 is the onnxruntime-only int8 export; with --runtime/--precision pass "
+                "--precision int8 or auto instead")
+    if tuned and a.format == "torch":
+        p.error("--runtime/--precision choose among ONNX runtimes; drop --format torch")
+    if tuned:
+        a.runtime, a.precision, a.format = a.runtime or "auto", a.precision or "auto", "onnx"
+    if a.report and not (a.quantize or tuned):
+        p.error("--report compares the bundle with fp32: it goes with --quantize int8 or --runtime/--precision")
     if a.format == "torch" and a.quantize:
         p.error("--quantize int8 writes ONNX models; drop --format torch or pass --format onnx")
-    if a.calib is not None and not a.quantize:
-        p.error("--calib goes with --quantize int8")
+    if a.calib is not None and not (a.quantize or tuned):
+        p.error("--calib goes with --quantize int8 or --precision auto|int8")
     a.format = a.format or ("onnx" if a.quantize else "torch")
     if a.calib is not None:
         try:
@@ -143,10 +176,17 @@ def _check(path: Path, fmt: str, model: nn.Module, x: torch.Tensor) -> float:
 def export_run(run_dir: str | Path, out: str | Path, fmt: str = "torch", fast: str = "fold", force: bool = False,
                log=print, quantize: str | None = None, calib: int | None = None, int8_bound: float = DEFAULT_BOUND,
                int8_min_speedup: float = DEFAULT_MIN_SPEEDUP, report: bool = False, report_rounds: int = REPORT_ROUNDS,
-               report_min_s: float = 0.2) -> dict:
+               report_min_s: float = 0.2, runtime: str | None = None, precision: str | None = None) -> dict:
     """Write the bundle; returns the manifest. With `quantize` and `report`, the bundle also holds the
-    int8-against-fp32 comparison (inference/int8_report.py)."""
+    int8-against-fp32 comparison (inference/int8_report.py). With `runtime`/`precision` ("auto", ...),
+    each ONNX model's runtime and precision are chosen on this host (inference/tune.py); `report` then
+    writes the deployment report (inference/deploy_report.py)."""
     run_dir, out = Path(run_dir), Path(out)
+    if runtime or precision:
+        fmt, runtime, precision = "onnx", runtime or "auto", precision or "auto"
+    done_before = recover(out)
+    if done_before:
+        log(f"export: {done_before}")
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise MoskdError(f"{out} already exists and is not empty; pass --force to replace it or choose another --out")
     if quantize and fmt != "onnx":
@@ -202,8 +242,11 @@ def export_run(run_dir: str | Path, out: str | Path, fmt: str = "torch", fast: s
                  "source": {"run_dir": str(run_dir.resolve()), "torch": torch.__version__}}
             return m if quant is None else {**m, "quantization": quant}
 
-        quant = None
-        if quantize:  # the fp32 files are written and checked; int8 replaces those it beats
+        quant = rt_rec = None
+        if runtime:
+            rt_rec, policy = tune_bundle(tmp, done, run, policy, runtime=runtime, precision=precision, calib=calib,
+                                         bound=int8_bound, log=log)
+        elif quantize:  # the fp32 files are written and checked; int8 replaces those it beats
             if report:  # keep the fp32 bundle aside: the int8 one is compared with it, then it goes
                 fp32_dir = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.fp32.", suffix=".tmp"))
                 for e in done.values():
@@ -212,7 +255,13 @@ def export_run(run_dir: str | Path, out: str | Path, fmt: str = "torch", fast: s
             quant, policy = quantize_bundle(tmp, done, run, policy, calib=calib, bound=int8_bound,
                                             min_speedup=int8_min_speedup, log=log)
         manifest = manifest_of(done, quant, policy)
+        if rt_rec is not None:
+            manifest["runtime"] = rt_rec
         write_json(tmp / MANIFEST, manifest)
+        if rt_rec is not None and report:
+            from inference.deploy_report import deployment_report
+
+            log(deployment_report(run_dir, tmp, name=out, rounds=report_rounds, min_s=report_min_s, run=run))
         if fp32_dir is not None:
             log(f"export: int8 against fp32 on select and test, latency at batch 1 and 64 ({SPEED_THREADS} threads)")
             rep, arrays = compare_bundles(run_dir, fp32_dir, tmp, rounds=report_rounds, threads=SPEED_THREADS,
@@ -220,9 +269,7 @@ def export_run(run_dir: str | Path, out: str | Path, fmt: str = "torch", fast: s
             rep.update(fp32_bundle="the fp32 ONNX export of the same run, written aside at export and removed",
                        int8_bundle=str(out))
             log(write_int8_report(tmp, rep, arrays))
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        os.replace(tmp, out)
+        swap_in(tmp, out)  # the old bundle or the new one under `out` at every moment (inference/swap.py)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -235,14 +282,33 @@ def export_run(run_dir: str | Path, out: str | Path, fmt: str = "torch", fast: s
 @cli_entry(PROG)
 def main(argv=None):
     a = parse_args(argv)
+    if a.retune:
+        from inference.tune import retune_bundle
+
+        m = retune_bundle(a.retune, a.runtime, a.precision)
+        print(f"rewrote {a.retune}/{MANIFEST}: " + _choices(m))
+        return
     m = export_run(a.run_dir, a.out, a.format, a.fast, a.force, quantize=a.quantize, calib=a.calib,
-                   int8_bound=a.int8_bound, int8_min_speedup=a.int8_min_speedup, report=a.report)
+                   int8_bound=a.int8_bound, int8_min_speedup=a.int8_min_speedup, report=a.report,
+                   runtime=a.runtime, precision=a.precision)
     files = [*m["models"], *([m["selector"]] if m["selector"] else [])]
     print(f"wrote {a.out}/{MANIFEST} and {len(files)} {a.format} programs "
           f"({sum(e['bytes'] for e in files) / 1e6:.1f} MB); policy {m['policy']['family']}")
     if a.quantize:
         print("precision: " + ", ".join(f"{e.get('name', 'selector')} {e['precision']}" for e in files)
               + f" (calibrated on {m['quantization']['calib_images']} train images)")
+    if a.runtime:
+        print("runtime: " + _choices(m))
+
+
+def _choices(m: dict) -> str:
+    """One line: each model's serving-batch choice (and its batch-1 one where that differs)."""
+    parts = []
+    for e in [*([m["selector"]] if m.get("selector") else []), *m["models"]]:
+        small = e.get("small_batch")
+        parts.append(f"{e.get('name', 'selector')} {e['runtime']}/{e['precision']}"
+                     + (f" (batch <= {small['up_to']}: {small['runtime']}/{small['precision']})" if small else ""))
+    return ", ".join(parts)
 
 
 if __name__ == "__main__":

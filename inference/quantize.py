@@ -148,6 +148,31 @@ def choose(ok: list[dict]) -> dict:
     return max((c for c in near if graph(c) == small), key=lambda c: (c["select_accuracy"], c["speedup_b64"]))
 
 
+def _candidates_of(name: str, method: str, pre: Path, work: Path, reader, bns, scorer, fp32_out) -> list:
+    """Every graph of one calibration method, scored on `select`: [(record, file)]. The first one
+    calibrates (all tensors) into the method's range cache; the others reuse it."""
+    cache = work / f"{name}.{method}.ranges.json"
+    got = []
+    for bn in bns:
+        for act, rr in CANDIDATE_GRAPHS:
+            dst = work / f"{name}.{act}.{method}.bn{bn}{'.rr' if rr else ''}.onnx"
+            t0 = time.perf_counter()
+            _quantize(pre, dst, None if cache.is_file() else reader, act, method, cache, bn, rr)
+            out = outputs(session(dst), scorer.x)
+            acc = scorer(name, out)
+            if name == "selector":
+                agree = float((scorer.routed(out, scorer.fp32)[1] == scorer.routed(fp32_out, scorer.fp32)[1]).mean())
+            else:
+                agree = float((out.argmax(1) == fp32_out.argmax(1)).mean())
+            c = {"activation_type": act, "weight_type": "QInt8", "reduce_range": rr, "calibration": method,
+                 "select_accuracy": acc, "select_agreement_with_fp32": agree,
+                 "bytes": dst.stat().st_size, "seconds_to_quantize": round(time.perf_counter() - t0, 2)}
+            if len(bns) > 1:
+                c["batchnorm"] = bn
+            got.append((c, dst))
+    return got
+
+
 def quantize_model(name: str, fp32_file: Path, work: Path, calib_x: np.ndarray, scorer: Scorer, *,
                    bound: float, min_speedup: float, rounds: int = 5, log=print) -> tuple[Path | None, dict]:
     """Every candidate of one model, scored on `select`; returns (chosen int8 file or None, record)."""
@@ -161,30 +186,26 @@ def quantize_model(name: str, fp32_file: Path, work: Path, calib_x: np.ndarray, 
     reader = CalibReader(calib_x, fp32_sess.get_inputs()[0].name)
     # BatchNormalization left after folding (DenseNet's, after a concatenation): int8 or fp32, measured
     bns = ("int8", "fp32") if _has_batchnorm(pre) else ("int8",)
-    cands, files = [], {}
+    cands, files, skipped = [], {}, {}
     for method in METHODS:
-        cache = work / f"{name}.{method}.ranges.json"  # calibrated once (all tensors), shared by every variant
-        for bn in bns:
-            for act, rr in CANDIDATE_GRAPHS:
-                dst = work / f"{name}.{act}.{method}.bn{bn}{'.rr' if rr else ''}.onnx"
-                t0 = time.perf_counter()
-                _quantize(pre, dst, None if cache.is_file() else reader, act, method, cache, bn, rr)
-                out = outputs(session(dst), scorer.x)
-                acc = scorer(name, out)
-                if name == "selector":
-                    agree = float((scorer.routed(out, scorer.fp32)[1] == scorer.routed(fp32_out, scorer.fp32)[1]).mean())
-                else:
-                    agree = float((out.argmax(1) == fp32_out.argmax(1)).mean())
-                c = {"activation_type": act, "weight_type": "QInt8", "reduce_range": rr, "calibration": method,
-                     "select_accuracy": acc, "select_agreement_with_fp32": agree,
-                     "bytes": dst.stat().st_size, "seconds_to_quantize": round(time.perf_counter() - t0, 2)}
-                if len(bns) > 1:
-                    c["batchnorm"] = bn
-                cands.append(c)
-                files[(act, method, bn, rr)] = dst
+        try:
+            got = _candidates_of(name, method, pre, work, reader, bns, scorer, fp32_out)
+        except Exception as e:  # noqa: BLE001  e.g. Entropy's "Too many bins for data range" on a flat model
+            skipped[method] = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            log(f"quantize: {name}: {method} calibration skipped: {skipped[method]}")
+            continue
+        for c, dst in got:
+            cands.append(c)
+            files[(c["activation_type"], method, c.get("batchnorm", "int8"), c["reduce_range"])] = dst
+    if not cands:
+        return None, {"select_accuracy_fp32": fp32_acc, "fp32_bytes": fp32_file.stat().st_size, "bound_points": bound,
+                      "min_speedup": min_speedup, "candidates": [], "skipped_calibrations": skipped,
+                      "why": "no calibration method could calibrate it: " + "; ".join(
+                          f"{m}: {w}" for m, w in skipped.items())}
+    timed = next(m for m in METHODS if m not in skipped)  # calibration moves scales only: any one times the graph
     # speed: one graph per (activation type, batchnorm) (calibration only moves scales), beside fp32
     xb = np.ascontiguousarray(np.resize(scorer.x, (SPEED_BATCH, *scorer.x.shape[1:])))
-    graphs = {(act, bn): session(files[(act, "MinMax", bn, False)]) for act in ACTIVATIONS for bn in bns}
+    graphs = {(act, bn): session(files[(act, timed, bn, False)]) for act in ACTIVATIONS for bn in bns}
     secs = side_by_side({"fp32": _call(fp32_sess, xb), **{k: _call(v, xb) for k, v in graphs.items()}},
                         rounds=rounds)
     for c in cands:
@@ -194,6 +215,8 @@ def quantize_model(name: str, fp32_file: Path, work: Path, calib_x: np.ndarray, 
     rec = {"select_accuracy_fp32": fp32_acc, "fp32_bytes": fp32_file.stat().st_size,
            "fp32_images_per_s_b64": SPEED_BATCH / secs["fp32"], "bound_points": bound,
            "min_speedup": min_speedup, "candidates": cands}
+    if skipped:
+        rec["skipped_calibrations"] = skipped
     for c in cands:
         bn = f" BN {c['batchnorm']}" if "batchnorm" in c else ""
         rr = ", 7-bit weights" if c["reduce_range"] else ""
@@ -220,14 +243,9 @@ def quantize_model(name: str, fp32_file: Path, work: Path, calib_x: np.ndarray, 
     return files[(best["activation_type"], best["calibration"], best.get("batchnorm", "int8"), best["reduce_range"])], rec
 
 
-def quantize_bundle(root: Path, entries: dict, run, policy: Policy, *, calib: int | None = None,
-                    bound: float = DEFAULT_BOUND, min_speedup: float = DEFAULT_MIN_SPEEDUP, log=print
-                    ) -> tuple[dict, Policy]:
-    """Quantize the fp32 ONNX files of a bundle being written in `root`; `entries` maps each model's
-    name to its manifest entry ("file", "bytes", ...) and is updated in place. Returns the bundle-wide
-    record for the manifest's "quantization" key and the policy the bundle deploys: the run's, with
-    its deferral thresholds refitted on the deployed models' `select` outputs (the selector's held-out
-    part, where the run chose them)."""
+def select_data(root: Path, entries: dict, run, policy: Policy, calib: int | None, log=print) -> tuple:
+    """What quantization and the runtime choice score with: (calib images, calibration inputs, select
+    inputs, select labels, each fp32 file's select outputs, the Scorer)."""
     try:
         import onnxruntime.quantization  # noqa: F401
         import sympy  # noqa: F401  (quant_pre_process's symbolic shape inference)
@@ -242,12 +260,23 @@ def quantize_bundle(root: Path, entries: dict, run, policy: Policy, *, calib: in
     if calib > len(train_x):
         raise MoskdError(f"--calib {calib}: the run's train split has only {len(train_x)} images; "
                          f"pass --calib {len(train_x)} or fewer")
-    calib_x = train_x[:calib]
     log(f"quantize: calibrating on {calib} train images")
     sel_x = normalize(splits["select"][0], card["mean"], card["std"])
     sel_y = splits["select"][1]
     fp32 = {n: outputs(session(root / e["file"]), sel_x) for n, e in entries.items()}
-    scorer = Scorer(sel_x, sel_y, fp32, policy)
+    return calib, train_x[:calib], sel_x, sel_y, fp32, Scorer(sel_x, sel_y, fp32, policy)
+
+
+def quantize_bundle(root: Path, entries: dict, run, policy: Policy, *, calib: int | None = None,
+                    bound: float = DEFAULT_BOUND, min_speedup: float = DEFAULT_MIN_SPEEDUP, log=print
+                    ) -> tuple[dict, Policy]:
+    """Quantize the fp32 ONNX files of a bundle being written in `root`; `entries` maps each model's
+    name to its manifest entry ("file", "bytes", ...) and is updated in place. Returns the bundle-wide
+    record for the manifest's "quantization" key and the policy the bundle deploys: the run's, with
+    its deferral thresholds refitted on the deployed models' `select` outputs (the selector's held-out
+    part, where the run chose them)."""
+    calib, calib_x, sel_x, sel_y, fp32, scorer = select_data(root, entries, run, policy, calib, log)
+    card = run.card
     int8 = {}
     with tempfile.TemporaryDirectory(dir=root, prefix=".quant.") as work:
         work = Path(work)

@@ -1,0 +1,133 @@
+"""Every runtime and precision of a bundle's models, side by side in one run: milliseconds per batch and
+the ratio to onnxruntime fp32, per model and for the routed system.
+
+    python benchmarks/bench_runtime.py BUNDLE [--threads 2] [--rounds 5] [--min-s 0.2] [--batches 1 64]
+                                       [--run-dir RUN --out DIR]
+
+Columns: ORT fp32, ORT int8, OV fp32, OV bf16, OV int8 (OV: OpenVINO), then the bundle as chosen at
+export (its manifest). All programs of all columns and batch sizes are timed in the same rounds, in a
+fresh shuffled order each round (medians). A cell is "—" where this host cannot run it (the reason is
+printed below the table): no int8 file kept for the model, no OpenVINO, no native bf16, a graph
+OpenVINO refuses. A routed row runs the whole bundle in that column's runtime/precision (a model with
+no int8 file runs its fp32 file there). Inputs: random normal images of the bundle's input size (the
+timing of these graphs does not depend on the values). With --run-dir and --out it also writes the
+deployment report (inference/deploy_report.py) of the bundle as chosen into DIR.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from inference.bundle import Bundle, entry_files, load_bundle  # noqa: E402
+from inference.quantize_tools import side_by_side  # noqa: E402
+from inference.runtimes import RuntimeUnavailable, native_bf16, open_program, openvino_missing  # noqa: E402
+
+COLUMNS = ("onnxruntime/fp32", "onnxruntime/int8", "openvino/fp32", "openvino/bf16", "openvino/int8")
+SHORT = {"onnxruntime": "ORT", "openvino": "OV"}
+
+
+def _label(k: str) -> str:
+    rt, pr = k.split("/")
+    return f"{SHORT[rt]} {pr}"
+
+
+def open_all(bundle: Bundle, threads: int) -> tuple[dict, dict]:
+    """{(model, column): program} and {(model, column): why not}."""
+    progs, why = {}, {}
+    ents = {**({"selector": bundle.manifest["selector"]} if bundle.manifest.get("selector") else {}),
+            **{e["name"]: e for e in bundle.manifest["models"]}}
+    for name, e in ents.items():
+        files = entry_files(e)
+        for col in COLUMNS:
+            rt, pr = col.split("/")
+            file = files.get("fp32" if pr == "bf16" else pr)
+            if file is None:
+                why[(name, col)] = f"no {pr} file in the bundle"
+            elif pr == "bf16" and not native_bf16():
+                why[(name, col)] = "no native bf16 on this CPU"
+            else:
+                try:
+                    progs[(name, col)] = open_program(bundle.root / file, rt, pr, threads)
+                except RuntimeUnavailable as ex:
+                    why[(name, col)] = str(ex)
+    return progs, why
+
+
+def routed_systems(root: str, threads: int, why: dict) -> dict:
+    out = {"chosen": load_bundle(root, threads)}
+    for col in COLUMNS:
+        if col.startswith("openvino") and openvino_missing() or (col.endswith("bf16") and not native_bf16()):
+            continue
+        if any(c == col and "openvino cannot" in w for (_, c), w in why.items()):
+            continue  # a model OpenVINO refuses: the forced bundle would fall back, not measure the column
+        out[col] = load_bundle(root, threads, force=col)
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)
+    p.add_argument("bundle")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--min-s", type=float, default=0.2)
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 64])
+    p.add_argument("--run-dir", default=None, help="with --out: also write the deployment report there")
+    p.add_argument("--out", default=None)
+    a = p.parse_args(argv)
+    bundle = load_bundle(a.bundle, a.threads)
+    progs, why = open_all(bundle, a.threads)
+    systems = routed_systems(a.bundle, a.threads, why)
+    rng = np.random.default_rng(0)
+    calls = {}
+    for bs in a.batches:
+        u8 = rng.integers(0, 256, (bs, *bundle.manifest["input_size"]), dtype=np.uint8)
+        x = np.ascontiguousarray(bundle.normalize(u8))
+        for (name, col), prog in progs.items():
+            calls[(name, col, bs)] = (lambda prog=prog, x=x: prog(x))
+        for col, b in systems.items():
+            calls[("routed", col, bs)] = (lambda b=b, u8=u8: b.run(u8))
+    secs = side_by_side(calls, rounds=a.rounds, min_s=a.min_s)
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), platform.processor())
+    print(f"{a.bundle}: {cpu}, {a.threads} threads, median of {a.rounds} rounds, ms per batch (ratio to ORT fp32)")
+    print("| model | batch | " + " | ".join(_label(c) for c in COLUMNS) + " | as chosen |")
+    print("|---|---:|" + "---:|" * (len(COLUMNS) + 1))
+    names = list(dict.fromkeys(n for n, _, _ in calls))
+    table = {}
+    for name in names:
+        for bs in a.batches:
+            base = secs.get((name, "onnxruntime/fp32", bs))
+            cells = []
+            for col in [*COLUMNS, "chosen"]:
+                s = secs.get((name, col, bs))
+                cells.append("—" if s is None else f"{1000 * s:.2f} ({base / s:.2f}x)")
+                if s is not None:
+                    table.setdefault(name, {}).setdefault(str(bs), {})[col] = 1000 * s
+            print(f"| {name} | {bs} | " + " | ".join(cells) + " |")
+    chosen = {e.get("name", "selector"): f"{e.get('runtime', 'onnxruntime')}/{e.get('precision', 'fp32')}"
+              for e in [bundle.manifest.get("selector"), *bundle.manifest["models"]] if e}
+    print("as chosen: " + ", ".join(f"{n} {c}" for n, c in chosen.items()))
+    for (name, col), w in sorted(why.items()):
+        print(f"— {name} {_label(col)}: {w}")
+    if a.out:
+        Path(a.out).mkdir(parents=True, exist_ok=True)
+        (Path(a.out) / "bench_runtime.json").write_text(json.dumps(
+            {"cpu": cpu, "threads": a.threads, "rounds": a.rounds, "ms_per_batch": table, "chosen": chosen,
+             "unavailable": {f"{n} {c}": w for (n, c), w in why.items()}}, indent=1))
+        if a.run_dir:
+            from inference.deploy_report import deployment_report
+
+            print(deployment_report(a.run_dir, a.bundle, rounds=a.rounds, min_s=a.min_s, threads=a.threads,
+                                    out=a.out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,304 @@
+"""Runtime and precision per model (inference/runtimes.py, inference/tune.py): the candidates a host
+offers, the chooser's rule on synthetic figures, `moskd export --runtime/--precision` on a tiny run
+(choice and figures in the manifest, an OpenVINO bundle's labels, the fallback without OpenVINO and its
+one warning line), --retune, the atomic bundle swap, and a calibration method that cannot calibrate.
+
+No speed is asserted: timings decide the choice, so tests read the choice against the recorded
+figures, or feed the chooser numbers."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from inference import runtimes, swap, tune
+from inference.bundle import load_bundle
+from inference.export import export_run
+from inference.export import main as export_main
+from inference.runtimes import BASELINE, SERVING_BATCH, candidates, choose
+from moskd.data import load_data
+from tests.test_selector import trained_run  # noqa: F401  (session fixture: a tiny trained run)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+FILES = {"fp32": "m.onnx", "int8": "m.int8.onnx"}
+BF16 = {"avx512f", "avx512_bf16"}
+SERVE = f"b{SERVING_BATCH}"
+
+
+def _no_openvino(monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino", None)  # `import openvino` now raises ImportError
+
+
+# ---------------------------------------------------------------- candidates and the chooser
+
+
+def test_candidates_with_openvino_and_native_bf16():
+    got, dropped = candidates(FILES, flags=BF16)
+    assert set(got) == {("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("openvino", "fp32"),
+                        ("openvino", "bf16"), ("openvino", "int8")}
+    assert set(dropped) == {"onnxruntime/bf16"}
+
+
+def test_bf16_only_where_the_cpu_flags_say_so():
+    got, dropped = candidates(FILES, flags={"avx512f", "avx512_vnni"})
+    assert ("openvino", "bf16") not in got and "native bf16" in dropped["openvino/bf16"]
+    assert ("openvino", "bf16") in candidates(FILES, flags={"amx_bf16"})[0]
+    assert runtimes.native_bf16({"avx512_bf16"}) and not runtimes.native_bf16({"avx2"})
+
+
+def test_without_openvino_only_onnxruntime_is_measured_and_the_reason_is_kept(monkeypatch):
+    _no_openvino(monkeypatch)
+    got, dropped = candidates(FILES, flags=BF16)
+    assert got == [("onnxruntime", "fp32"), ("onnxruntime", "int8")]
+    assert all("openvino is not installed" in dropped[f"openvino/{p}"] for p in ("fp32", "bf16", "int8"))
+
+
+def test_flags_narrow_the_candidates_but_the_baseline_stays():
+    got, dropped = candidates(FILES, runtime="openvino", precision="int8", flags=BF16)
+    assert got == [("onnxruntime", "fp32"), ("openvino", "int8")]
+    assert dropped["onnxruntime/int8"] == "--runtime openvino" and dropped["openvino/bf16"] == "--precision int8"
+    got, dropped = candidates({"fp32": "m.onnx"}, int8_why="no int8 file: loses 2 points", flags=BF16)
+    assert ("onnxruntime", "int8") not in got and dropped["openvino/int8"] == "no int8 file: loses 2 points"
+
+
+def _fig(drop, b1, bs):
+    return {"drop_points": drop, "ms": {"b1": b1, SERVE: bs}}
+
+
+def test_the_chooser_takes_the_fastest_within_the_bound_and_never_anything_slower_than_ort_fp32():
+    figures = {BASELINE: _fig(0.0, 1.0, 20.0), "openvino/int8": _fig(0.5, 0.8, 5.0),  # fastest but too lossy
+               "openvino/bf16": _fig(0.1, 1.2, 9.0), "onnxruntime/int8": _fig(0.0, 0.5, 10.0)}
+    best, why = choose(figures, 0.3, SERVE)
+    assert best == "openvino/bf16" and "loses 0.50 points" in why["openvino/int8"]
+    assert "slower than openvino/bf16" in why["onnxruntime/int8"]
+    best, why = choose(figures, 0.3, "b1")
+    assert best == "onnxruntime/int8" and "not faster than" in why["openvino/bf16"]
+    assert choose(figures, 1.0, SERVE)[0] == "openvino/int8"
+
+
+def test_the_chooser_keeps_ort_fp32_when_nothing_beats_it_or_nothing_was_measured():
+    slow = {BASELINE: _fig(0.0, 1.0, 10.0), "openvino/fp32": _fig(0.0, 1.5, 10.0), "openvino/int8": _fig(None, .1, 1)}
+    best, why = choose(slow, 0.3, SERVE)
+    assert best == BASELINE and set(why) == {"openvino/fp32", "openvino/int8"}
+    assert "no select accuracy" in why["openvino/int8"]
+    rng = np.random.default_rng(0)
+    for _ in range(200):  # random figures: the choice is never slower than the baseline, never out of bound
+        figs = {BASELINE: _fig(0.0, *rng.uniform(0.1, 2, 2))}
+        for k in ("openvino/fp32", "openvino/bf16", "openvino/int8", "onnxruntime/int8"):
+            figs[k] = _fig(float(rng.uniform(-0.5, 1.0)), *rng.uniform(0.1, 2, 2))
+        for regime in ("b1", SERVE):
+            k, _ = choose(figs, 0.3, regime)
+            assert figs[k]["ms"][regime] <= figs[BASELINE]["ms"][regime] and figs[k]["drop_points"] <= 0.3
+            assert all(figs[o]["ms"][regime] >= figs[k]["ms"][regime] for o in figs
+                       if figs[o]["drop_points"] <= 0.3 and o != k)
+
+
+# ---------------------------------------------------------------- export on a tiny run
+
+
+@pytest.fixture(scope="module")
+def tuned(trained_run, tmp_path_factory):  # noqa: F811
+    out = tmp_path_factory.mktemp("tuned") / "bundle"
+    mp = pytest.MonkeyPatch()
+    mp.setattr(tune, "ROUNDS", 1)
+    mp.setattr(tune, "MIN_S", 0.002)
+    try:
+        m = export_run(trained_run, out, runtime="auto", precision="auto", calib=64, int8_bound=100,
+                       log=lambda *_: None)
+    finally:
+        mp.undo()
+    return out, m
+
+
+def _entries(m):
+    return [e for e in [m.get("selector"), *m["models"]] if e]
+
+
+def test_the_manifest_records_each_models_choice_and_figures(tuned):
+    out, m = tuned
+    assert m["runtime"]["flags"] == {"runtime": "auto", "precision": "auto"} and "cpu" in m["runtime"]["host"]
+    for e in _entries(m):
+        rec = e["runtime_choice"]
+        assert (out / e["files"]["fp32"]).is_file() and (out / e["file"]).is_file()
+        assert f"{e['runtime']}/{e['precision']}" == rec["chosen"][SERVE]
+        figs = rec["candidates"]
+        assert BASELINE in figs and all({"b1", SERVE} <= set(f["ms"]) for f in figs.values())
+        for regime in ("b1", SERVE):  # the recorded choice is the chooser's on the recorded figures
+            assert choose(figs, rec["bound_points"], regime)[0] == rec["chosen"][regime]
+            assert set(rec["why_not"][regime]) == set(figs) - {rec["chosen"][regime]}
+        if not runtimes.openvino_missing() and runtimes.native_bf16():
+            assert "openvino/bf16" in figs or "openvino/bf16" in rec["unavailable"]
+    assert "routing_refit_select" in m["runtime"]
+
+
+def _labels(b, images):
+    return np.concatenate([b.run(images[i:i + 64]).logits.argmax(1) for i in range(0, len(images), 64)])
+
+
+def _as_openvino(out: Path, tmp_path: Path) -> Path:
+    """The tuned bundle with every model's choice set to openvino/fp32 (a host where it won)."""
+    import shutil
+
+    dst = tmp_path / "ov"
+    shutil.copytree(out, dst)
+    m = json.loads((dst / "manifest.json").read_text())
+    for e in _entries(m):
+        e.update(runtime="openvino", precision="fp32", file=e["files"]["fp32"])
+        e.pop("small_batch", None)
+    (dst / "manifest.json").write_text(json.dumps(m))
+    return dst
+
+
+def test_an_openvino_bundle_answers_as_onnxruntime_within_the_measured_agreement(tuned, tmp_path):
+    pytest.importorskip("openvino")
+    out, m = tuned
+    ov = load_bundle(_as_openvino(out, tmp_path))
+    assert not ov.fallbacks and type(ov.programs[0]).__name__ == "OpenVinoProgram"
+    base = load_bundle(out, force=BASELINE)
+    images = load_data("digits").splits["test"].images.numpy()[:300]
+    agree = float((_labels(ov, images) == _labels(base, images)).mean())
+    measured = min(e["runtime_choice"]["candidates"]["openvino/fp32"]["select_agreement_with_ort_fp32"]
+                   for e in _entries(m))
+    assert agree >= min(measured, 0.99) - 0.01, (agree, measured)
+
+
+def test_without_openvino_the_bundle_runs_onnxruntime_with_one_warning_line(tuned, tmp_path, monkeypatch, capsys):
+    out, _ = tuned
+    path = _as_openvino(out, tmp_path)
+    _no_openvino(monkeypatch)
+    b = load_bundle(path)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "under onnxruntime instead of openvino" in err[0] and "pip install" in err[0]
+    assert len(b.fallbacks) == len(_entries(b.manifest))
+    images = load_data("digits").splits["test"].images.numpy()[:100]
+    assert (_labels(b, images) == _labels(load_bundle(out, force=BASELINE), images)).all()
+
+
+def test_retune_re_times_the_bundle_and_keeps_the_export_verdicts(tuned, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    out, m = tuned
+    dst = tmp_path / "retune"
+    shutil.copytree(out, dst)
+    monkeypatch.setattr(tune, "ROUNDS", 1)
+    monkeypatch.setattr(tune, "MIN_S", 0.002)
+    assert export_main(["--retune", str(dst), "--runtime", "ort"]) is None
+    assert "rewrote" in capsys.readouterr().out
+    r = json.loads((dst / "manifest.json").read_text())
+    assert r["runtime"]["retuned"]["flags"]["runtime"] == "ort" and r["policy"] == m["policy"]
+    for old, new in zip(_entries(m), _entries(r)):
+        assert new["runtime"] == "onnxruntime"
+        for k, f in new["runtime_choice"]["candidates"].items():
+            assert f["drop_points"] == old["runtime_choice"]["candidates"][k]["drop_points"]
+    load_bundle(dst).run(np.zeros((3, *m["input_size"]), dtype=np.uint8))
+
+
+def test_retune_of_a_bundle_without_a_runtime_choice_is_one_line(trained_run, tmp_path, cli):  # noqa: F811
+    export_run(trained_run, tmp_path / "plain", "onnx", log=lambda *_: None)
+    code, _, err = cli(export_main, ["--retune", str(tmp_path / "plain")])
+    assert code == 2 and "records no runtime choice" in err and len(err.strip().splitlines()) == 1
+    code, _, err = cli(export_main, ["--retune", str(tmp_path / "plain"), "--out", str(tmp_path / "x")])
+    assert code == 2 and "--retune BUNDLE takes only" in err
+
+
+# ---------------------------------------------------------------- the atomic swap
+
+
+def _bundle_dir(path: Path, tag: str) -> Path:
+    path.mkdir(parents=True)
+    (path / "manifest.json").write_text(tag)
+    return path
+
+
+@pytest.mark.parametrize("killed_after", [1, 2])
+def test_a_kill_during_the_swap_leaves_the_old_bundle_or_the_new_one(tmp_path, monkeypatch, killed_after):
+    out = _bundle_dir(tmp_path / "B", "old")
+    new = _bundle_dir(tmp_path / ".B.x.tmp", "new")
+    real, calls = swap.os.replace, []
+
+    def replace_then_die(a, b):
+        real(a, b)
+        calls.append(b)
+        if len(calls) == killed_after:
+            raise KeyboardInterrupt  # the process dies here
+    monkeypatch.setattr(swap.os, "replace", replace_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        swap.swap_in(new, out)
+    monkeypatch.setattr(swap.os, "replace", real)
+    whole = {p.name: (p / "manifest.json").read_text() for p in tmp_path.iterdir()}
+    assert "old" in whole.values() if killed_after == 1 else (out / "manifest.json").read_text() == "new"
+    assert swap.recover(out)  # what the next export does first
+    assert (out / "manifest.json").read_text() == ("old" if killed_after == 1 else "new")
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".B.old")) == []
+
+
+def test_export_force_swaps_the_new_bundle_in_and_recovers_a_leftover(trained_run, tmp_path):  # noqa: F811
+    out = _bundle_dir(tmp_path / "B", "old")
+    swap.os.replace(out, tmp_path / ".B.old-123")  # a killed swap's leftover, B missing
+    logs = []
+    with pytest.raises(Exception, match="already exists"):  # recovered first: B is back and not empty
+        export_run(trained_run, out, "onnx", log=logs.append)
+    assert (out / "manifest.json").read_text() == "old" and any("restored" in x for x in logs)
+    export_run(trained_run, out, "onnx", force=True, log=lambda *_: None)
+    assert json.loads((out / "manifest.json").read_text())["format"] == "onnx"
+    assert [p.name for p in tmp_path.iterdir()] == ["B"]
+
+
+# ---------------------------------------------------------------- a calibration that cannot calibrate
+
+
+def test_a_calibration_method_that_fails_is_skipped_and_recorded(tmp_path, monkeypatch):
+    from inference import quantize
+    from inference.export import _export_onnx
+    from tests.conftest import TinyCNN
+
+    model = TinyCNN(3, width=4, depth=1).eval()
+    _export_onnx(model, torch.randn(2, 1, 8, 8), tmp_path / "m.onnx")
+    real = quantize._quantize
+
+    def entropy_fails(src, dst, reader, act, method, *a, **k):
+        if method == "Entropy":
+            raise ValueError("Too many bins for data range. Cannot create 2048 finite-sized bins.")
+        return real(src, dst, reader, act, method, *a, **k)
+    monkeypatch.setattr(quantize, "_quantize", entropy_fails)
+    x = np.random.default_rng(0).standard_normal((32, 1, 8, 8)).astype(np.float32)
+    scorer = quantize.Scorer(x, np.zeros(32, dtype=int), {}, None)
+    chosen, rec = quantize.quantize_model("m", tmp_path / "m.onnx", tmp_path, x, scorer, bound=100,
+                                          min_speedup=0, rounds=1, log=lambda *_: None)
+    assert chosen is not None and "Too many bins" in rec["skipped_calibrations"]["Entropy"]
+    assert {c["calibration"] for c in rec["candidates"]} == {"MinMax", "Percentile"}
+
+
+# ---------------------------------------------------------------- the deployment report and the benchmark
+
+
+def test_deployment_report_compares_the_choice_with_ort_fp32(tuned, trained_run, tmp_path):  # noqa: F811
+    from inference.deploy_report import REPORT_JSON, deployment_report
+
+    out, m = tuned
+    md = deployment_report(trained_run, out, out=tmp_path, rounds=1, min_s=0.002, threads=1, batches=(8,))
+    r = json.loads((tmp_path / REPORT_JSON).read_text())
+    assert set(r["models"]) == {e.get("name", "selector") for e in _entries(m)} and "| routed |" in md
+    for name, row in [*r["models"].items(), ("routed", r["routed"])]:
+        b = row["batch"]["8"]
+        assert b["ratio_to_ort_fp32"] == pytest.approx(b["images_per_s"] / b["images_per_s_ort_fp32"])
+        assert row["p50_ms_b1"] > 0 and len(row["test"]["ci95"]) == 2
+        assert b["gmacs_per_s"] == pytest.approx(b["images_per_s"] * row["macs_per_image"] / 1e9)
+    chosen_all_fp32 = all(f"{e['runtime']}/{e['precision']}" == BASELINE for e in _entries(m))
+    assert r["routed"]["test"]["label_agreement"] == 1.0 or not chosen_all_fp32
+    assert r["peak_gmacs"]["fp32"] > 0 and r["peak_gmacs"]["int8"] >= r["peak_gmacs"]["fp32"]
+
+
+def test_bench_runtime_prints_every_column_side_by_side(tuned, capsys):
+    from benchmarks.bench_runtime import COLUMNS, main
+
+    out, m = tuned
+    main([str(out), "--threads", "1", "--rounds", "1", "--min-s", "0.002", "--batches", "1", "4"])
+    text = capsys.readouterr().out
+    rows = [ln for ln in text.splitlines() if ln.startswith("| ") and "| batch |" not in ln]
+    assert len(rows) == 2 * (len(_entries(m)) + 1)  # every model and the routed system, at both batches
+    assert all(ln.count("|") == len(COLUMNS) + 4 for ln in rows) and "(1.00x)" in rows[0]
