@@ -53,7 +53,14 @@ class PipelineConfig:
                                                "setting, else none); baselines stay plain")
     shared_teacher: bool = field(True, "with --seeds: train the teacher once (first seed) and share it")
     teacher_from: Optional[str] = field(None, "a finished teacher folder (e.g. runs/a/seed0/teacher) to hard-link "
-                                              "into this run instead of training one: compare methods on one teacher")
+                                              "into this run instead of training one: compare methods on one "
+                                              "teacher; or your own teacher's weights (.pt/.pth/.safetensors with "
+                                              "--teacher-arch) or .onnx file, imported into RUN/teacher/")
+    # your own teacher (--teacher-from FILE): StudentTrain's --teacher-* flags, passed on as they are
+    teacher_arch: Optional[str] = field(None, "architecture of a --teacher-from weights file")
+    teacher_config: Optional[str] = field(None, "JSON of its preprocessing (timm pretrained_cfg keys)")
+    teacher_classes: Optional[str] = field(None, "file naming its classes in output order")
+    teacher_min_accuracy: Optional[float] = field(None, "select accuracy it must reach before it teaches")
     keep_last: str = field("no", "drop each stage's last.pt (optimizer state, only --resume reads it) once the "
                                  "stage has finished, as `moskd clean RUN` does (a digits run shrinks ~4x); yes = "
                                  "keep them (the stage commands keep them by default)", choices=["yes", "no"])
@@ -127,6 +134,8 @@ def run(cfg: PipelineConfig, config: Optional[str] = None, teacher: Optional[Pat
              + ["--keep-last", cfg.keep_last],
              "report": ["--run-dir", cfg.run_dir, "--device", cfg.device] + limit}
 
+    if teacher is None and import_teacher(cfg, flags["train"]):
+        shared = frozenset({run_dir.teacher.path})  # imported: never trained over, --force included
     steps = pipeline_steps(run_dir, {"baselines": cfg.baselines, "complementary": cfg.complementary})
     # RUN/pipeline_timings.json: the wall time each stage cost, summed over the runs that worked on it.
     # It is written after every step, so an interrupted pipeline keeps what its finished stages took
@@ -172,10 +181,24 @@ def share_teacher(source: Path, target: Path) -> None:
                 shutil.copy2(f, dest)
 
 
+# ---- your own teacher (issue 28): --teacher-from FILE is imported by StudentTrain --teacher-import-only
+def import_teacher(cfg: PipelineConfig, train_flags: list[str]) -> bool:
+    """Import --teacher-from FILE (weights or ONNX) into RUN/teacher/, scored on select; False when
+    --teacher-from is not a file (a teacher folder is linked in instead)."""
+    if not (cfg.teacher_from and Path(cfg.teacher_from).is_file()):
+        return False
+    extra = [flag for key in ("teacher_arch", "teacher_config", "teacher_classes", "teacher_min_accuracy")
+             if getattr(cfg, key) is not None for flag in ("--" + key.replace("_", "-"), str(getattr(cfg, key)))]
+    print(f"teacher: importing {cfg.teacher_from}", flush=True)
+    importlib.import_module("students.cli").main([*train_flags, "--teacher", cfg.teacher_from, *extra,
+                                                  "--teacher-import-only"])
+    return True
+
+
 def borrowed_teacher(cfg: PipelineConfig) -> Optional[Path]:
     """--teacher-from, checked: a teacher folder that has finished (summary.json and best.pt)."""
-    if not cfg.teacher_from:
-        return None
+    if not cfg.teacher_from or Path(cfg.teacher_from).is_file():
+        return None  # none, or a file to import (import_teacher)
     src = StageDir(Path(cfg.teacher_from))
     if not (src.finished and src.best.is_file()):
         raise MoskdError(f"--teacher-from {src}: not a finished teacher folder (needs best.pt and summary.json); "

@@ -13,7 +13,8 @@ from moskd.data import DataBundle, data_from_config
 from moskd.loader import make_loader
 from moskd.engine import Stage, finish, fit, prepare_out_dir
 from moskd.errors import MoskdError
-from moskd.models import available_models, create_model, stem_kwargs, unwrap
+from moskd.models import available_models, create_model, stem_kwargs
+from moskd.teacher_input import TeacherInput
 from moskd.values import SEED_STUDENTS
 from moskd.precision import policy
 from moskd.profile import model_cost
@@ -79,15 +80,31 @@ def teacher_path(cfg: StudentConfig) -> Path:
 TEACHER_HINT = "distil from a teacher trained on this dataset (--teacher PATH), or pass --no-teacher"
 
 
-def find_teacher(cfg: StudentConfig) -> Path:
-    """The teacher checkpoint to distil from; one line naming the command that makes it when absent."""
-    path = teacher_path(cfg)
+def find_teacher(cfg: StudentConfig, data: DataBundle, rt: Runtime) -> Path:
+    """The teacher checkpoint to distil from; one line naming the command that makes it when absent.
+    A weights or ONNX file given to --teacher is imported into RUN/teacher/ first (moskd.teacher_import),
+    after its check on `select`."""
+    from moskd.teacher_import import resolve_teacher
+    from moskd.teacher_source import TeacherRequest
+
     if not cfg.teacher:  # the run's own teacher: say where the run stopped
         RunDir(cfg.run_dir).require("teacher", also="(or pass --teacher PATH, or --no-teacher for the baseline "
                                                   "student)")
-    elif not path.is_file():
-        raise MoskdError(f"no teacher checkpoint at {path}; pass an existing file to --teacher (or --no-teacher)")
-    return path
+        return teacher_path(cfg)
+    if not Path(cfg.teacher).exists():
+        raise MoskdError(f"no teacher checkpoint at {cfg.teacher}; pass an existing file to --teacher (or --no-teacher)")
+    request = TeacherRequest(cfg.teacher, cfg.teacher_arch, cfg.teacher_config, cfg.teacher_classes)
+    return resolve_teacher(request, RunDir(cfg.run_dir).teacher, data, min_accuracy=cfg.teacher_min_accuracy,
+                           log=lambda line: log(rt, line), batch_size=cfg.eval_batch_size)
+
+
+def teacher_record(tpath: Path, card: dict) -> dict:
+    """Where the student's teacher came from, for its card: source, sha256 and own preprocessing."""
+    prep = card.get("teacher_preprocessing") or {
+        "input_size": list(card["input_size"]), "mean": list(card["mean"]), "std": list(card["std"]),
+        "interpolation": card.get("interpolation", "bilinear")}
+    return {"teacher_source": card.get("teacher_source") or str(tpath),
+            "teacher_sha256": card.get("teacher_sha256") or file_sha256(tpath), "teacher_preprocessing": prep}
 
 
 def out_dir_for(cfg: StudentConfig, arch: str) -> Path:
@@ -111,6 +128,10 @@ def run(cfg: StudentConfig, rt: Runtime, out_dir: Path | None = None, data: Data
         cfg = dataclasses.replace(cfg, alpha=1.0)  # recorded as such in config.yaml
     out = out_dir or out_dir_for(cfg, arch)
     data = data or data_from_config(cfg)
+    if cfg.teacher_import_only:  # moskd pipeline --teacher-from FILE: the import is the teacher stage
+        if not cfg.teacher:
+            raise MoskdError("--teacher-import-only needs --teacher FILE")
+        return {"teacher": str(find_teacher(cfg, data, rt))}
     torch.manual_seed(cfg.seed)
     model_kwargs = stem_kwargs(arch, cfg.stem)
     model = create_student(arch, data, **model_kwargs)
@@ -134,16 +155,20 @@ def run(cfg: StudentConfig, rt: Runtime, out_dir: Path | None = None, data: Data
 
     views, teacher_cost, weights = None, None, None
     if uses_teacher:
-        tpath = find_teacher(cfg)
-        teacher, _ = load_teacher(tpath, dataset=data.name, num_classes=data.num_classes, like=data.card(),
-                                  split={k: getattr(cfg, k) for k in SPLIT_KEYS}, hint=TEACHER_HINT, frozen=True)
+        tpath = find_teacher(cfg, data, rt)
+        teacher, tcard = load_teacher(tpath, dataset=data.name, num_classes=data.num_classes, like=data.card(),
+                                      split={k: getattr(cfg, k) for k in SPLIT_KEYS}, hint=TEACHER_HINT, frozen=True)
+        record = teacher_record(tpath, tcard)
+        distillation.update(teacher=str(tpath), **record)
         teacher = policy(rt.device, cfg.amp, training=True).model(teacher)
         warn_if_poor_teacher(tpath, data.num_classes)
-        teacher_cost = model_cost(unwrap(teacher), data.input_size)
+        # the bare teacher at its own input size (not through the input conversion)
+        teacher_cost = model_cost(teacher.inner if isinstance(teacher, TeacherInput) else teacher,
+                                  tcard["input_size"])
         if cfg.complementary != "none" and not cfg.cache_only:
             weights = complementary_weights(cfg, arch, tpath, teacher, data, rt, distillation)
         if cfg.teacher_cache > 0:
-            key = cache_key(tpath, data, cfg.teacher_cache, cfg.cache_seed)
+            key = cache_key(tpath, data, cfg.teacher_cache, cfg.cache_seed, record["teacher_preprocessing"])
             cache = RunDir(cfg.run_dir).teacher_cache(cfg.teacher_cache)
             views = load_or_build(cache, key, teacher, data,
                                   batch_size=cfg.eval_batch_size, rt=rt, amp=cfg.amp)
