@@ -37,6 +37,7 @@ from moskd.models import adapt_input, unwrap
 from moskd.policy import TEACHER, Policy, replay
 from moskd.precision import policy as precision_policy
 from moskd.profile import model_cost
+from moskd.teacher_import import teacher_provenance
 from moskd.run import ReportDir, RunDir
 
 SPLITS = ("select", "test", "spare")
@@ -164,7 +165,8 @@ def evaluate_run(run_dir: str | Path, *, dataset: str | None = None, data_dir: s
             "tie_margin": run.router.policy.entry.get("tie_margin", float(card.get("tie_margin", 0.0))),
             "knob": float(card.get("knob", 0.0)), "heldout": heldout,
             "meta": {"dataset": data.name, "split": "test", "input_size": list(card["input_size"]),
-                     "class_names": run.class_names}}
+                     "class_names": run.class_names,
+                     **teacher_provenance(run.teacher_card, run_dir.teacher.best)}}  # issue 28: whose teacher
     out = run_dir.report(limit)
     policy = load_policy(run_dir, limit) if not refit else None
     if policy is None:

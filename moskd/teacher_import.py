@@ -19,10 +19,20 @@ from moskd.checkpoint import load_checkpoint, save_checkpoint
 from moskd.errors import MoskdError
 from moskd.run import StageDir
 from moskd.teacher_input import ClassOrder, OnnxTeacher
-from moskd.teacher_source import (TeacherRequest, kind_of, load_strict, moskd_checkpoint, onnx_signature,
+from moskd.teacher_source import (TeacherRequest, kind_of, load_strict, moskd_checkpoint, onnx_macs, onnx_signature,
                                   preprocessing, read_class_order, read_config, read_weights)
 
 ONNX_FILE = "teacher.onnx"
+
+
+def teacher_provenance(card: dict, path: Path) -> dict:
+    """Where a teacher came from, for student cards and report.json: teacher_source, teacher_sha256
+    (of the imported file; of the checkpoint for a teacher moskd trained) and its own preprocessing."""
+    prep = card.get("teacher_preprocessing") or {
+        "input_size": list(card["input_size"]), "mean": list(card["mean"]), "std": list(card["std"]),
+        "interpolation": card.get("interpolation", "bilinear")}
+    return {"teacher_source": card.get("teacher_source") or str(path),
+            "teacher_sha256": card.get("teacher_sha256") or file_sha256(path), "teacher_preprocessing": prep}
 
 
 def build_teacher(ckpt: dict, path: Path) -> nn.Module:
@@ -36,7 +46,7 @@ def build_teacher(ckpt: dict, path: Path) -> nn.Module:
         file = path.parent / card["onnx_file"]
         if not file.is_file():
             raise MoskdError(f"{file} not found beside {path}; import the ONNX teacher again (--teacher FILE.onnx)")
-        model: nn.Module = OnnxTeacher(file, own)
+        model: nn.Module = OnnxTeacher(file, own, card.get("teacher_macs") or 0)
     else:
         model = create_model(card["arch"], num_classes=own, in_chans=card["in_chans"], **card.get("model_kwargs", {}))
         model.load_state_dict(ckpt["model"])
@@ -71,7 +81,10 @@ def _teacher_and_card(req: TeacherRequest, path: Path, data) -> tuple[nn.Module,
             "model_kwargs": kwargs, "format": "onnx" if onnx else "torch", "teacher_num_classes": own,
             "class_index": index, "onnx_file": ONNX_FILE if onnx else None, "teacher_source": str(path.resolve()),
             "teacher_sha256": file_sha256(path), "teacher_preprocessing": prep}
-    model, state = (OnnxTeacher(path, own), {}) if onnx else _torch_teacher(path, arch, own, prep, kwargs)
+    if onnx:
+        card["teacher_macs"] = onnx_macs(path, prep["input_size"])  # per image, for the routing's cost
+    model, state = (OnnxTeacher(path, own, card.get("teacher_macs")), {}) if onnx else \
+        _torch_teacher(path, arch, own, prep, kwargs)
     if index != list(range(own)):
         model = ClassOrder(model, index)
     return model.eval(), card, state

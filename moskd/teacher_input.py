@@ -121,13 +121,14 @@ class OnnxTeacher(nn.Module):
     """An ONNX classifier run through onnxruntime (CPU), as a frozen module: float32 in, logits out.
 
     The session is opened on the first forward and dropped when copied or pickled (Ray), so the
-    module travels as its file path. On the meta device (moskd.profile.count_macs) it returns empty
-    logits: onnxruntime's work is not counted in MACs.
+    module travels as its file path. On the meta device (moskd.profile.count_macs) it stands in for
+    its graph with one matmul of `macs` multiply-accumulates per image (counted from the ONNX graph
+    at import, moskd.teacher_source.onnx_macs), so the teacher's cost reads as a torch teacher's.
     """
 
-    def __init__(self, path: str | Path, num_classes: int):
+    def __init__(self, path: str | Path, num_classes: int, macs: int = 0):
         super().__init__()
-        self.path, self.num_classes = str(path), int(num_classes)
+        self.path, self.num_classes, self.macs = str(path), int(num_classes), int(macs)
         self._session = None
 
     def session(self):
@@ -138,7 +139,8 @@ class OnnxTeacher(nn.Module):
         return self._session
 
     def forward(self, x):
-        if x.device.type == "meta":
+        if x.device.type == "meta":  # counted, not run: one (B, macs) @ (macs, 1) matmul
+            torch.empty(len(x), max(self.macs, 1), device="meta") @ torch.empty(max(self.macs, 1), 1, device="meta")
             return torch.empty(len(x), self.num_classes, device="meta", dtype=x.dtype)
         sess = self.session()
         feed = {sess.get_inputs()[0].name: x.detach().float().cpu().contiguous().numpy()}
@@ -149,7 +151,7 @@ class OnnxTeacher(nn.Module):
         return {**self.__dict__, "_session": None}
 
     def __deepcopy__(self, memo):
-        return OnnxTeacher(self.path, self.num_classes)
+        return OnnxTeacher(self.path, self.num_classes, self.macs)
 
 
 def find_onnx(model: nn.Module) -> OnnxTeacher | None:

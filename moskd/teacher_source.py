@@ -194,3 +194,34 @@ def read_class_order(path: str, dataset_classes: list[str], teacher_classes: int
         raise MoskdError(f"--teacher-classes {path}: no teacher output for the dataset's class "
                          f"'{absent[0]}' ({len(absent)} missing); name each dataset class as the dataset does")
     return [where[c] for c in dataset_classes]
+
+
+def onnx_macs(path: Path, input_size: list[int]) -> int:
+    """Multiply-accumulates of one image through an ONNX classifier: its Conv, Gemm and MatMul nodes,
+    with the shapes onnx's shape inference gives for a (1, C, H, W) input (moskd.profile counts a
+    torch model's the same way: matmuls and convolutions only)."""
+    import math
+
+    import onnx
+
+    model = onnx.load(str(path))
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    for d, v in zip(dims, [1, *input_size]):
+        d.Clear()
+        d.dim_value = int(v)
+    model = onnx.shape_inference.infer_shapes(model)
+    shapes = {v.name: [d.dim_value or 1 for d in v.type.tensor_type.shape.dim]
+              for v in [*model.graph.input, *model.graph.value_info, *model.graph.output]}
+    shapes.update({t.name: list(t.dims) for t in model.graph.initializer})
+    macs = 0
+    for node in model.graph.node:
+        out = shapes.get(node.output[0])
+        ins = [shapes.get(i) for i in node.input[:2]]
+        if out is None or any(s is None for s in ins):
+            continue
+        if node.op_type == "Conv":  # every output element: (C_in / groups) * kh * kw weights
+            macs += math.prod(out) * math.prod(ins[1][1:])
+        elif node.op_type in ("Gemm", "MatMul"):  # every output element: one dot product of length K
+            transposed = node.op_type == "Gemm" and any(a.name == "transA" and a.i for a in node.attribute)
+            macs += math.prod(out) * ins[0][-2 if transposed else -1]
+    return int(macs)

@@ -14,6 +14,7 @@ from moskd.loader import make_loader
 from moskd.engine import Stage, finish, fit, prepare_out_dir
 from moskd.errors import MoskdError
 from moskd.models import available_models, create_model, stem_kwargs
+from moskd.teacher_import import teacher_provenance
 from moskd.teacher_input import TeacherInput
 from moskd.values import SEED_STUDENTS
 from moskd.precision import policy
@@ -98,15 +99,6 @@ def find_teacher(cfg: StudentConfig, data: DataBundle, rt: Runtime) -> Path:
                            log=lambda line: log(rt, line), batch_size=cfg.eval_batch_size)
 
 
-def teacher_record(tpath: Path, card: dict) -> dict:
-    """Where the student's teacher came from, for its card: source, sha256 and own preprocessing."""
-    prep = card.get("teacher_preprocessing") or {
-        "input_size": list(card["input_size"]), "mean": list(card["mean"]), "std": list(card["std"]),
-        "interpolation": card.get("interpolation", "bilinear")}
-    return {"teacher_source": card.get("teacher_source") or str(tpath),
-            "teacher_sha256": card.get("teacher_sha256") or file_sha256(tpath), "teacher_preprocessing": prep}
-
-
 def out_dir_for(cfg: StudentConfig, arch: str) -> Path:
     run = RunDir(cfg.run_dir)
     return run.student(run.student_name(arch, baseline=cfg.no_teacher)).path
@@ -158,7 +150,7 @@ def run(cfg: StudentConfig, rt: Runtime, out_dir: Path | None = None, data: Data
         tpath = find_teacher(cfg, data, rt)
         teacher, tcard = load_teacher(tpath, dataset=data.name, num_classes=data.num_classes, like=data.card(),
                                       split={k: getattr(cfg, k) for k in SPLIT_KEYS}, hint=TEACHER_HINT, frozen=True)
-        record = teacher_record(tpath, tcard)
+        record = teacher_provenance(tcard, tpath)
         distillation.update(teacher=str(tpath), **record)
         teacher = policy(rt.device, cfg.amp, training=True).model(teacher)
         warn_if_poor_teacher(tpath, data.num_classes)

@@ -200,3 +200,26 @@ def test_pretrained_counts_and_refuses_a_partial_load(tmp_path, cli):
     code, out, err = cli(teacher_main, [*argv, "--pretrained-partial"])
     assert code == 0, err
     assert "skipped 2" in out
+
+
+def test_an_onnx_teacher_exports_as_one_program_with_its_conversion(trained, tmp_path):
+    """The bundle's ONNX teacher: input conversion (another size and normalisation), the teacher's own
+    graph as it is, class order; onnxruntime on the joined file answers as the eager wrapper does."""
+    from inference.bundle import ort_session
+    from moskd.teacher_export import export_onnx_teacher
+    from moskd.teacher_input import ClassOrder, OnnxTeacher, TeacherInput
+
+    source = save_as("onnx", trained[2], tmp_path)
+    data = {"input_size": [1, 6, 6], "mean": [0.2], "std": [0.4]}
+    order = list(range(9, -1, -1))
+    model = TeacherInput(ClassOrder(OnnxTeacher(source, 10), order), data, trained[1]).eval()
+    x = torch.randn(5, 1, 6, 6, generator=torch.Generator().manual_seed(0))
+    export_onnx_teacher(model, x[:2], tmp_path / "bundle_teacher.onnx")
+    sess = ort_session(tmp_path / "bundle_teacher.onnx")
+    got = torch.from_numpy(sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0])
+    with torch.inference_mode():
+        want = model(x)
+    assert torch.allclose(got, want, atol=1e-4)
+    bare = trained[2].eval()
+    with torch.inference_mode():  # and it is the teacher's answer: the torch model on the converted input, reordered
+        assert torch.allclose(want, bare(model.convert(x))[:, order], atol=1e-4)
