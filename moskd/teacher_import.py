@@ -23,6 +23,7 @@ from moskd.teacher_source import (TeacherRequest, kind_of, load_strict, moskd_ch
                                   preprocessing, read_class_order, read_config, read_weights)
 
 ONNX_FILE = "teacher.onnx"
+SEED_ARCHS = ("resnet50", "densenet121", "googlenet")  # moskd.models registers them with a choice of stem
 
 
 def teacher_provenance(card: dict, path: Path) -> dict:
@@ -67,7 +68,11 @@ def _teacher_and_card(req: TeacherRequest, path: Path, data) -> tuple[nn.Module,
         raise MoskdError(f"--teacher {path}: a weights file needs --teacher-arch NAME (a registry, torchvision "
                          f"or timm name) to build the model it fits")
     else:
-        size, classes, arch, kwargs = None, None, req.arch, dict(cfg.get("model_kwargs") or {})
+        size, classes, arch = None, None, req.arch
+        # the seed architectures' own (torchvision) stem unless the config says otherwise: torchvision's
+        # weights fit it; a teacher moskd trained on small images gives {"stem": "cifar"}
+        kwargs = dict(cfg["model_kwargs"]) if "model_kwargs" in cfg else \
+            ({"stem": "imagenet"} if arch in SEED_ARCHS else {})
     prep = preprocessing(cfg, req.config or f"--teacher {path}", size)
     own = int(cfg.get("num_classes") or classes or data.num_classes)
     index = list(range(own))
@@ -112,7 +117,7 @@ def same_import(dest: StageDir, card: dict) -> bool:
 
 
 def resolve_teacher(req: TeacherRequest, dest: StageDir, data, *, min_accuracy: float | None, log=print,
-                    batch_size: int = 256) -> Path:
+                    batch_size: int = 256, device="cpu") -> Path:
     """The teacher checkpoint to distil from: a moskd one as it is; a weights or ONNX file imported
     into `dest` (RUN/teacher) after its check on `select`."""
     from students.teacher_check import check_imported_teacher
@@ -129,7 +134,8 @@ def resolve_teacher(req: TeacherRequest, dest: StageDir, data, *, min_accuracy: 
         if not old.get("teacher_source"):
             raise MoskdError(f"{dest.path} holds a teacher this run trained; import {path} into another --run-dir "
                              f"(or delete {dest.path} to replace it)")
-    scores = check_imported_teacher(model, card, data, min_accuracy=min_accuracy, batch_size=batch_size, log=log)
+    scores = check_imported_teacher(model, card, data, min_accuracy=min_accuracy, batch_size=batch_size,
+                                    device=device, log=log)
     write_import(dest, path, card, state, scores)
     log(f"teacher: imported {path} into {dest.best}")
     return dest.best

@@ -102,8 +102,9 @@ def load_strict(model: nn.Module, state: dict[str, torch.Tensor], path: Path, ar
     own = model.state_dict()
     wrong = [f"{k} file {shape_text(state[k])} vs model {shape_text(v)}" for k, v in own.items()
              if k in state and state[k].shape != v.shape]
-    missing = [k for k in own if k not in state]
-    extra = [k for k in state if k not in own]
+    last = lambda k: k.endswith("num_batches_tracked")  # noqa: E731 - a counter, the least telling name
+    missing = sorted((k for k in own if k not in state), key=last)
+    extra = sorted((k for k in state if k not in own), key=last)
     if wrong or missing or extra:
         parts = ([f"shapes differ: {'; '.join(wrong[:SHOWN])}"] if wrong else []) \
             + ([f"missing from the file: {', '.join(missing[:SHOWN])}"] if missing else []) \

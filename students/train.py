@@ -95,8 +95,14 @@ def find_teacher(cfg: StudentConfig, data: DataBundle, rt: Runtime) -> Path:
     if not Path(cfg.teacher).exists():
         raise MoskdError(f"no teacher checkpoint at {cfg.teacher}; pass an existing file to --teacher (or --no-teacher)")
     request = TeacherRequest(cfg.teacher, cfg.teacher_arch, cfg.teacher_config, cfg.teacher_classes)
-    return resolve_teacher(request, RunDir(cfg.run_dir).teacher, data, min_accuracy=cfg.teacher_min_accuracy,
-                           log=lambda line: log(rt, line), batch_size=cfg.eval_batch_size)
+
+    def resolve() -> Path:
+        return resolve_teacher(request, RunDir(cfg.run_dir).teacher, data, min_accuracy=cfg.teacher_min_accuracy,
+                               log=lambda line: log(rt, line), batch_size=cfg.eval_batch_size, device=rt.device)
+
+    path = resolve() if rt.is_main else None  # rank 0 imports; the others then find the import and reuse it
+    rt.barrier()
+    return path if path is not None else resolve()
 
 
 def out_dir_for(cfg: StudentConfig, arch: str) -> Path:
@@ -110,6 +116,20 @@ def _mib(n: int) -> str:
 
 def describe_cost(cost: dict) -> str:
     return f"{cost['params'] / 1e6:.2f}M params, {_mib(cost['bytes'])}, {cost['macs'] / 1e6:.1f}M MACs/image"
+
+
+def teacher_for(cfg: StudentConfig, data: DataBundle, rt: Runtime, distillation: dict) -> tuple[Path, nn.Module, dict]:
+    """(checkpoint, frozen teacher fed through the input conversion, its cost); records where it came
+    from (source, sha256, preprocessing) on the card's `distillation`."""
+    tpath = find_teacher(cfg, data, rt)
+    teacher, tcard = load_teacher(tpath, dataset=data.name, num_classes=data.num_classes, like=data.card(),
+                                  split={k: getattr(cfg, k) for k in SPLIT_KEYS}, hint=TEACHER_HINT, frozen=True)
+    distillation.update(teacher=str(tpath), **teacher_provenance(tcard, tpath))
+    teacher = policy(rt.device, cfg.amp, training=True).model(teacher)
+    warn_if_poor_teacher(tpath, data.num_classes)
+    # the bare teacher at its own input size (not through the input conversion)
+    cost = model_cost(teacher.inner if isinstance(teacher, TeacherInput) else teacher, tcard["input_size"])
+    return tpath, teacher, cost
 
 
 def run(cfg: StudentConfig, rt: Runtime, out_dir: Path | None = None, data: DataBundle | None = None) -> dict:
@@ -147,20 +167,11 @@ def run(cfg: StudentConfig, rt: Runtime, out_dir: Path | None = None, data: Data
 
     views, teacher_cost, weights = None, None, None
     if uses_teacher:
-        tpath = find_teacher(cfg, data, rt)
-        teacher, tcard = load_teacher(tpath, dataset=data.name, num_classes=data.num_classes, like=data.card(),
-                                      split={k: getattr(cfg, k) for k in SPLIT_KEYS}, hint=TEACHER_HINT, frozen=True)
-        record = teacher_provenance(tcard, tpath)
-        distillation.update(teacher=str(tpath), **record)
-        teacher = policy(rt.device, cfg.amp, training=True).model(teacher)
-        warn_if_poor_teacher(tpath, data.num_classes)
-        # the bare teacher at its own input size (not through the input conversion)
-        teacher_cost = model_cost(teacher.inner if isinstance(teacher, TeacherInput) else teacher,
-                                  tcard["input_size"])
+        tpath, teacher, teacher_cost = teacher_for(cfg, data, rt, distillation)
         if cfg.complementary != "none" and not cfg.cache_only:
             weights = complementary_weights(cfg, arch, tpath, teacher, data, rt, distillation)
         if cfg.teacher_cache > 0:
-            key = cache_key(tpath, data, cfg.teacher_cache, cfg.cache_seed, record["teacher_preprocessing"])
+            key = cache_key(tpath, data, cfg.teacher_cache, cfg.cache_seed, distillation["teacher_preprocessing"])
             cache = RunDir(cfg.run_dir).teacher_cache(cfg.teacher_cache)
             views = load_or_build(cache, key, teacher, data,
                                   batch_size=cfg.eval_batch_size, rt=rt, amp=cfg.amp)

@@ -223,3 +223,17 @@ def test_an_onnx_teacher_exports_as_one_program_with_its_conversion(trained, tmp
     bare = trained[2].eval()
     with torch.inference_mode():  # and it is the teacher's answer: the torch model on the converted input, reordered
         assert torch.allclose(want, bare(model.convert(x))[:, order], atol=1e-4)
+
+
+def test_torchvision_weights_fit_a_seed_architecture_by_default(tmp_path):
+    """--teacher-arch resnet50 with no config: torchvision's own stem and ImageNet's preprocessing."""
+    import torchvision
+
+    from moskd.teacher_import import _teacher_and_card
+    from moskd.teacher_source import TeacherRequest
+
+    source = tmp_path / "resnet50.pth"
+    torch.save(torchvision.models.resnet50(num_classes=10).state_dict(), source)
+    model, card, state = _teacher_and_card(TeacherRequest(str(source), "resnet50"), source, load_data("digits", limit=12))
+    assert card["model_kwargs"] == {"stem": "imagenet"} and card["input_size"] == [3, 224, 224]
+    assert card["mean"] == IMAGENET_MEAN and card["std"] == IMAGENET_STD and len(state) == len(torch.load(source))
