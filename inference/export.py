@@ -51,9 +51,9 @@ from inference.bundle import FORMAT_VERSION, MANIFEST, ort_session
 from inference.int8_report import compare_bundles, write_int8_report
 from inference.quantize import DEFAULT_BOUND, DEFAULT_CALIB, DEFAULT_MIN_SPEEDUP, check_calib, quantize_bundle
 from inference.quantize_tools import SPEED_THREADS
-from inference.router import load_router
+from inference.router import load_router, selector_policy  # the stage-4 loader: card checks, route order, adapters
 from inference.swap import recover, swap_in
-from inference.tune import tune_bundle  # the stage-4 loader: card checks, route order, adapters
+from inference.tune import tune_bundle
 from moskd.atomic import write_json
 from moskd.config import Parser  # one-line errors, 'did you mean', values checked by name
 from moskd.errors import MoskdError, cli_entry
@@ -61,6 +61,7 @@ from moskd.fold import FastPath, fast_model
 from moskd.models import unwrap
 from moskd.profile import count_macs, count_params
 from moskd.run import RunDir
+from moskd.teacher_export import export_onnx_teacher, is_onnx_teacher
 
 PROG = "moskd export"
 CHECK_ATOL = 1e-4
@@ -201,6 +202,11 @@ def export_run(run_dir: str | Path, out: str | Path, fmt: str = "torch", fast: s
     example = torch.randn(2, *size, generator=torch.Generator().manual_seed(0))
     check = torch.randn(5, *size, generator=torch.Generator().manual_seed(1))
     path = FastPath.parse(fast)
+    if fmt == "torch" and is_onnx_teacher(run.teacher) and len(run.students) in policy.used():  # issue 28
+        log("export: the teacher is an imported ONNX file and cannot be exported to torch; the bundle holds the "
+            "rest and routes with the selector alone (--format onnx keeps the teacher)")
+        run = load_router(run_dir, "cpu", policy=selector_policy(run.card, run.students, float(policy.macs[-1])))
+        policy = run.router.policy
     used = policy.used()
     entries: list[tuple[str, nn.Module, dict]] = []
     if policy.selector:
@@ -221,10 +227,13 @@ def export_run(run_dir: str | Path, out: str | Path, fmt: str = "torch", fast: s
     try:
         done = {}
         for name, model, meta in entries:
-            model = fast_model(model.eval(), example, path)
             file = f"{name}{suffix}"
             log(f"export: {name} -> {out / file}")
-            (_export_torch if fmt == "torch" else _export_onnx)(model, example, tmp / file)
+            if is_onnx_teacher(model):  # issue 28: its own graph, joined with its input conversion
+                export_onnx_teacher(model.eval(), example, tmp / file)
+            else:
+                model = fast_model(model.eval(), example, path)
+                (_export_torch if fmt == "torch" else _export_onnx)(model, example, tmp / file)
             diff = _check(tmp / file, fmt, model, check)
             if diff > CHECK_ATOL:
                 raise MoskdError(f"{name}: the exported program differs from the model by {diff:.2e} "

@@ -36,6 +36,7 @@ from moskd.policy import TEACHER, Policy, replay
 from moskd.precision import policy as precision_policy
 from moskd.profile import model_cost
 from moskd.loaded import is_baseline
+from moskd.teacher_import import teacher_provenance
 from moskd.run import ReportDir, RunDir
 from moskd.runtime import setup_runtime, show_progress
 
@@ -167,7 +168,8 @@ def evaluate_run(run_dir: str | Path, *, dataset: str | None = None, data_dir: s
             "tie_margin": run.router.policy.entry.get("tie_margin", float(card.get("tie_margin", 0.0))),
             "knob": float(card.get("knob", 0.0)), "heldout": heldout,
             "meta": {"dataset": data.name, "split": "test", "input_size": list(card["input_size"]),
-                     "class_names": run.class_names}}
+                     "class_names": run.class_names,
+                     **teacher_provenance(run.teacher_card, run_dir.teacher.best)}}  # issue 28: whose teacher
     out = run_dir.report(limit)
     scored = None
     if policy is None:

@@ -49,24 +49,31 @@ def load_teacher(path: str | os.PathLike, *, dataset: str | None = None, num_cla
     """A teacher checkpoint as (model in eval mode, card), every mismatch one MoskdError line.
 
     dataset/num_classes: what its card must say. like: a card (input size, mean, std) whose batches
-    it must take; a teacher normalised otherwise (trained on another --limit slice) is wrapped in an
-    adapter. split: this run's split settings, which the teacher's must equal. frozen: no gradients.
+    it must take; a teacher preprocessed otherwise (trained on another --limit slice, or imported
+    with its own size and normalisation) is wrapped in moskd.teacher_input.TeacherInput. split: this run's split settings, which the teacher's must equal. frozen: no gradients.
     """
     from moskd.checkpoint import load_checkpoint
-    from moskd.models import adapt_input, build_model_from_checkpoint
+    from moskd.models import build_model_from_checkpoint
+    from moskd.teacher_input import teacher_input
 
     path = Path(path)
     if not path.is_file():
         raise MoskdError(f"no teacher checkpoint at {path}; {hint}")
     ckpt = load_checkpoint(path, role="teacher", dataset=dataset, num_classes=num_classes, hint=hint)
     card = ckpt["card"]
-    if like is not None and list(card["input_size"]) != list(like["input_size"]):
+    imported = bool(card.get("teacher_source"))  # moskd.teacher_import: its own preprocessing, any size
+    if like is not None and not imported and list(card["input_size"]) != list(like["input_size"]):
         raise MoskdError(f"{path}: teacher takes {card['input_size']} inputs, this data is "
                          f"{like['input_size']}; {hint}")
     check_same_split(ckpt.get("config") or {}, split or {}, path)
-    model = build_model_from_checkpoint(ckpt).to(device)
-    if like is not None:
-        model = adapt_input(model, card, like, path)
+    if imported:
+        from moskd.teacher_import import build_teacher
+
+        model = build_teacher(ckpt, path).to(device)
+    else:
+        model = build_model_from_checkpoint(ckpt).to(device)
+    if like is not None:  # the one conversion of the shared batch into the teacher's input
+        model = teacher_input(model, like, card).to(device)
     if frozen:
         for p in model.parameters():
             p.requires_grad_(False)

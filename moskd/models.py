@@ -19,7 +19,7 @@ import torchvision
 from torch import nn
 from torchvision.models.googlenet import BasicConv2d
 
-from moskd.checkpoint import inference_weights, read_checkpoint_file
+from moskd.checkpoint import inference_weights
 from moskd.errors import MoskdError
 from moskd.selector_net import selector_cnn
 
@@ -124,8 +124,10 @@ def available_models() -> list[str]:
     return sorted(REGISTRY)
 
 
-def create_model(name: str, num_classes: int, in_chans: int = 3, pretrained: str | None = None, **kwargs) -> nn.Module:
-    """Create `name` from the registry, else torchvision's classifiers, else timm; optional local weights."""
+def create_model(name: str, num_classes: int, in_chans: int = 3, pretrained: str | None = None,
+                 pretrained_partial: bool = False, **kwargs) -> nn.Module:
+    """Create `name` from the registry, else torchvision's classifiers, else timm; optional local weights
+    (all of them must fit unless pretrained_partial)."""
     if name in REGISTRY:
         model = REGISTRY[name](num_classes=num_classes, in_chans=in_chans, **kwargs)
     elif name in torchvision.models.list_models(module=torchvision.models):
@@ -140,22 +142,36 @@ def create_model(name: str, num_classes: int, in_chans: int = 3, pretrained: str
             raise MoskdError(f"unknown architecture '{name}'; {hint}")
         model = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans)
     if pretrained:
-        load_pretrained(model, pretrained)
+        load_pretrained(model, pretrained, partial=pretrained_partial)
     return model
 
 
-def load_pretrained(model: nn.Module, path: str) -> None:
-    """Load local weights (a moskd checkpoint or a bare state dict), skipping tensors whose shape
-    differs (the classifier for another class count, a stem for other channels)."""
-    obj = read_checkpoint_file(path)
-    state = obj.get("model", obj) if isinstance(obj, dict) else None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise MoskdError(f"{path}: holds no state dict; pass a moskd checkpoint or a saved state_dict")
+def load_pretrained(model: nn.Module, path: str, partial: bool = False, log=print) -> dict:
+    """Load local weights (a moskd checkpoint or a state dict, wrappers unwrapped as timm does) into
+    `model`; prints how many tensors loaded and were skipped. A partial load (a model tensor the file
+    lacks or shapes differently: a classifier for another class count, a stem for other channels)
+    is refused unless `partial` (teacherTrain --pretrained-partial). Returns the counts."""
+    from pathlib import Path
+
+    from moskd.teacher_source import shape_text, read_weights
+
+    state = read_weights(Path(path))
     own = model.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    skipped = [k for k in own if k not in usable]
+    counts = {"loaded": len(usable), "skipped": len(skipped), "unused": len(state) - len(usable), "total": len(own)}
+    first = "; ".join(f"{k} file {shape_text(state[k])} vs model {shape_text(own[k])}" if k in state else f"{k} not in file"
+                      for k in skipped[:3])
+    log(f"pretrained {path}: loaded {counts['loaded']} of {counts['total']} tensors, skipped {counts['skipped']}"
+        + (f" ({first})" if skipped else "") + (f"; {counts['unused']} file tensors unused" if counts["unused"] else ""))
     if not usable:
         raise MoskdError(f"{path}: no tensor matches this architecture; check --arch and --pretrained")
+    if skipped and not partial:
+        raise MoskdError(f"{path}: partial load, {counts['skipped']} of {counts['total']} tensors would keep their "
+                         f"random init ({first}); match --arch/--stem to the weights, or pass --pretrained-partial "
+                         f"to fine-tune from the {counts['loaded']} that fit")
     model.load_state_dict(usable, strict=False)
+    return counts
 
 
 def build_model_from_checkpoint(ckpt: dict) -> nn.Module:

@@ -157,6 +157,8 @@ def run(cfg: PipelineConfig, config: Optional[str] = None, teacher: Optional[Pat
     recipe = _recipe(config, cfg.dataset, cfg.device)
     if recipe:
         print(f"recipe: {recipe}", flush=True)
+    if teacher is None and import_teacher(cfg, recipe):
+        shared = frozenset({run_dir.teacher.path})  # imported: never trained over, --force included
     todo = steps(cfg, recipe)
     # RUN/pipeline_timings.json: the wall time each stage cost, summed over the runs that worked on it.
     # It is written after every step, so an interrupted pipeline keeps what its finished stages took
@@ -202,10 +204,25 @@ def share_teacher(source: Path, target: Path) -> None:
                 shutil.copy2(f, dest)
 
 
+# ---- your own teacher (issue 28): --teacher-from FILE is imported by StudentTrain --teacher-import-only
+def import_teacher(cfg: PipelineConfig, recipe: Optional[str]) -> bool:
+    """Import --teacher-from FILE (weights or ONNX) into RUN/teacher/, scored on select, as
+    `StudentTrain --teacher FILE --teacher-import-only` does; False when --teacher-from is not a file
+    (a teacher folder is linked in instead)."""
+    if not (cfg.teacher_from and Path(cfg.teacher_from).is_file()):
+        return False
+    own = {key: getattr(cfg, key) for key in ("teacher_arch", "teacher_config", "teacher_classes",
+                                               "teacher_min_accuracy") if getattr(cfg, key) is not None}
+    print(f"teacher: importing {cfg.teacher_from}", flush=True)
+    _stage(StudentConfig, "students", cfg, recipe, teacher=cfg.teacher_from, teacher_import_only=True, **own)(
+        False, False)
+    return True
+
+
 def borrowed_teacher(cfg: PipelineConfig) -> Optional[Path]:
     """--teacher-from, checked: a teacher folder that has finished (summary.json and best.pt)."""
-    if not cfg.teacher_from:
-        return None
+    if not cfg.teacher_from or Path(cfg.teacher_from).is_file():
+        return None  # none, or a file to import (import_teacher)
     src = StageDir(Path(cfg.teacher_from))
     if not (src.finished and src.best.is_file()):
         raise MoskdError(f"--teacher-from {src}: not a finished teacher folder (needs best.pt and summary.json); "

@@ -40,7 +40,14 @@ class PipelineConfig:
                                                "setting, else none); baselines stay plain")
     shared_teacher: bool = field(True, "with --seeds: train the teacher once (first seed) and share it")
     teacher_from: Optional[str] = field(None, "a finished teacher folder (e.g. runs/a/seed0/teacher) to hard-link "
-                                              "into this run instead of training one: compare methods on one teacher")
+                                              "into this run instead of training one: compare methods on one "
+                                              "teacher; or your own teacher's weights (.pt/.pth/.safetensors with "
+                                              "--teacher-arch) or .onnx file, imported into RUN/teacher/")
+    # your own teacher (--teacher-from FILE): StudentTrain's --teacher-* flags, passed on as they are
+    teacher_arch: Optional[str] = field(None, "architecture of a --teacher-from weights file")
+    teacher_config: Optional[str] = field(None, "JSON of its preprocessing (timm pretrained_cfg keys)")
+    teacher_classes: Optional[str] = field(None, "file naming its classes in output order")
+    teacher_min_accuracy: Optional[float] = field(None, "select accuracy it must reach before it teaches")
     keep_last: str = field("no", "drop each stage's last.pt (optimizer state, only --resume reads it) once the "
                                  "stage has finished, as `moskd clean RUN` does (a digits run shrinks ~4x); yes = "
                                  "keep them (the stage commands keep them by default)", choices=["yes", "no"])

@@ -7,8 +7,8 @@ trains on augmented images with no teacher in the loop.
 
 The file RUN/teacher/cache/views-k{K}.pt (moskd.run.RunDir.teacher_cache) is keyed to what its
 logits depend on: the sha256 of the teacher checkpoint file, DataBundle.fingerprint() (training
-images, targets, augmentation), K and the view seed. Any mismatch rebuilds it and says why in one
-line; a stale cache is never reused. Both students and every run of a sweep read the same file.
+images, targets, augmentation), K, the view seed and the teacher's preprocessing. Any mismatch
+rebuilds it and says why in one line; a stale cache is never reused. Both students and every run of a sweep read the same file.
 """
 from __future__ import annotations
 
@@ -32,9 +32,12 @@ from moskd.runtime import Runtime, log, show_progress
 CACHE_FORMAT = 1  # bump when the file layout changes: old files then rebuild
 
 
-def cache_key(teacher_path: str | Path, data: DataBundle, k: int, seed: int) -> dict:
+def cache_key(teacher_path: str | Path, data: DataBundle, k: int, seed: int,
+              preprocessing: dict | None = None) -> dict:
+    """preprocessing: the teacher's own input (input_size, mean, std, interpolation; moskd.teacher_input
+    converts the batch to it), so logits of one teacher fed differently never pass for each other."""
     return {"format": CACHE_FORMAT, "teacher_sha256": file_sha256(teacher_path), "data": data.fingerprint(),
-            "k": int(k), "seed": int(seed)}
+            "k": int(k), "seed": int(seed), "teacher_preprocessing": preprocessing}
 
 
 def distinct_views(aug: AugSpec) -> torch.Tensor:
@@ -84,7 +87,8 @@ def teacher_logits(teacher: nn.Module, data: DataBundle, views: torch.Tensor, ba
 
 def _stale_reason(stored: dict, key: dict) -> str | None:
     names = {"format": "cache format", "teacher_sha256": "teacher checkpoint", "data": "training data",
-             "k": "K (--teacher-cache)", "seed": "view seed (--cache-seed)"}
+             "k": "K (--teacher-cache)", "seed": "view seed (--cache-seed)",
+             "teacher_preprocessing": "teacher preprocessing"}
     changed = [names.get(f, f) for f in key if stored.get(f) != key[f]]
     return f"{', '.join(changed)} changed" if changed else None
 

@@ -33,7 +33,19 @@ class StudentConfig(TrainConfig):
     # the teacher's accuracy in about half the teacher's epochs (8 epochs: ~2 minutes on 2 CPU cores)
     epochs: int = field(8, "training epochs", range=">=1")
     model: str = field("1", "student: 1 = densenet121, 2 = googlenet, or any registry/torchvision/timm name")
-    teacher: Optional[str] = field(None, "teacher checkpoint; None = RUN/teacher/best.pt")
+    teacher: Optional[str] = field(None, "teacher: a moskd run or checkpoint, a weights file (.pt/.pth state dict, "
+                                         ".safetensors) with --teacher-arch, or an .onnx file (imported into "
+                                         "RUN/teacher/); None = RUN/teacher/best.pt")
+    teacher_arch: Optional[str] = field(None, "architecture of a --teacher weights file: a registry, torchvision or "
+                                              "timm name")
+    teacher_config: Optional[str] = field(None, "JSON of the imported teacher's preprocessing, timm pretrained_cfg "
+                                                "keys input_size, mean, std, interpolation, num_classes (+ "
+                                                "model_kwargs); default ImageNet's")
+    teacher_classes: Optional[str] = field(None, "file naming the imported teacher's classes in its output order, "
+                                                 "one a line: maps them to the dataset's")
+    teacher_min_accuracy: Optional[float] = field(None, "select accuracy an imported teacher must reach before it "
+                                                        "teaches (default: a quarter of the way from chance to 1)")
+    teacher_import_only: bool = field(False, "import --teacher into RUN/teacher/, score it on select, then stop")
     alpha: float = field(0.5, "weight of the hard-label cross-entropy; 1 - alpha weighs the teacher term (0..1)", range="[0,1]")
     temperature: float = field(4.0, "softmax temperature T of the KL term (> 0; the term is scaled by T^2)", range=">0")
     kd_loss: str = field("kl", "kl (Hinton soft targets) | mse (logit matching, no temperature)",

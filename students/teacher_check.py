@@ -55,3 +55,55 @@ def warn_if_poor_teacher(path: Path, num_classes: int) -> str | None:
                f"teacher longer or with a better recipe, or compare with --no-teacher)")
     warn(message)
     return message
+
+
+# ---------------------------------------------------------------- an imported teacher, before it teaches
+
+# Default bar for an imported teacher (--teacher-min-accuracy): a quarter of the way from chance to
+# perfect (32.5% on 10 classes). A shuffled class order or another normalisation scores near chance;
+# a teacher that works, even a weak one, clears it.
+DEFAULT_FROM_CHANCE = 0.25
+
+
+def default_min_accuracy(num_classes: int) -> float:
+    chance = 1.0 / max(num_classes, 1)
+    return chance + DEFAULT_FROM_CHANCE * (1.0 - chance)
+
+
+def score_on_select(model, card: dict, data, batch_size: int = 256, device="cpu") -> dict:
+    """Accuracy and ECE (15 bins) of a teacher on `select`, fed through the one input conversion."""
+    import numpy as np
+    import torch
+
+    from inference.curves import ece
+    from moskd.loader import make_loader
+    from moskd.teacher_input import teacher_input
+
+    wrapped = teacher_input(model, data.card(), card).to(device).eval()
+    logits, targets = [], []
+    with torch.inference_mode():
+        for batch in make_loader(data, "select", batch_size, device=device):
+            logits.append(wrapped(batch[0]).float().cpu())
+            targets.append(batch[1].cpu())
+    z, y = torch.cat(logits).numpy(), torch.cat(targets).numpy()
+    return {"accuracy": float((z.argmax(1) == y).mean()), "ece": ece(z.astype(np.float64), y),
+            "images": int(len(y))}
+
+
+def check_imported_teacher(model, card: dict, data, *, min_accuracy: float | None, batch_size: int = 256,
+                           device="cpu", log=print) -> dict:
+    """Score an imported teacher on `select`, print it, refuse (exit 2) one below the bar."""
+    from moskd.errors import MoskdError
+
+    scores = score_on_select(model, card, data, batch_size, device)
+    bar = default_min_accuracy(data.num_classes) if min_accuracy is None else float(min_accuracy)
+    scores["min_accuracy"] = bar
+    source = card.get("teacher_source", "teacher")
+    log(f"teacher {source} on select ({scores['images']} images): accuracy {scores['accuracy']:.4f}, "
+        f"ECE {scores['ece']:.4f} (bar {bar:.4f})")
+    if scores["accuracy"] < bar:
+        chance = 1.0 / max(data.num_classes, 1)
+        raise MoskdError(f"teacher {source}: accuracy {scores['accuracy']:.3f} on select ({scores['images']} "
+                         f"images; chance {chance:.3f}) is below --teacher-min-accuracy {bar:.3f}; check its class "
+                         f"order (--teacher-classes) and preprocessing (--teacher-config mean/std/input_size)")
+    return scores

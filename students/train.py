@@ -13,7 +13,9 @@ from moskd.data import DataBundle, data_from_config
 from moskd.loader import make_loader
 from moskd.engine import Stage, finish, fit, prepare_out_dir
 from moskd.errors import MoskdError
-from moskd.models import available_models, create_model, stem_kwargs, unwrap
+from moskd.models import available_models, create_model, stem_kwargs
+from moskd.teacher_import import teacher_provenance
+from moskd.teacher_input import TeacherInput
 from moskd.values import SEED_STUDENTS
 from moskd.precision import policy
 from moskd.profile import model_cost
@@ -79,15 +81,28 @@ def teacher_path(cfg: StudentConfig) -> Path:
 TEACHER_HINT = "distil from a teacher trained on this dataset (--teacher PATH), or pass --no-teacher"
 
 
-def find_teacher(cfg: StudentConfig) -> Path:
-    """The teacher checkpoint to distil from; one line naming the command that makes it when absent."""
-    path = teacher_path(cfg)
+def find_teacher(cfg: StudentConfig, data: DataBundle, rt: Runtime) -> Path:
+    """The teacher checkpoint to distil from; one line naming the command that makes it when absent.
+    A weights or ONNX file given to --teacher is imported into RUN/teacher/ first (moskd.teacher_import),
+    after its check on `select`."""
+    from moskd.teacher_import import resolve_teacher
+    from moskd.teacher_source import TeacherRequest
+
     if not cfg.teacher:  # the run's own teacher: say where the run stopped
         RunDir(cfg.run_dir).require("teacher", also="(or pass --teacher PATH, or --no-teacher for the baseline "
                                                   "student)")
-    elif not path.is_file():
-        raise MoskdError(f"no teacher checkpoint at {path}; pass an existing file to --teacher (or --no-teacher)")
-    return path
+        return teacher_path(cfg)
+    if not Path(cfg.teacher).exists():
+        raise MoskdError(f"no teacher checkpoint at {cfg.teacher}; pass an existing file to --teacher (or --no-teacher)")
+    request = TeacherRequest(cfg.teacher, cfg.teacher_arch, cfg.teacher_config, cfg.teacher_classes)
+
+    def resolve() -> Path:
+        return resolve_teacher(request, RunDir(cfg.run_dir).teacher, data, min_accuracy=cfg.teacher_min_accuracy,
+                               log=lambda line: log(rt, line), batch_size=cfg.eval_batch_size, device=rt.device)
+
+    path = resolve() if rt.is_main else None  # rank 0 imports; the others then find the import and reuse it
+    rt.barrier()
+    return path if path is not None else resolve()
 
 
 def out_dir_for(cfg: StudentConfig, arch: str) -> Path:
@@ -103,6 +118,20 @@ def describe_cost(cost: dict) -> str:
     return f"{cost['params'] / 1e6:.2f}M params, {_mib(cost['bytes'])}, {cost['macs'] / 1e6:.1f}M MACs/image"
 
 
+def teacher_for(cfg: StudentConfig, data: DataBundle, rt: Runtime, distillation: dict) -> tuple[Path, nn.Module, dict]:
+    """(checkpoint, frozen teacher fed through the input conversion, its cost); records where it came
+    from (source, sha256, preprocessing) on the card's `distillation`."""
+    tpath = find_teacher(cfg, data, rt)
+    teacher, tcard = load_teacher(tpath, dataset=data.name, num_classes=data.num_classes, like=data.card(),
+                                  split={k: getattr(cfg, k) for k in SPLIT_KEYS}, hint=TEACHER_HINT, frozen=True)
+    distillation.update(teacher=str(tpath), **teacher_provenance(tcard, tpath))
+    teacher = policy(rt.device, cfg.amp, training=True).model(teacher)
+    warn_if_poor_teacher(tpath, data.num_classes)
+    # the bare teacher at its own input size (not through the input conversion)
+    cost = model_cost(teacher.inner if isinstance(teacher, TeacherInput) else teacher, tcard["input_size"])
+    return tpath, teacher, cost
+
+
 def run(cfg: StudentConfig, rt: Runtime, out_dir: Path | None = None, data: DataBundle | None = None) -> dict:
     """Train one student; returns the summary (also written to summary.json)."""
     check_config(cfg)
@@ -111,6 +140,10 @@ def run(cfg: StudentConfig, rt: Runtime, out_dir: Path | None = None, data: Data
         cfg = dataclasses.replace(cfg, alpha=1.0)  # recorded as such in config.yaml
     out = out_dir or out_dir_for(cfg, arch)
     data = data or data_from_config(cfg)
+    if cfg.teacher_import_only:  # moskd pipeline --teacher-from FILE: the import is the teacher stage
+        if not cfg.teacher:
+            raise MoskdError("--teacher-import-only needs --teacher FILE")
+        return {"teacher": str(find_teacher(cfg, data, rt))}
     torch.manual_seed(cfg.seed)
     model_kwargs = stem_kwargs(arch, cfg.stem)
     model = create_student(arch, data, **model_kwargs)
@@ -134,16 +167,11 @@ def run(cfg: StudentConfig, rt: Runtime, out_dir: Path | None = None, data: Data
 
     views, teacher_cost, weights = None, None, None
     if uses_teacher:
-        tpath = find_teacher(cfg)
-        teacher, _ = load_teacher(tpath, dataset=data.name, num_classes=data.num_classes, like=data.card(),
-                                  split={k: getattr(cfg, k) for k in SPLIT_KEYS}, hint=TEACHER_HINT, frozen=True)
-        teacher = policy(rt.device, cfg.amp, training=True).model(teacher)
-        warn_if_poor_teacher(tpath, data.num_classes)
-        teacher_cost = model_cost(unwrap(teacher), data.input_size)
+        tpath, teacher, teacher_cost = teacher_for(cfg, data, rt, distillation)
         if cfg.complementary != "none" and not cfg.cache_only:
             weights = complementary_weights(cfg, arch, tpath, teacher, data, rt, distillation)
         if cfg.teacher_cache > 0:
-            key = cache_key(tpath, data, cfg.teacher_cache, cfg.cache_seed)
+            key = cache_key(tpath, data, cfg.teacher_cache, cfg.cache_seed, distillation["teacher_preprocessing"])
             cache = RunDir(cfg.run_dir).teacher_cache(cfg.teacher_cache)
             views = load_or_build(cache, key, teacher, data,
                                   batch_size=cfg.eval_batch_size, rt=rt, amp=cfg.amp)

@@ -21,7 +21,8 @@ def run(cfg: TeacherConfig, rt: Runtime) -> dict:
     data = data_from_config(cfg)
     torch.manual_seed(cfg.seed)
     kwargs = stem_kwargs(cfg.arch, cfg.stem)
-    model = create_model(cfg.arch, data.num_classes, data.in_chans, pretrained=cfg.pretrained, **kwargs)
+    model = create_model(cfg.arch, data.num_classes, data.in_chans, pretrained=cfg.pretrained,
+                         pretrained_partial=cfg.pretrained_partial, **kwargs)
     loader = lambda split, **kw: make_loader(data, split, device=rt.device, seed=cfg.seed, rank=rt.rank,  # noqa: E731
                                              world=rt.world, **kw)
     stage = Stage(

@@ -60,6 +60,6 @@ def test_pretrained_local_weights_skip_mismatched_head(tmp_path):
     src = create_model("googlenet", num_classes=10, in_chans=1)
     path = tmp_path / "w.pt"
     torch.save(src.state_dict(), path)
-    dst = create_model("googlenet", num_classes=3, in_chans=1, pretrained=str(path))
+    dst = create_model("googlenet", num_classes=3, in_chans=1, pretrained=str(path), pretrained_partial=True)
     assert torch.equal(dst.conv1.conv.weight, src.conv1.conv.weight)
     assert dst.fc.weight.shape == (3, 1024)
