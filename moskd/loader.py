@@ -115,8 +115,17 @@ class TensorLoader:
 
 
 def make_loader(data: DataBundle, split: str, batch_size: int, *, device="cpu", train=False, seed=0,
-                rank=0, world=1, extras=(), views=None) -> TensorLoader:
+                rank=0, world=1, extras=(), views=None):
+    """The loader of one split, from the backend the data is held in (DataBundle.backend)."""
     s = data.splits[split]
+    if data.backend == "stream":
+        from moskd.streaming import StreamLoader
+
+        if views is not None:
+            raise ValueError("a streamed folder's teacher outputs come through moskd.teacher_outputs")
+        return StreamLoader(s, size=data.image_size, mean=data.mean, std=data.std, batch_size=batch_size,
+                            device=device, train=train, aug=data.aug, extras=extras, seed=seed, rank=rank,
+                            world=world, workers=data.workers)
     return TensorLoader(
         s.images, s.targets, mean=data.mean, std=data.std, batch_size=batch_size,
         device=device, train=train, aug=data.aug, extras=extras, views=views, seed=seed, rank=rank, world=world,
