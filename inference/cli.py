@@ -24,9 +24,12 @@ Every input is decided by the run's routing policy (RUN/policy.json, fitted on `
 or a fixed first model), when it goes on to the next model, and how answers combine.
   error               why the input could not be predicted (unreadable, truncated, not an image,
                       a folder without images); empty when it was
---output FILE.csv or FILE.jsonl writes the rows to a file (atomically), --output - to stdout (CSV
-unless --output-format jsonl). The human-readable table goes to stderr, or nowhere with --quiet
-(then each failed input gets one line on stderr instead). The exit code is 1 when any input
+--output FILE.csv or FILE.jsonl writes the rows to a file as they are predicted (flushed after
+every batch, so an interrupted job keeps its rows; --resume continues it), --output - to stdout (CSV
+unless --output-format jsonl). Inputs are listed and decoded as they are reached (--workers N
+processes), so memory stays flat in the number of files. The human-readable table goes to stderr
+(past a screenful of rows, a summary instead), or nowhere with --quiet (then each failed input
+gets one line on stderr instead). The exit code is 1 when any input
 failed (its row is still written), 2 for bad flags.
 """
 from __future__ import annotations
@@ -56,6 +59,9 @@ class InferenceConfig:
                                          choices=["csv", "jsonl"])
     quiet: bool = field(False, "no table on stderr (failed inputs still get one line each)")
     batch_size: int = field(256, "images per forward pass")
+    workers: int = field(0, "worker processes decoding image files (0: in this process)")
+    resume: bool = field(False, "continue an interrupted --output FILE: keep its rows and predict only the "
+                                "inputs after them (the same inputs must be given)")
     fast: str = field("fold+cl", "with --run-dir: CPU fast path, Conv+BN folding and channels_last "
                                  "(measured in benchmarks/bench_infer.py): eager | fold | fold+cl",
                       choices=["eager", "fold", "fold+cl"])
