@@ -121,11 +121,9 @@ def make_loader(data: DataBundle, split: str, batch_size: int, *, device="cpu", 
     if data.backend == "stream":
         from moskd.streaming import StreamLoader
 
-        if views is not None:
-            raise ValueError("a streamed folder's teacher outputs come through moskd.teacher_outputs")
         return StreamLoader(s, size=data.image_size, mean=data.mean, std=data.std, batch_size=batch_size,
                             device=device, train=train, aug=data.aug, extras=extras, seed=seed, rank=rank,
-                            world=world, workers=data.workers)
+                            world=world, workers=data.workers, views=views)
     return TensorLoader(
         s.images, s.targets, mean=data.mean, std=data.std, batch_size=batch_size,
         device=device, train=train, aug=data.aug, extras=extras, views=views, seed=seed, rank=rank, world=world,

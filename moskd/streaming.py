@@ -75,7 +75,7 @@ class FileViews(Dataset):
         return len(self.files)
 
     def __getitem__(self, item):
-        i, epoch = item
+        i, epoch, *given = item  # given: a cached crop view record to render instead of drawing one
         from PIL import Image
 
         im, why = open_image(self.files.paths[i].decode())
@@ -85,8 +85,12 @@ class FileViews(Dataset):
             view = (0, 0, im.height, im.width, 0)
             im = im.resize((self.size, self.size), Image.BILINEAR)
         else:
-            view = (crop_view(im.height, im.width, view_generator(self.seed, epoch, i), self.flip)
-                    if self.train else eval_view(im.height, im.width, self.size))
+            if given:
+                view = tuple(given[0])
+            elif self.train:
+                view = crop_view(im.height, im.width, view_generator(self.seed, epoch, i), self.flip)
+            else:
+                view = eval_view(im.height, im.width, self.size)
             im = render(im, view, self.size)
         return torch.from_numpy(np.asarray(im).transpose(2, 0, 1).copy()), i, view, ""
 
@@ -105,16 +109,20 @@ class StreamLoader:
     """Batches of a FileSet; the interface and the draws of moskd.loader.TensorLoader (see above).
 
     workers: DataLoader worker processes decoding files (0: in this process). The last extra of a
-    training batch under crop views is the batch's view records (int32 (B, 5), moskd.views)."""
+    training batch under crop views is the batch's view records (int32 (B, 5), moskd.views).
+    views: optional (records (N,K,F), outputs (N,K,..)) of the teacher cache (students.cache.CachedRows);
+    each epoch every image takes one of its K cached views, and that view's teacher logits come as
+    the last extra, as in TensorLoader."""
 
     def __init__(self, files: FileSet, *, size, mean, std, batch_size, device="cpu", train=False,
-                 aug: AugSpec | None = None, extras=(), seed=0, rank=0, world=1, workers=0):
+                 aug: AugSpec | None = None, extras=(), seed=0, rank=0, world=1, workers=0, views=None):
         self.files, self.size, self.targets, self.extras = files, size, files.targets, tuple(extras)
         self.batch_size, self.device, self.train = batch_size, torch.device(device), train
         self.aug = aug if train else None
         self.seed, self.rank, self.world, self.workers = seed, rank, world, workers
         self.mean = torch.tensor(mean, device=self.device)
         self.std = torch.tensor(std, device=self.device)
+        self.views = views if train else None
         self.epoch = 0
         self.skipped: set[str] = set()  # paths of files that could not be decoded (warned once each)
 
@@ -135,11 +143,11 @@ class StreamLoader:
         per_rank = math.ceil(n / self.world) if self.train else len(range(self.rank, n, self.world))
         return math.ceil(per_rank / self.batch_size)
 
-    def _batches(self, idx: torch.Tensor):
+    def _batches(self, idx: torch.Tensor, records=None):
         flip = bool(self.aug and self.aug.flip)
         ds = FileViews(self.files, self.size, self.seed, self.train, flip)
-        batches = [[(int(i), self.epoch) for i in idx[s:s + self.batch_size]]
-                   for s in range(0, len(idx), self.batch_size)]
+        item = (lambda i: (i, self.epoch)) if records is None else (lambda i: (i, self.epoch, records[i].tolist()))
+        batches = [[item(int(i)) for i in idx[s:s + self.batch_size]] for s in range(0, len(idx), self.batch_size)]
         return DataLoader(ds, batch_sampler=batches, num_workers=self.workers, collate_fn=collate,
                           pin_memory=self.device.type == "cuda",
                           generator=torch.Generator().manual_seed(self.seed))  # not the global RNG
@@ -147,9 +155,16 @@ class StreamLoader:
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)  # as TensorLoader
         idx = self._indices(g)
-        shifts = self.train and self.aug is not None and not uses_crops(self.size)
-        params = sample_views(len(self.targets), self.aug, g) if shifts else None
-        for x, i, views, bad in self._batches(idx):
+        crops = uses_crops(self.size)
+        shifts = self.train and self.aug is not None and not crops
+        params, records, pick = None, None, None
+        if self.views is not None:  # cached views: each image takes one of its K, as TensorLoader
+            pick = torch.randint(0, self.views[0].shape[1], (len(self.targets),), generator=g)
+            params = self.views[0][torch.arange(len(self.targets)), pick]  # (N, F) the picked view records
+            records = params if crops else None
+        elif shifts:
+            params = sample_views(len(self.targets), self.aug, g)  # one draw per image per epoch
+        for x, i, views, bad in self._batches(idx, records):
             self._warn(bad)
             if not len(i):
                 continue
@@ -157,7 +172,9 @@ class StreamLoader:
             if shifts:
                 x = apply_views(x, params[i], self.aug.pad)
             extra = [e[i].to(self.device, non_blocking=True) for e in self.extras]
-            if self.train and uses_crops(self.size):
+            if self.views is not None:
+                extra.append(self.views[1][i, pick[i]].to(self.device, torch.float32))
+            elif self.train and crops:
                 extra.append(views.to(self.device))
             yield (normalize(x, self.mean, self.std), self.targets[i].to(self.device), *extra)
 

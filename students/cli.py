@@ -56,6 +56,8 @@ class StudentConfig(TrainConfig):
                                     "into RUN/students/<arch>-baseline/")
     teacher_cache: int = field(10, "K augmented views per train image whose teacher logits are cached in "
                                    "RUN/teacher/cache/ (0 = run the teacher online every step)")
+    teacher_topk: int = field(0, "cache only the teacher's T largest probabilities and their classes per view "
+                                 "(0 = all logits; for many classes: 4T bytes per view instead of 2C)")
     cache_seed: int = field(0, "seed of the cached views (shared by every student reading the cache)")
     cache_only: bool = field(False, "build (or validate) the teacher-logit cache, then stop without training")
     complementary: str = field("none", "none (independent students) | clusters (specialists on the teacher's "
