@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -118,6 +119,7 @@ def load_data(
     train_limit: int | None = None,
     max_ram: float | None = None,
     workers: int = 0,
+    decoded_dir: str | Path | None = None,
 ) -> DataBundle:
     """Load a dataset and split it deterministically into train / select / test.
 
@@ -132,6 +134,8 @@ def load_data(
     max_ram: memory budget in GiB for a folder's decoded images (None: a quarter of this machine's
         memory); a folder over it, or at 64 px and above, is streamed (choose_backend).
     workers: DataLoader worker processes decoding a streamed folder.
+    decoded_dir: where a folder held in memory keeps its decoded images (uint8 .npy, keyed by its
+        files and the size), so the stages of one run decode it once (data_from_config: RUN/data).
     """
     if not 0 < select_fraction < 1 or not 0 < test_fraction < 1:
         raise MoskdError("--select-fraction and --test-fraction must lie strictly between 0 and 1")
@@ -145,7 +149,7 @@ def load_data(
         if choose_backend(listing, image_size, max_ram) == "stream":
             return _stream_bundle(dataset, listing, image_size, workers, split_seed, select_fraction,
                                   test_fraction, limit, train_limit)
-        x, y, xt, yt, classes, aug = decode_folder(listing, image_size)
+        x, y, xt, yt, classes, aug = decode_once(listing, image_size, decoded_dir)
     else:
         x, y, xt, yt, classes, aug = read_source(dataset, data_dir, download, image_size)
     if image_size is not None and x.shape[-1] != image_size:
@@ -195,6 +199,30 @@ def _warn_small_splits(dataset: str, splits: dict, num_classes: int) -> None:
                  f"classes cannot appear in it; add images or raise --limit")
 
 
+def decode_once(listing, image_size: int, decoded_dir: str | Path | None):
+    """decode_folder, reading the decoded arrays from decoded_dir when an earlier stage of the run
+    wrote them for the same files (paths, sizes, modification times) and size; else writing them."""
+    if decoded_dir is None:
+        return decode_folder(listing, image_size)
+    from moskd.atomic import atomic_write
+    from moskd.streaming import file_fingerprint
+
+    (paths, y), test, classes = listing
+    h = hashlib.sha256(file_fingerprint(paths) + repr(image_size).encode())
+    if test is not None:
+        h.update(file_fingerprint(test[0]))
+    files = [Path(decoded_dir) / f"folder-{h.hexdigest()[:16]}-{part}.npy" for part in ("train", "test")]
+    if all(f.is_file() for f in files[: 1 + (test is not None)]):
+        x = np.load(files[0], mmap_mode="r")
+        xt = np.load(files[1], mmap_mode="r") if test is not None else None
+        return x, y, xt, (test[1] if test is not None else None), classes, folder_aug(image_size)
+    x, y, xt, yt, classes, aug = decode_folder(listing, image_size)
+    for f, a in zip(files, (x, xt)):
+        if a is not None:
+            atomic_write(f, lambda out, a=a: np.save(out, a))
+    return x, y, xt, yt, classes, aug
+
+
 def default_max_ram() -> float:
     """GiB: a quarter of this machine's physical memory."""
     import os
@@ -232,4 +260,4 @@ def data_from_config(cfg) -> DataBundle:
     """load_data with the data settings of a stage config (moskd.engine.DataConfig)."""
     return load_data(cfg.dataset, cfg.data_dir, cfg.download, cfg.split_seed, cfg.select_fraction,
                      cfg.test_fraction, cfg.limit, cfg.image_size, cfg.train_limit,
-                     getattr(cfg, "max_ram", None), getattr(cfg, "workers", 0))
+                     getattr(cfg, "max_ram", None), getattr(cfg, "workers", 0), Path(cfg.run_dir) / "data")

@@ -198,3 +198,25 @@ def test_an_empty_class_folder_is_refused_in_one_line(tmp_path, cli):
                                       "--max-ram", "0", "--device", "cpu"])
     assert code == 2 and "empty" in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_folder_in_memory_is_decoded_once_per_run(tmp_path, monkeypatch):
+    import moskd.data
+
+    folder = make_folder(tmp_path / "f", per_class=5)
+    first = load_data(f"folder:{folder}", image_size=16, max_ram=1.0, decoded_dir=tmp_path / "run/data")
+    assert len(list((tmp_path / "run/data").glob("folder-*-train.npy"))) == 1
+
+    def no_decoding(*a):
+        raise AssertionError("decoded again")
+
+    decode = moskd.data.decode_folder
+    monkeypatch.setattr(moskd.data, "decode_folder", no_decoding)
+    again = load_data(f"folder:{folder}", image_size=16, max_ram=1.0, decoded_dir=tmp_path / "run/data")
+    for k in first.splits:
+        assert torch.equal(first.splits[k].images, again.splits[k].images)
+    assert first.mean == again.mean and first.fingerprint() == again.fingerprint()
+    Image.new("RGB", (20, 24), (1, 2, 3)).save(folder / "a" / "0.png")  # another file: decoded afresh
+    with pytest.raises(AssertionError, match="decoded again"):
+        load_data(f"folder:{folder}", image_size=16, max_ram=1.0, decoded_dir=tmp_path / "run/data")
+    monkeypatch.setattr(moskd.data, "decode_folder", decode)
