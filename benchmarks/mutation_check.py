@@ -91,7 +91,7 @@ MUTATIONS: list[Mutation] = [
     Mutation("S2", "selector/labels.py", "one = right == 1", "one = right >= 1",
              (f"{T_SEL}::test_labels_from_logits_count_exactly_one_right",),
              "'exactly one right' counts images any student gets right"),
-    Mutation("S3", "selector/labels.py", "    s = data.splits[split]\n", '    s = data.splits["train"]\n',
+    Mutation("S3", "selector/labels.py", "parts_loader(data, [(split, None)],", 'parts_loader(data, [("train", None)],',
              (f"{T_SEL}::test_train_selector_labels_use_select_not_test",),
              "selector labels computed on train instead of select"),
     Mutation("S4", "selector/train.py", "return F.binary_cross_entropy_with_logits(logits, batch[2])",

@@ -24,10 +24,13 @@ Every input is decided by the run's routing policy (RUN/policy.json, fitted on `
 or a fixed first model), when it goes on to the next model, and how answers combine.
   error               why the input could not be predicted (unreadable, truncated, not an image,
                       a folder without images); empty when it was
---output FILE.csv or FILE.jsonl writes the rows to a file (atomically), --output - to stdout (CSV
-unless --output-format jsonl). The human-readable table goes to stderr, or nowhere with --quiet
-(then each failed input gets one line on stderr instead). The exit code is 2 when any input
-failed (its row is still written) and for bad flags.
+--output FILE.csv or FILE.jsonl writes the rows to a file as they are predicted (flushed after
+every batch, so an interrupted job keeps its rows; --resume continues it), --output - to stdout (CSV
+unless --output-format jsonl). Inputs are listed and decoded as they are reached (--workers N
+processes), so memory stays flat in the number of files. The human-readable table goes to stderr
+(past a screenful of rows, a summary instead), or nowhere with --quiet (then each failed input
+gets one line on stderr instead). The exit code is 2 when any input failed (its row is still
+written) and for bad flags.
 """
 from __future__ import annotations
 

@@ -23,6 +23,9 @@ class InferenceConfig:
                                          choices=["csv", "jsonl"])
     quiet: bool = field(False, "no table on stderr (failed inputs still get one line each)")
     batch_size: int = field(256, "images per forward pass", range=">=1")
+    workers: int = field(0, "worker processes decoding image files (0: in this process)", range=">=0")
+    resume: bool = field(False, "continue an interrupted --output FILE: keep its rows and predict only the "
+                                "inputs after them (the same inputs must be given)")
     fast: str = field("fold+cl", "with --run-dir: CPU fast path, Conv+BN folding and channels_last "
                                  "(measured in benchmarks/bench_infer.py): eager | fold | fold+cl",
                       choices=["eager", "fold", "fold+cl"])

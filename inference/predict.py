@@ -4,7 +4,6 @@ input (the inference command; its flags and output columns are in inference.cli)
 """
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -12,38 +11,20 @@ import numpy as np
 import torch
 from PIL import Image  # tests patch Image.open here
 
-from inference.images import (
-    BadImage, image_extensions, preprocess_array, read_image_array)
-from inference.output import failed_row, format_table, output_format, prediction_row, write_rows
+from inference.files import decode_chunk, decoded_chunks, iter_inputs, nth_input, predict_chunk
+from inference.images import preprocess_array
+from inference.output import RowSummary, RowWriter, output_format
 from moskd.loader import normalize
 from moskd.errors import MoskdError
 from moskd.fold import FastPath, fast_model, prepare_input
 from moskd.runtime import setup_runtime, show_progress
 
-# ---------------------------------------------------------------- finding and reading images
+# ---------------------------------------------------------------- reading images
 
 
 def gather(inputs: list[str]) -> list[tuple[Path, str | None]]:
-    """(path, None) for each file to predict and (path, why) for an input that cannot even be listed
-    (an unreadable folder, a folder without images), in input order; folders sorted recursively."""
-    exts = image_extensions()
-    items: list[tuple[Path, str | None]] = []
-    for raw in inputs:
-        p = Path(raw)
-        if not p.is_dir():
-            items.append((p, None))  # named explicitly: always tried, so a bad one is reported, not skipped
-            continue
-        start = len(items)
-
-        def unreadable(err: OSError, root=p):
-            items.append((Path(err.filename or root), f"cannot list folder ({err.strerror or err})"))
-
-        for d, dirs, names in os.walk(p, onerror=unreadable):
-            dirs.sort()
-            items += [(Path(d) / n, None) for n in sorted(names) if Path(n).suffix.lower() in exts]
-        if len(items) == start:
-            items.append((p, f"no image files found (looked for {', '.join(sorted(exts)[:6])}, ...)"))
-    return items
+    """Every input as inference.files.iter_inputs lists it (a list: for small input sets and tests)."""
+    return list(iter_inputs(inputs))
 
 
 def preprocess(im: Image.Image, card: dict, invert: str = "auto") -> torch.Tensor:
@@ -129,36 +110,24 @@ def predict_files(run, files: list[Path], batch_size: int, invert: str, device, 
     with its error, and on_fail(path, why) when given.
 
     `run` is a predictor (load_predictor) or a run's RunModels (inference.router.load_router)."""
-    from tqdm import tqdm
-
-    from moskd.policy import softmax
-
     if not hasattr(run, "route_names"):
         run = RunPredictor(run, device)
-    card, classes = run.card, run.class_names
     rows = []
-    starts = range(0, len(files), batch_size)
-    for start in tqdm(starts, desc="predict", leave=False, disable=not sys.stderr.isatty(), unit="batch"):
-        chunk = files[start : start + batch_size]
-        ok, xs, chunk_rows = [], [], [None] * len(chunk)
-        for i, p in enumerate(chunk):
-            try:
-                xs.append(read_image_array(p, card, invert))
-                ok.append(i)
-            except BadImage as e:
-                chunk_rows[i] = failed_row(p, str(e))
-                if on_fail is not None:
-                    on_fail(p, str(e))
-        if xs:
-            out = run.run(np.stack(xs))
-            probs = softmax(out.logits.astype(np.float64))
-            cls, conf = probs.argmax(1), probs.max(1)
-            for j, i in enumerate(ok):
-                chunk_rows[i] = prediction_row(
-                    chunk[i], int(cls[j]), classes[int(cls[j])], float(conf[j]), run.route_names[int(out.routes[j])],
-                    {n: float(s) for n, s in zip(run.names, out.scores[j].tolist())})
-        rows += chunk_rows
+    for start in range(0, len(files), batch_size):
+        chunk = decode_chunk([(p, None) for p in files[start:start + batch_size]], run.card, invert)
+        rows += predict_chunk(run, chunk)
+    for r in rows:
+        if r["error"] is not None and on_fail is not None:
+            on_fail(Path(r["path"]), r["error"])
     return rows
+
+
+def _resume_point(writer: RowWriter, inputs: list[str], output: str) -> int:
+    """How many inputs an output file already holds rows for; one line when it holds another listing's."""
+    if writer.done and str(nth_input(inputs, writer.done - 1)) != writer.last:
+        raise MoskdError(f"--resume: {output} holds {writer.done} row(s) ending with {writer.last}, which is not "
+                         f"input {writer.done} of these inputs; pass the same inputs, or drop --resume to start over")
+    return writer.done
 
 
 def run(cfg, inputs: list[str], prog: str = "inference") -> int:
@@ -183,31 +152,42 @@ def run(cfg, inputs: list[str], prog: str = "inference") -> int:
         return 0
 
     predictor = load_predictor(cfg.run_dir, cfg.bundle, rt.device, cfg.fast)
-
-    def on_fail(path, why):  # with the table off, each failure still gets its line on stderr
-        if cfg.quiet:
-            print(f"{prog}: {path}: {why}", file=sys.stderr, flush=True)
-
-    rows: list[dict] = []
-    files: list[Path] = []
-    for path, why in gather(inputs) + [(None, None)]:  # files are predicted in batches, in order
-        if path is not None and why is None:
-            files.append(path)
-            continue
-        rows += predict_files(predictor, files, cfg.batch_size, cfg.invert, rt.device, on_fail)
-        files = []
-        if path is not None:
-            rows.append(failed_row(path, why))
-            on_fail(path, why)
-    if cfg.output is not None:  # written before the table, so nothing on stderr can stop it
-        write_rows(rows, cfg.output, fmt, predictor.names)
+    if cfg.resume and cfg.output in (None, "-"):
+        raise MoskdError("--resume continues an output file; pass --output FILE.csv or FILE.jsonl")
+    writer = RowWriter(cfg.output, fmt, predictor.names, cfg.resume)
+    try:
+        skip = _resume_point(writer, inputs, cfg.output)
+        summary, failed = _predict_stream(cfg, predictor, inputs, writer, skip, prog)
+    finally:
+        writer.close()
     if not cfg.quiet:
-        print(format_table(rows, predictor.names), file=sys.stderr)
+        print(summary.text(predictor.names, failed), file=sys.stderr)
         if cfg.output not in (None, "-"):
-            print(f"wrote {len(rows)} row(s) to {cfg.output}", file=sys.stderr)
-    failed = sum(r["error"] is not None for r in rows)
+            resumed = f" after the {skip} already there" if skip else ""
+            print(f"wrote {summary.count} row(s) to {cfg.output}{resumed}", file=sys.stderr)
     if failed:
-        print(f"{prog}: {failed} of {len(rows)} input(s) could not be predicted (see their error); "
+        print(f"{prog}: {failed} of {summary.count} input(s) could not be predicted (see their error); "
               f"the others were predicted", file=sys.stderr)
         raise SystemExit(2)  # bad input (exit codes: 0 ok, 2 bad input, 130 interrupted, 1 internal failure)
     return 0
+
+
+def _predict_stream(cfg, predictor, inputs: list[str], writer: RowWriter, skip: int, prog: str
+                    ) -> tuple[RowSummary, int]:
+    """Predict chunk by chunk, writing each chunk's rows before the next; a progress bar on a terminal."""
+    from tqdm import tqdm
+
+    summary, failed = RowSummary(), 0
+    bar = tqdm(desc="predict", unit="img", leave=False, disable=not sys.stderr.isatty(), initial=skip)
+    for chunk in decoded_chunks(inputs, cfg.batch_size, predictor.card, cfg.invert, cfg.workers, skip):
+        rows = predict_chunk(predictor, chunk)
+        writer.write(rows)
+        summary.add(rows)
+        for r in rows:
+            if r["error"] is not None:
+                failed += 1
+                if cfg.quiet:  # with the table off, each failure still gets its line on stderr
+                    print(f"{prog}: {r['path']}: {r['error']}", file=sys.stderr, flush=True)
+        bar.update(len(rows))
+    bar.close()
+    return summary, failed

@@ -29,7 +29,7 @@ from inference.router import Router, RunModels, load_policy, load_router, routed
 from inference.summary import SELECTOR, make_setup, summarize
 from moskd.atomic import read_json, write_json, write_npz, write_text
 from moskd.data import load_data
-from moskd.loader import TensorLoader
+from moskd.loader import TensorLoader, parts_loader
 from moskd.errors import MoskdError
 from moskd.models import adapt_input, unwrap
 from moskd.policy import TEACHER, Policy, replay
@@ -128,9 +128,8 @@ def _costs(run: RunModels, extras: dict, names: list[str], size) -> dict:
 
 
 def _loader(data, split: str, card: dict, batch_size: int, device, cap: int | None = None) -> TensorLoader:
-    s = data.splits[split]
-    images, targets = (s.images, s.targets) if cap is None else (s.images[:cap], s.targets[:cap])
-    return TensorLoader(images, targets, mean=card["mean"], std=card["std"], batch_size=batch_size, device=device)
+    idx = None if cap is None else torch.arange(min(cap, len(data.splits[split])))
+    return parts_loader(data, [(split, idx)], mean=card["mean"], std=card["std"], batch_size=batch_size, device=device)
 
 
 def evaluate_run(run_dir: str | Path, *, dataset: str | None = None, data_dir: str | None = None,

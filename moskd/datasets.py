@@ -65,41 +65,59 @@ def _cifar(name: str, data_dir: str, download: bool):
     )
 
 
-def _folder(path: str, image_size: int):
-    from PIL import Image
+def list_folder(path: str) -> tuple[tuple, tuple | None, list[str]]:
+    """((paths, targets) of train, the same of test or None, class names) of an image folder: one
+    sub-folder per class, or train/ and test/ holding such sub-folders. Paths are a numpy bytes
+    array (workers share it unchanged); nothing is decoded here."""
     from torchvision.datasets import ImageFolder
-
     from torchvision.datasets.folder import IMG_EXTENSIONS
 
     root = Path(path)
     if not root.is_dir():
         raise MoskdError(f"image folder {path} not found; pass folder:PATH with one sub-folder per class")
 
-    def load(folder: Path):
+    def scan(folder: Path):
         check_class_folders(folder, IMG_EXTENSIONS)
         try:
-            ds = ImageFolder(str(folder))
+            ds = ImageFolder(str(folder), loader=lambda p: p)
         except (FileNotFoundError, RuntimeError) as e:
-            raise MoskdError(f"{folder}: {e}; expected one sub-folder of images per class") from None
+            raise MoskdError(f"{folder}: {' '.join(str(e).split())}; expected one sub-folder of images per "
+                             f"class, none of them empty") from None
+        paths = np.array([os.fsencode(p) for p, _ in ds.samples])
+        return (paths, np.asarray(ds.targets, np.int64)), ds.classes
+
+    if (root / "train").is_dir() and (root / "test").is_dir():
+        train, classes = scan(root / "train")
+        test, classes_t = scan(root / "test")
+        if classes_t != classes:
+            raise MoskdError(f"{root}/train and {root}/test hold different class folders; make them match")
+        return train, test, classes
+    train, classes = scan(root)
+    return train, None, classes
+
+
+def folder_aug(image_size: int) -> AugSpec:
+    return AugSpec(pad=max(1, image_size // 8), flip=True)
+
+
+def decode_folder(listing, image_size: int):
+    """The in-memory source of a listed folder: every image decoded and squashed to image_size."""
+    from PIL import Image
+
+    def load(paths: np.ndarray) -> np.ndarray:
         xs = []
-        for p, _ in ds.samples:
+        for p in paths:
             try:
-                with Image.open(p) as im:
+                with Image.open(p.decode()) as im:
                     im = im.convert("RGB").resize((image_size, image_size), Image.BILINEAR)
                     xs.append(np.asarray(im).transpose(2, 0, 1))
             except OSError as e:
-                raise MoskdError(f"{p}: unreadable image ({e}); remove or replace it") from None
-        return np.stack(xs), np.asarray(ds.targets, np.int64), ds.classes
+                raise MoskdError(f"{p.decode()}: unreadable image ({e}); remove or replace it") from None
+        return np.stack(xs)
 
-    aug = AugSpec(pad=max(1, image_size // 8), flip=True)
-    if (root / "train").is_dir() and (root / "test").is_dir():
-        x, y, classes = load(root / "train")
-        xt, yt, classes_t = load(root / "test")
-        if classes_t != classes:
-            raise MoskdError(f"{root}/train and {root}/test hold different class folders; make them match")
-        return x, y, xt, yt, classes, aug
-    x, y, classes = load(root)
-    return x, y, None, None, classes, aug
+    (paths, y), test, classes = listing
+    xt, yt = (load(test[0]), test[1]) if test is not None else (None, None)
+    return load(paths), y, xt, yt, classes, folder_aug(image_size)
 
 
 def check_class_folders(folder: Path, extensions) -> None:
@@ -162,6 +180,13 @@ def _fashion_mnist(data_dir: str, download: bool):
     return x[:, None], y.astype(np.int64), xt[:, None], yt.astype(np.int64), list(FASHION_CLASSES), AugSpec(2, True)
 
 
+def folder_size(listing) -> tuple[int, str]:
+    """A folder's own image size (probed from a sample of its files) and how it was found."""
+    from moskd.streaming import probe_size
+
+    return probe_size(listing[0][0])
+
+
 def resize_images(x: np.ndarray, size: int) -> np.ndarray:
     """(N, C, H, W) uint8 resized to size x size (bilinear, antialiased when shrinking); channels kept."""
     if x.shape[-2:] == (size, size):
@@ -183,5 +208,6 @@ def read_source(dataset: str, data_dir: str, download: bool, image_size: int | N
     if dataset in ("cifar10", "cifar100"):
         return _cifar(dataset, data_dir, download)
     if dataset.startswith("folder:"):
-        return _folder(dataset[len("folder:"):], image_size or 32)
+        listing = list_folder(dataset[len("folder:"):])
+        return decode_folder(listing, image_size or folder_size(listing)[0])
     raise MoskdError(f"unknown dataset '{dataset}'; choose one of {', '.join(DATASETS)}")

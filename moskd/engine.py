@@ -292,6 +292,9 @@ def finish(stage: Stage, cfg: TrainConfig, rt: Runtime, summary: dict, test_load
         model.load_state_dict(inference_weights(best))
         summary[f"test_{stage.metric_name}"] = evaluate(model, test_loader, stage.metric,
                                                        Runtime(rt.device), cfg.amp)
+        if hasattr(test_loader, "skipped"):  # a streamed folder: files that could not be decoded (this rank's)
+            summary["skipped_files"] = len(set().union(*(getattr(ld, "skipped", set()) for ld in (
+                stage.train_loader, stage.select_loader, test_loader))))
         complete(stage.out_dir, summary, cfg.keep_last)
         log(rt, f"{stage.role}: best select {stage.metric_name} {summary['best_select']:.4f} "
                 f"(epoch {summary['best_epoch']}), test {stage.metric_name} "

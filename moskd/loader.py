@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -115,9 +116,37 @@ class TensorLoader:
 
 
 def make_loader(data: DataBundle, split: str, batch_size: int, *, device="cpu", train=False, seed=0,
-                rank=0, world=1, extras=(), views=None) -> TensorLoader:
+                rank=0, world=1, extras=(), views=None):
+    """The loader of one split, from the backend the data is held in (DataBundle.backend)."""
     s = data.splits[split]
+    if data.backend == "stream":
+        from moskd.streaming import StreamLoader
+
+        return StreamLoader(s, size=data.image_size, mean=data.mean, std=data.std, batch_size=batch_size,
+                            device=device, train=train, aug=data.aug, extras=extras, seed=seed, rank=rank,
+                            world=world, workers=data.workers, views=views)
     return TensorLoader(
         s.images, s.targets, mean=data.mean, std=data.std, batch_size=batch_size,
         device=device, train=train, aug=data.aug, extras=extras, views=views, seed=seed, rank=rank, world=world,
     )
+
+
+def parts_loader(data: DataBundle, parts: list[tuple[str, torch.Tensor | None]], *, mean, std, batch_size,
+                 device="cpu", train=False, augment=True, extras=(), seed=0, rank=0, world=1):
+    """A loader over the images `idx` of each (split, idx) part, concatenated (idx None: the whole split),
+    normalised with the given mean/std (a model card's), from either backend: for stages that read
+    other splits than make_loader's (selector labels and training, the report)."""
+    picked = [(data.splits[s], slice(None) if i is None else i) for s, i in parts]
+    targets = torch.cat([s.targets[i] for s, i in picked])
+    aug = data.aug if (train and augment) else None
+    if data.backend == "stream":
+        from moskd.streaming import FileSet, StreamLoader
+
+        files = FileSet(np.concatenate([s.paths[np.arange(len(s))[i]] for s, i in picked]), targets,
+                        torch.cat([s.index[i] for s, i in picked]))
+        return StreamLoader(files, size=data.image_size, mean=mean, std=std, batch_size=batch_size, device=device,
+                            train=train, aug=aug, extras=extras, seed=seed, rank=rank, world=world,
+                            workers=data.workers)
+    images = picked[0][0].images[picked[0][1]] if len(picked) == 1 else torch.cat([s.images[i] for s, i in picked])
+    return TensorLoader(images, targets, mean=mean, std=std, batch_size=batch_size, device=device, train=train,
+                        aug=aug, extras=extras, seed=seed, rank=rank, world=world)

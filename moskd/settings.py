@@ -24,7 +24,13 @@ class DataConfig:
     train_limit: Optional[int] = field(None, "use at most N `train` images; select and test stay whole, and the rest "
                                                   "of the training pool is the split `spare`", range=">=1")
     image_size: Optional[int] = field(None, "resize every image to N x N pixels (default: the dataset's "
-                                            "own size; folder: 32)", range=">=1")
+                                            "own size; folder: the most common size of a sample of its files)",
+                                      range=">=1")
+    max_ram: Optional[float] = field(None, "GiB a folder's decoded images may take in memory; a folder over it, "
+                                           "or at 64 px and above, is streamed from its files (default: a "
+                                           "quarter of this machine's memory)", range=">0")
+    workers: int = field(0, "DataLoader worker processes decoding a streamed folder's files (0: in the "
+                            "training process)", range=">=0")
     device: str = field("auto", "auto | cpu | cuda | cuda:N")
     seed: int = field(0, "seed for initialisation, shuffling and augmentation", range=">=0")
 

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from moskd.checkpoint import save_checkpoint
 from moskd.data import DataBundle
-from moskd.loader import TensorLoader
+from moskd.loader import TensorLoader, parts_loader
 from moskd.errors import MoskdError
 from moskd.precision import policy
 from moskd.loaded import Student
@@ -100,9 +100,8 @@ def label_split(students: list[Student], data: DataBundle, split: str = "select"
                 device="cpu", progress: bool = False) -> dict:
     if split not in ("select", "spare"):  # `test` is never read; `train` was trained on, its labels flatter
         raise MoskdError(f"selector labels come from `select` (and `spare`), never `{split}`")
-    s = data.splits[split]
     card = students[0].card  # the shared normalisation (load_students adapted the other students to it)
-    loader = TensorLoader(s.images, s.targets, mean=card["mean"], std=card["std"], batch_size=batch_size,
+    loader = parts_loader(data, [(split, None)], mean=card["mean"], std=card["std"], batch_size=batch_size,
                           device=device)
     logits, targets = collect_logits([st.model for st in students], loader, f"labels ({split})", progress)
     return make_labels(logits, targets, [st.name for st in students], [st.macs for st in students])

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from moskd.choose import choose_point
 from moskd.checkpoint import inference_weights, load_checkpoint, save_checkpoint
 from moskd.data import DataBundle, data_from_config
-from moskd.loader import TensorLoader
+from moskd.loader import TensorLoader, parts_loader
 from moskd.engine import Stage, complete, fit, on_logits, prepare_out_dir
 from moskd.errors import MoskdError
 from moskd.models import create_model
@@ -93,15 +93,12 @@ def _loader(data: DataBundle, card: dict, parts: list[tuple[str, torch.Tensor, d
     """Batches of (image, class, per-student target, per-student correctness) from the given
     (split, indices, labels of that split) parts, concatenated."""
     key = TARGET_LABELS[cfg.target]
-    images = torch.cat([data.splits[split].images[idx] for split, idx, _ in parts])
-    classes = torch.cat([data.splits[split].targets[idx] for split, idx, _ in parts])
     target = torch.cat([lab[key][idx].float() for _, idx, lab in parts])
     correct = torch.cat([lab["correct"][idx].float() for _, idx, lab in parts])
-    return TensorLoader(
-        images, classes, mean=card["mean"], std=card["std"],
+    return parts_loader(
+        data, [(split, idx) for split, idx, _ in parts], mean=card["mean"], std=card["std"],
         batch_size=cfg.batch_size if train else cfg.eval_batch_size, device=rt.device, train=train,
-        aug=data.aug if (train and cfg.augment) else None,
-        extras=(target, correct), seed=cfg.seed, rank=rt.rank, world=rt.world,
+        augment=cfg.augment, extras=(target, correct), seed=cfg.seed, rank=rt.rank, world=rt.world,
     )
 
 
@@ -317,7 +314,7 @@ def run(cfg: SelectorConfig, rt: Runtime) -> dict:
         held_loader = _loader(data, card, held_part, cfg, Runtime(rt.device), train=False)
         scores, correct, operating = finalize(model, out.best, held_loader, held, cfg, macs)
         summary.update(heldout_summary(scores, correct, cfg.tie_margin, operating["knob"], names, macs))
-        summary.update(operating_point=operating, labels=labels["stats"], train_images=len(stage.train_loader.images))
+        summary.update(operating_point=operating, labels=labels["stats"], train_images=len(stage.train_loader.targets))
         if spare:
             summary["spare_labels"] = spare["stats"]
         complete(out.path, summary, cfg.keep_last)  # summary.json, curves.png, --keep-last

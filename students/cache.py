@@ -1,43 +1,69 @@
-"""The shared teacher-logit cache: the teacher's forward pass, paid once for every student.
+"""The shared teacher-output cache: the teacher's forward pass, paid once for every student.
 
-For each `train` image the cache holds K augmented views (their parameters, int16 (N, K, 3):
-shift x, shift y, flip) and the teacher's logits for each (fp16 (N, K, C)). Each epoch the loader
-gives every image one of its K views and appends that view's logits to the batch, so a student
-trains on augmented images with no teacher in the loop.
+For each `train` image the cache holds K views (their records: shift x, shift y, flip below 64 px;
+crop top, left, height, width, flip at 64 px and above, moskd.views) and the teacher's output for
+each: its fp16 logits (C values), or with --teacher-topk T its T largest probabilities (fp16) and
+their class indices (int16), from which moskd-side code rebuilds a distribution (topk_logits).
+Both are memory-mapped files indexed by (image, view), written in one sequential pass and read row
+by row: no student holds the cache in memory.
 
-The file RUN/teacher/cache/views-k{K}.pt (moskd.run.RunDir.teacher_cache) is keyed to what its
-logits depend on: the sha256 of the teacher checkpoint file, DataBundle.fingerprint() (training
-images, targets, augmentation), K, the view seed and the teacher's preprocessing. Any mismatch
-rebuilds it and says why in one line; a stale cache is never reused. Both students and every run of a sweep read the same file.
+Bytes per image per view (bytes_per_view): 2C for logits (+ 6 for a shift record, 20 for a crop
+record): 10 classes 20 B, 1,000 classes 2,000 B; --teacher-topk T: 4T (T = 5: 20 B).
+
+The folder RUN/teacher/cache/views-k{K}[-top{T}]/ (next to moskd.run.RunDir.teacher_cache's name)
+holds views.bin, outputs.bin and key.json, written last: the sha256 of the teacher checkpoint file,
+the data's preprocessing (mean, std, input size) and the teacher's own,
+DataBundle.fingerprint() (training data and
+augmentation), K, T and the view seed. Any mismatch rebuilds it and says why in one line.
 """
 from __future__ import annotations
 
 import itertools
-import time
+import json
 from pathlib import Path
 
+import numpy as np
 import torch
-from torch import nn
-from tqdm import tqdm
 
-from moskd.atomic import file_sha256
-from moskd.checkpoint import read_checkpoint_file, save_checkpoint
+from moskd.atomic import file_sha256, write_json
 from moskd.data import DataBundle
-from moskd.loader import AugSpec
-from moskd.loader import apply_views, normalize, sample_views
 from moskd.errors import MoskdError
-from moskd.precision import policy
-from moskd.runtime import Runtime, log, show_progress
+from moskd.loader import AugSpec, sample_views
 
-CACHE_FORMAT = 1  # bump when the file layout changes: old files then rebuild
+CACHE_FORMAT = 2  # 2: memory-mapped views.bin/outputs.bin (1 was one .pt file)
 
 
-def cache_key(teacher_path: str | Path, data: DataBundle, k: int, seed: int,
-              preprocessing: dict | None = None) -> dict:
-    """preprocessing: the teacher's own input (input_size, mean, std, interpolation; moskd.teacher_input
-    converts the batch to it), so logits of one teacher fed differently never pass for each other."""
+def cache_key(teacher_path: str | Path, data: DataBundle, k: int, seed: int, topk: int = 0,
+              teacher_preprocessing: dict | None = None) -> dict:
+    """teacher_preprocessing: the teacher's own input (input_size, mean, std, interpolation;
+    moskd.teacher_input converts the batch to it), so outputs of one teacher fed differently never
+    pass for each other."""
     return {"format": CACHE_FORMAT, "teacher_sha256": file_sha256(teacher_path), "data": data.fingerprint(),
-            "k": int(k), "seed": int(seed), "teacher_preprocessing": preprocessing}
+            "preprocessing": {"mean": list(data.mean), "std": list(data.std), "input_size": data.input_size},
+            "teacher_preprocessing": teacher_preprocessing, "k": int(k), "topk": int(topk), "seed": int(seed)}
+
+
+def cache_dir(path: Path, topk: int = 0) -> Path:
+    """The cache folder beside RunDir.teacher_cache(K)'s name: views-k{K}/ or views-k{K}-top{T}/."""
+    path = Path(path)
+    return path.with_name(path.stem + (f"-top{topk}" if topk else ""))
+
+
+def output_dtype(num_classes: int, topk: int) -> np.dtype:
+    """One (image, view) row of outputs.bin: C fp16 logits, or T fp16 probabilities + T class indices."""
+    if not topk:
+        return np.dtype(("<f2", (num_classes,)))
+    index = "<i2" if num_classes <= 2**15 else "<i4"
+    return np.dtype([("p", "<f2", (topk,)), ("c", index, (topk,))])
+
+
+def view_dtype(crops: bool) -> np.dtype:
+    return np.dtype(("<i4", (5,))) if crops else np.dtype(("<i2", (3,)))
+
+
+def bytes_per_view(num_classes: int, topk: int = 0, crops: bool = False) -> int:
+    """Disk bytes of one (image, view) pair: its output row and its view record."""
+    return output_dtype(num_classes, topk).itemsize + view_dtype(crops).itemsize
 
 
 def distinct_views(aug: AugSpec) -> torch.Tensor:
@@ -48,12 +74,12 @@ def distinct_views(aug: AugSpec) -> torch.Tensor:
 
 
 def choose_views(n: int, k: int, aug: AugSpec, seed: int) -> torch.Tensor:
-    """(n, K', 3) int16 view parameters per image.
+    """(n, K', 3) int16 shift views per image.
 
     When K reaches the number of distinct views (digits: pad 1, no flip -> 9) all of them are
     enumerated once instead of sampled: K random draws would repeat some views and miss others,
     while the full set is exactly the augmentation distribution. Then K' = the number of distinct
-    views (possibly fewer than K); otherwise K' = K views drawn as moskd.data.sample_views draws them.
+    views (possibly fewer than K); otherwise K' = K views drawn as moskd.loader.sample_views draws them.
     """
     every = distinct_views(aug)
     if k >= len(every):
@@ -62,75 +88,78 @@ def choose_views(n: int, k: int, aug: AugSpec, seed: int) -> torch.Tensor:
     return sample_views(n * k, aug, g).view(n, k, 3)
 
 
-@torch.inference_mode()
-def teacher_logits(teacher: nn.Module, data: DataBundle, views: torch.Tensor, batch_size: int,
-                   device: torch.device, rt: Runtime, amp: bool = True) -> torch.Tensor:
-    """fp16 (N, K, C) teacher logits of every (image, view) pair, in batches of flattened pairs."""
-    images = data.splits["train"].images
-    n, k, _ = views.shape
-    mean = torch.tensor(data.mean, device=device)
-    std = torch.tensor(data.std, device=device)
-    prec = policy(device, amp, training=True)  # the cache is training input: the training policy's speed
-    prec.model(teacher.eval())
-    out = torch.empty(n * k, data.num_classes, dtype=torch.float16)
-    flat_views = views.reshape(n * k, 3)
-    bar = tqdm(range(0, n * k, batch_size), desc="teacher cache", unit="batch", leave=False,
-               disable=not show_progress(rt))
-    for start in bar:
-        j = torch.arange(start, min(start + batch_size, n * k))
-        x = apply_views(images[j // k].to(device), flat_views[j], data.aug.pad)
-        x = prec.input(normalize(x, mean, std))
-        with prec.autocast():
-            out[j] = teacher(x).float().to("cpu", torch.float16)
-    return out.view(n, k, data.num_classes)
+def to_rows(logits: torch.Tensor, topk: int) -> np.ndarray:
+    """fp32 teacher logits (B, C) -> rows of output_dtype: fp16 logits, or top-T probabilities and classes."""
+    if not topk:
+        return logits.to(torch.float16).numpy()
+    p, c = logits.float().softmax(1).topk(topk, dim=1)
+    rows = np.empty(len(logits), output_dtype(logits.shape[1], topk))
+    rows["p"], rows["c"] = p.to(torch.float16).numpy(), c.numpy()
+    return rows
 
 
-def _stale_reason(stored: dict, key: dict) -> str | None:
-    names = {"format": "cache format", "teacher_sha256": "teacher checkpoint", "data": "training data",
-             "k": "K (--teacher-cache)", "seed": "view seed (--cache-seed)",
-             "teacher_preprocessing": "teacher preprocessing"}
-    changed = [names.get(f, f) for f in key if stored.get(f) != key[f]]
-    return f"{', '.join(changed)} changed" if changed else None
+def topk_logits(rows: np.ndarray, num_classes: int) -> torch.Tensor:
+    """fp32 (B, C) logits whose softmax puts each stored top-T probability on its class and spreads the
+    rest of the mass evenly over the other classes (FKD's label recovery); softmax(x / T) tempers it."""
+    p = torch.from_numpy(rows["p"].astype(np.float32))
+    c = torch.from_numpy(rows["c"].astype(np.int64))
+    others = num_classes - p.shape[1]
+    rest = (1.0 - p.sum(1, keepdim=True)).clamp_min(1e-6) / max(others, 1)
+    out = rest.log().expand(-1, num_classes).clone()
+    return out.scatter_(1, c, p.clamp_min(1e-8).log())
 
 
-def _read(path: Path, key: dict) -> tuple[tuple[torch.Tensor, torch.Tensor] | None, str]:
-    """The cached (views, logits) when the file matches key, else None and why not."""
-    if not path.is_file():
-        return None, "none yet"
+class CachedRows:
+    """A memory-mapped (N, K) array read by (image indices, view indices) tensors; rows come back as
+    torch tensors (fp16 logits; top-T rows rebuilt to fp32 logits; view records as stored)."""
+
+    def __init__(self, path: Path, dtype: np.dtype, n: int, k: int, num_classes: int = 0):
+        self.array = np.memmap(path, dtype=dtype, mode="r", shape=(n, k))
+        self.num_classes, self.shape = num_classes, (n, k, *dtype.shape)
+
+    def __getitem__(self, ik) -> torch.Tensor:
+        i, k = (np.asarray(t) for t in ik)
+        rows = self.array[i, k]
+        if rows.dtype.names:
+            return topk_logits(rows, self.num_classes)
+        return torch.from_numpy(np.ascontiguousarray(rows))
+
+
+def read_cache(folder: Path, key: dict, num_classes: int, crops: bool) -> tuple[tuple | None, str]:
+    """(views, outputs) CachedRows when the folder's key.json matches key, else None and why not."""
     try:
-        obj = read_checkpoint_file(path)
-    except MoskdError:
-        return None, "unreadable file"
-    if not isinstance(obj, dict) or not isinstance(obj.get("key"), dict):
-        return None, "not a cache file"
-    reason = _stale_reason(obj["key"], key)
-    if reason:
-        return None, reason
-    return (obj["views"], obj["logits"]), ""
+        stored = json.loads((folder / "key.json").read_text())
+    except FileNotFoundError:
+        return None, "none yet"
+    except (OSError, ValueError):
+        return None, "unreadable key.json"
+    names = {"format": "cache format", "teacher_sha256": "teacher checkpoint", "data": "training data",
+             "preprocessing": "data preprocessing", "teacher_preprocessing": "teacher preprocessing",
+             "k": "K (--teacher-cache)", "topk": "--teacher-topk",
+             "seed": "view seed (--cache-seed)"}
+    changed = [names.get(f, f) for f in key if stored.get(f) != key[f]]
+    if changed:
+        return None, f"{', '.join(changed)} changed"
+    n, k = stored["shape"]
+    vd, od = view_dtype(crops), output_dtype(num_classes, key["topk"])
+    sizes = {"views.bin": n * k * vd.itemsize, "outputs.bin": n * k * od.itemsize}
+    if any(not (folder / f).is_file() or (folder / f).stat().st_size != s for f, s in sizes.items()):
+        return None, "files of the wrong size"
+    return (CachedRows(folder / "views.bin", vd, n, k), CachedRows(folder / "outputs.bin", od, n, k, num_classes)), ""
 
 
-def load_or_build(path: Path, key: dict, teacher: nn.Module, data: DataBundle, *, batch_size: int,
-                  rt: Runtime, amp: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cached (views int16 (N,K,3), logits fp16 (N,K,C)) matching key; computed and saved when stale.
+def finish_cache(folder: Path, key: dict, n: int, k: int) -> None:
+    """key.json last: a cache whose key is on disk is whole."""
+    write_json(folder / "key.json", {**key, "shape": [n, k]})
 
-    Rank 0 builds; the other ranks wait at the barrier and then read the file it wrote.
-    """
-    cached, why = _read(path, key)
-    if cached is not None:
-        log(rt, f"teacher cache {path}: reused ({cached[0].shape[1]} views x {cached[0].shape[0]} images)")
-    elif rt.is_main:
-        views = choose_views(len(data.splits["train"]), key["k"], data.aug, key["seed"])
-        log(rt, f"teacher cache {path}: {why}; computing teacher logits for {views.shape[1]} views "
-                f"x {views.shape[0]} train images")
-        t0 = time.perf_counter()
-        logits = teacher_logits(teacher, data, views, batch_size, rt.device, rt, amp)
-        save_checkpoint({"key": key, "views": views, "logits": logits}, path)
-        log(rt, f"teacher cache: {views.shape[0] * views.shape[1]} teacher forward passes in "
-                f"{time.perf_counter() - t0:.1f}s, paid once for every student reading it")
-        cached = (views, logits)
-    rt.barrier()
-    if cached is None:  # a non-zero rank: rank 0 has written it by now
-        cached, why = _read(path, key)
-        if cached is None:
-            raise MoskdError(f"teacher cache {path}: {why} after rank 0 built it; check the file system")
+
+def start_cache(folder: Path) -> None:
+    """Drop the key first, so a rebuild killed half-way is never taken for the old cache."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "key.json").unlink(missing_ok=True)
+
+
+def require(cached, why: str, folder: Path):
+    if cached is None:
+        raise MoskdError(f"teacher cache {folder}: {why} after rank 0 built it; check the file system")
     return cached

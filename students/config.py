@@ -54,6 +54,8 @@ class StudentConfig(TrainConfig):
                                     "into RUN/students/<arch>-baseline/")
     teacher_cache: int = field(10, "K augmented views per train image whose teacher logits are cached in "
                                    "RUN/teacher/cache/ (0 = run the teacher online every step)", range=">=0")
+    teacher_topk: int = field(0, "cache only the teacher's T largest probabilities and their classes per view "
+                                 "(0 = all logits; for many classes: 4T bytes per view instead of 2C)", range=">=0")
     cache_seed: int = field(0, "seed of the cached views (shared by every student reading the cache)", range=">=0")
     cache_only: bool = field(False, "build (or validate) the teacher-logit cache, then stop without training")
     complementary: str = field("none", "none (independent students) | clusters (specialists on the teacher's "

@@ -24,10 +24,10 @@ from moskd.loaded import load_teacher
 from moskd.loaded import SPLIT_KEYS
 from moskd.atomic import write_json
 from moskd.runtime import Runtime, log
-from students.cache import cache_key, load_or_build
 from students.config import StudentConfig
+from students.teacher_outputs import teacher_outputs
 from students.complementary import build_partition, image_weights, load_partition
-from students.losses import KD_LOSSES, cached_objective, label_objective, online_objective
+from students.losses import KD_LOSSES, label_objective
 from students.teacher_check import warn_if_poor_teacher
 
 STUDENTS = SEED_STUDENTS
@@ -63,6 +63,9 @@ def check_config(cfg: StudentConfig) -> None:
         raise MoskdError(f"--kd-loss {cfg.kd_loss}: choose one of {', '.join(KD_LOSSES)}")
     if cfg.teacher_cache < 0:
         raise MoskdError(f"--teacher-cache {cfg.teacher_cache}: must be >= 0 (0 = online teacher)")
+    if cfg.teacher_topk < 0 or (cfg.teacher_topk and cfg.kd_loss != "kl"):
+        raise MoskdError(f"--teacher-topk {cfg.teacher_topk}: must be >= 0, and works with --kd-loss kl only "
+                         f"(it keeps probabilities, not logits)")
     if cfg.complementary != "none" and (cfg.no_teacher or cfg.alpha >= 1.0):
         raise MoskdError(f"--complementary {cfg.complementary} partitions the data with the teacher; "
                          f"drop --no-teacher (and keep --alpha below 1), or pass --complementary none")
@@ -155,6 +158,7 @@ def run(cfg: StudentConfig, rt: Runtime, out_dir: Path | None = None, data: Data
         "temperature": cfg.temperature if uses_teacher and cfg.kd_loss == "kl" else None,
         "teacher": str(tpath) if uses_teacher else None,
         "teacher_cache": cfg.teacher_cache if uses_teacher else 0,
+        "teacher_topk": cfg.teacher_topk if uses_teacher and cfg.teacher_cache > 0 else 0,
         "complementary": {"method": cfg.complementary}
         if cfg.complementary == "none" else None,  # filled in once the partition is known
     }
@@ -170,19 +174,14 @@ def run(cfg: StudentConfig, rt: Runtime, out_dir: Path | None = None, data: Data
         tpath, teacher, teacher_cost = teacher_for(cfg, data, rt, distillation)
         if cfg.complementary != "none" and not cfg.cache_only:
             weights = complementary_weights(cfg, arch, tpath, teacher, data, rt, distillation)
-        if cfg.teacher_cache > 0:
-            key = cache_key(tpath, data, cfg.teacher_cache, cfg.cache_seed, distillation["teacher_preprocessing"])
-            cache = RunDir(cfg.run_dir).teacher_cache(cfg.teacher_cache)
-            views = load_or_build(cache, key, teacher, data,
-                                  batch_size=cfg.eval_batch_size, rt=rt, amp=cfg.amp)
+        outputs = teacher_outputs(cfg, teacher, tpath, data, rt, RunDir(cfg.run_dir).teacher_cache(cfg.teacher_cache),
+                                  weighted=weights is not None,
+                                  preprocessing=distillation["teacher_preprocessing"])  # cached or online: decided there
+        objective, views = outputs.objective, outputs.views
+        if outputs.mode == "cached":
             del teacher  # the cache stands in for it from here on
             if cfg.cache_only:
-                return {"cache": str(cache), "views": int(views[0].shape[1])}
-            objective = cached_objective(cfg.alpha, cfg.temperature, cfg.kd_loss, cfg.label_smoothing,
-                                         weighted=weights is not None)
-        else:
-            objective = online_objective(teacher, cfg.alpha, cfg.temperature, cfg.kd_loss,
-                                         cfg.label_smoothing, weighted=weights is not None)
+                return {"cache": str(outputs.cache), "views": int(views[0].shape[1])}
     else:
         if not cfg.no_teacher:
             log(rt, "alpha = 1: the teacher term has no weight; training on labels only, no teacher loaded")

@@ -110,6 +110,9 @@ ALLOWED = {  # (file, call): why it is not a file write of its own
     ("inference/export.py", "mkdtemp"): "that temporary folder",
     ("inference/export.py", "save"): "torch.export.save of one program into that temporary folder",
     ("inference/quantize.py", "replace"): "moves the chosen int8 file within export's temporary bundle folder",
+    ("inference/output.py", "open"): "prediction rows appended and flushed as they are predicted, so an "
+                                     "interrupted job keeps them (inference --resume continues the file)",
+    ("inference/output.py", "truncate"): "--resume cuts a row a kill left half written",
 }
 
 
