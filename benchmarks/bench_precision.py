@@ -8,7 +8,7 @@ For the teacher (ResNet50) and both students (DenseNet121, GoogLeNet) one full t
 
   fp32            the default layout, no autocast
   fp32+cl         channels_last weights and input
-  bf16+cl         channels_last and bf16 autocast: what moskd.precision.policy picks for training
+  bf16+cl         channels_last and bf16 autocast: what moskd.precision.choose_precision picks for training
                   on CPUs with native bf16 (AVX512-BF16 or AMX)
   fp32+cl+compile with --compile: fp32+cl under torch.compile (the training engines' --compile); its
                   compilation happens in the warm-up steps and is not timed

@@ -72,9 +72,9 @@ def check_device(args) -> dict:
 
 
 def check_precision(device: torch.device) -> dict:
-    from moskd.precision import policy
+    from moskd.precision import choose_precision
 
-    prec = policy(device, amp=True, training=True)
+    prec = choose_precision(device, amp=True, training=True)
     model = prec.model(tiny_cnn())
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     x, y = _batch(device)
@@ -91,9 +91,9 @@ def check_precision(device: torch.device) -> dict:
 
 
 def check_compile(device: torch.device, backend: str) -> dict:
-    from moskd.precision import policy
+    from moskd.precision import choose_precision
 
-    prec = policy(device, amp=True, training=True)
+    prec = choose_precision(device, amp=True, training=True)
     torch.manual_seed(0)
     eager = prec.model(tiny_cnn())
     model = prec.model(tiny_cnn())
@@ -123,13 +123,13 @@ def check_compile(device: torch.device, backend: str) -> dict:
 def check_ddp(device: torch.device) -> dict:
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    from moskd.precision import policy
+    from moskd.precision import choose_precision
 
     backend = "nccl" if device.type == "cuda" else "gloo"
     with tempfile.TemporaryDirectory() as tmp:
         dist.init_process_group(backend, init_method=f"file://{tmp}/store", world_size=1, rank=0)
         try:
-            prec = policy(device, amp=True, training=True)
+            prec = choose_precision(device, amp=True, training=True)
             model = DDP(prec.model(tiny_cnn()), device_ids=[device.index] if device.type == "cuda" else None)
             opt = torch.optim.SGD(model.parameters(), lr=0.1)
             x, y = _batch(device)

@@ -33,7 +33,7 @@ from moskd.loader import TensorLoader, parts_loader
 from moskd.errors import MoskdError
 from moskd.models import adapt_input, unwrap
 from moskd.policy import TEACHER, Policy, replay
-from moskd.precision import policy as precision_policy
+from moskd.precision import choose_precision
 from moskd.profile import model_cost
 from moskd.loaded import is_baseline
 from moskd.teacher_import import teacher_provenance
@@ -55,7 +55,7 @@ def collect(run: RunModels, extras: dict, loader: TensorLoader, progress: bool =
     for m in models.values():
         m.eval()
     parts: dict[str, list] = {k: [] for k in ("labels", "selector_scores", *[f"logits_{m}" for m in models])}
-    prec = run.router.precision or precision_policy(loader.device)
+    prec = run.router.precision or choose_precision(loader.device)
     selector = run.router.selector_module
     for batch in tqdm(loader, desc=f"evaluate {desc}", leave=False, disable=not progress, unit="batch"):
         x = prec.input(batch[0])

@@ -24,7 +24,7 @@ from moskd.errors import MoskdError
 from moskd.models import adapt_input, build_model_from_checkpoint
 from moskd.atomic import read_json
 from moskd.policy import TEACHER, Policy, PolicyError, decide, router_policy
-from moskd.precision import Precision, policy as precision_policy
+from moskd.precision import Precision, choose_precision
 from moskd.profile import count_macs
 from moskd.run import RunDir, Student
 
@@ -171,7 +171,7 @@ def load_router(run_dir: str | Path, device="cpu", with_teacher: bool = False, p
     if policy is None:
         teacher_macs = count_macs(teacher, card["input_size"]) if teacher is not None else 0
         policy = selector_policy(card, students, teacher_macs)
-    prec = precision_policy(device)  # inference policy: fp32 on the CPU, as the bundle runs
+    prec = choose_precision(device)  # inference policy: fp32 on the CPU, as the bundle runs
     for m in [selector_model, *[s.model for s in students]] + ([teacher] if teacher is not None else []):
         prec.model(m.eval())
     router = _router(policy, students, teacher, selector_model, classes, prec)

@@ -31,7 +31,7 @@ from moskd.config import to_dict, write_config
 from moskd.loader import TensorLoader
 from moskd.errors import MoskdError
 from moskd.plots import plot_curves
-from moskd.precision import Precision, policy
+from moskd.precision import Precision, choose_precision
 from moskd.run import StageDir
 from moskd.runtime import Runtime, log, show_progress
 from moskd.settings import TrainConfig
@@ -122,7 +122,7 @@ def prepare_out_dir(out_dir: Path, cfg: TrainConfig, command: str, card: dict) -
 @torch.inference_mode()
 def evaluate(model: nn.Module, loader: TensorLoader, metric: Metric, rt: Runtime, amp: bool = True) -> float:
     model.eval()
-    prec = policy(rt.device, amp)  # inference policy: what the report and the bundle will see
+    prec = choose_precision(rt.device, amp)  # inference policy: what the report and the bundle will see
     prec.model(model)
     total, count = 0.0, 0
     for batch in loader:
@@ -199,7 +199,7 @@ def fit(stage: Stage, cfg: TrainConfig, rt: Runtime, command: str) -> dict:
     out = StageDir(stage.out_dir)
     resume = prepare_out_dir(out.path, cfg, command, stage.card)
     rt.barrier()  # every rank has passed the guard before rank 0 writes anything
-    prec = policy(rt.device, cfg.amp, training=True)
+    prec = choose_precision(rt.device, cfg.amp, training=True)
     raw = prec.model(stage.model)
     optimizer = create_optimizer_v2(raw, opt=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                     momentum=cfg.momentum)

@@ -66,7 +66,7 @@ class Precision:
         return f"{dtype}{'+channels_last' if self.channels_last else ''}"
 
 
-def policy(device: torch.device | str, amp: bool = True, training: bool = False) -> Precision:
+def choose_precision(device: torch.device | str, amp: bool = True, training: bool = False) -> Precision:
     """The policy for work on `device`: `training` covers the training loop and the teacher cache."""
     device = torch.device(device)
     if device.type == "cuda":

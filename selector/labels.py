@@ -18,7 +18,7 @@ from moskd.checkpoint import save_checkpoint
 from moskd.data import DataBundle
 from moskd.loader import TensorLoader, parts_loader
 from moskd.errors import MoskdError
-from moskd.precision import policy
+from moskd.precision import choose_precision
 from moskd.loaded import Student
 
 
@@ -26,7 +26,7 @@ from moskd.loaded import Student
 def collect_logits(models: list[nn.Module], loader: TensorLoader, desc: str = "", progress: bool = False
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """((N, S, C) float logits of every model, (N,) targets) over a non-shuffled loader, on the CPU."""
-    prec = policy(loader.device)  # the inference policy: labels describe the students as they will run
+    prec = choose_precision(loader.device)  # the inference policy: labels describe the students as they will run
     for m in models:
         prec.model(m.eval())
     logits, targets = [], []

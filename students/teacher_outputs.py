@@ -23,7 +23,7 @@ from moskd.atomic import atomic_write
 from moskd.data import DataBundle
 from moskd.engine import Objective
 from moskd.loader import apply_views, normalize
-from moskd.precision import policy
+from moskd.precision import choose_precision
 from moskd.runtime import Runtime, log, show_progress
 from moskd.views import crop_view, uses_crops, view_generator
 from students.cache import (cache_dir, cache_key, choose_views, finish_cache, read_cache, require, start_cache,
@@ -153,7 +153,7 @@ def write_outputs(folder: Path, pairs, total: int, teacher: nn.Module, data: Dat
     """views.bin and outputs.bin written in one sequential pass (atomically, each), batch by batch."""
     device = rt.device
     mean, std = (torch.tensor(v, device=device) for v in (data.mean, data.std))
-    prec = policy(device, amp, training=True)  # the cache is training input: the training policy's speed
+    prec = choose_precision(device, amp, training=True)  # the cache is training input: the training policy's speed
     prec.model(teacher.eval())
     vd = view_dtype(crops_of(data))
     bar = tqdm(total=total, desc="teacher cache", unit="view", leave=False, disable=not show_progress(rt))

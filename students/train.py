@@ -17,7 +17,7 @@ from moskd.models import available_models, create_model, stem_kwargs
 from moskd.teacher_import import teacher_provenance
 from moskd.teacher_input import TeacherInput
 from moskd.values import SEED_STUDENTS
-from moskd.precision import policy
+from moskd.precision import choose_precision
 from moskd.profile import model_cost
 from moskd.run import RunDir
 from moskd.loaded import load_teacher
@@ -128,7 +128,7 @@ def teacher_for(cfg: StudentConfig, data: DataBundle, rt: Runtime, distillation:
     teacher, tcard = load_teacher(tpath, dataset=data.name, num_classes=data.num_classes, like=data.card(),
                                   split={k: getattr(cfg, k) for k in SPLIT_KEYS}, hint=TEACHER_HINT, frozen=True)
     distillation.update(teacher=str(tpath), **teacher_provenance(tcard, tpath))
-    teacher = policy(rt.device, cfg.amp, training=True).model(teacher)
+    teacher = choose_precision(rt.device, cfg.amp, training=True).model(teacher)
     warn_if_poor_teacher(tpath, data.num_classes)
     # the bare teacher at its own input size (not through the input conversion)
     cost = model_cost(teacher.inner if isinstance(teacher, TeacherInput) else teacher, tcard["input_size"])
@@ -226,7 +226,7 @@ def complementary_weights(cfg: StudentConfig, arch: str, tpath: Path, teacher: n
 @torch.inference_mode()
 def train_logits(teacher: nn.Module, data: DataBundle, batch_size: int, rt: Runtime, amp: bool) -> torch.Tensor:
     """The teacher's logits on every `train` image, unaugmented, in split order (on the CPU)."""
-    prec = policy(rt.device, amp, training=True)
+    prec = choose_precision(rt.device, amp, training=True)
     loader = make_loader(data, "train", batch_size, device=rt.device)
     return torch.cat([prec.forward(teacher.eval(), batch[0]).cpu() for batch in loader])
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from moskd.checkpoint import load_checkpoint
-from moskd.precision import policy
+from moskd.precision import choose_precision
 from selector.labels import owner_targets
 from moskd.policy import entry_routes
 from selector.cli import main as selector_main
@@ -100,7 +100,7 @@ def train(model: nn.Module, x, y, t, weights=None, steps: int = 400) -> nn.Modul
     batch = (x, y, weights, t) if weights is not None else (x, y, t)
     opt = torch.optim.Adam(model.parameters(), lr=0.05)
     for _ in range(steps):
-        loss = objective(model, batch, policy("cpu")).parts["loss"]
+        loss = objective(model, batch, choose_precision("cpu")).parts["loss"]
         opt.zero_grad()
         loss.backward()
         opt.step()
