@@ -30,7 +30,7 @@ from moskd.errors import MoskdError, cli_entry
 from moskd.run import RunDir, StageDir
 from moskd.atomic import read_json, write_json
 from moskd.seeds import aggregate_seeds
-from moskd.stages import Step, pipeline_steps
+from moskd.stages import Step, commands, pipeline_steps
 
 
 @dataclass
@@ -190,8 +190,8 @@ def import_teacher(cfg: PipelineConfig, train_flags: list[str]) -> bool:
     extra = [flag for key in ("teacher_arch", "teacher_config", "teacher_classes", "teacher_min_accuracy")
              if getattr(cfg, key) is not None for flag in ("--" + key.replace("_", "-"), str(getattr(cfg, key)))]
     print(f"teacher: importing {cfg.teacher_from}", flush=True)
-    importlib.import_module("students.cli").main([*train_flags, "--teacher", cfg.teacher_from, *extra,
-                                                  "--teacher-import-only"])
+    student = commands()["student"].module  # StudentTrain, from the stages' declarations
+    importlib.import_module(student).main([*train_flags, "--teacher", cfg.teacher_from, *extra, "--teacher-import-only"])
     return True
 
 

@@ -1,5 +1,5 @@
 """Import a teacher trained elsewhere into a run: RUN/teacher/best.pt becomes a moskd checkpoint
-holding its weights (an ONNX teacher: RUN/teacher/teacher.onnx beside it) and a model card that
+holding its weights (an ONNX teacher: RUN/teacher/imported.onnx beside it) and a model card that
 records its own preprocessing, class order, source and sha256. From then on every stage reads it
 through moskd.loaded.load_teacher like a teacher the run trained, and RUN/teacher/summary.json
 (written last: the stage's completion marker) keeps its score on `select`.
@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Callable
 
 from torch import nn
 
-from moskd.atomic import file_sha256, write_json
+from moskd.atomic import atomic_write, file_sha256, write_json
 from moskd.checkpoint import load_checkpoint, save_checkpoint
 from moskd.errors import MoskdError
 from moskd.run import StageDir
@@ -22,7 +23,7 @@ from moskd.teacher_input import ClassOrder, OnnxTeacher
 from moskd.teacher_source import (TeacherRequest, kind_of, load_strict, moskd_checkpoint, onnx_macs, onnx_signature,
                                   preprocessing, read_class_order, read_config, read_weights)
 
-ONNX_FILE = "teacher.onnx"
+ONNX_FILE = "imported.onnx"
 SEED_ARCHS = ("resnet50", "densenet121", "googlenet")  # moskd.models registers them with a choice of stem
 
 
@@ -116,12 +117,11 @@ def same_import(dest: StageDir, card: dict) -> bool:
     return all(old.get(k) == card.get(k) for k in keys)
 
 
-def resolve_teacher(req: TeacherRequest, dest: StageDir, data, *, min_accuracy: float | None, log=print,
-                    batch_size: int = 256, device="cpu") -> Path:
+def resolve_teacher(req: TeacherRequest, dest: StageDir, data, check: Callable[[nn.Module, dict], dict],
+                    log=print) -> Path:
     """The teacher checkpoint to distil from: a moskd one as it is; a weights or ONNX file imported
-    into `dest` (RUN/teacher) after its check on `select`."""
-    from students.teacher_check import check_imported_teacher
-
+    into `dest` (RUN/teacher) once check(model, card) (students.teacher_check: its score on `select`,
+    raising MoskdError below the bar) has passed."""
     path = Path(req.source)
     if kind_of(path) == "moskd":
         return moskd_checkpoint(path)
@@ -134,23 +134,21 @@ def resolve_teacher(req: TeacherRequest, dest: StageDir, data, *, min_accuracy: 
         if not old.get("teacher_source"):
             raise MoskdError(f"{dest.path} holds a teacher this run trained; import {path} into another --run-dir "
                              f"(or delete {dest.path} to replace it)")
-    scores = check_imported_teacher(model, card, data, min_accuracy=min_accuracy, batch_size=batch_size,
-                                    device=device, log=log)
+    scores = check(model, card)
     write_import(dest, path, card, state, scores)
     log(f"teacher: imported {path} into {dest.best}")
     return dest.best
 
 
 def write_import(dest: StageDir, source: Path, card: dict, state: dict, scores: dict) -> None:
-    """RUN/teacher/{teacher.onnx,best.pt,summary.json}; summary.json last, as a finished stage's marker.
+    """RUN/teacher/{imported.onnx,best.pt,summary.json}; summary.json last, as a finished stage's marker.
     An older teacher's logit caches stay: they are keyed to the checkpoint's sha256 and rebuild."""
     dest.path.mkdir(parents=True, exist_ok=True)
     if dest.summary.exists():
         dest.summary.unlink()  # unfinished until the new files are all in place
     if card["format"] == "onnx":
-        tmp = dest.path / f".{ONNX_FILE}.tmp"
-        shutil.copyfile(source, tmp)
-        tmp.replace(dest.path / ONNX_FILE)
+        with open(source, "rb") as src:
+            atomic_write(dest.path / ONNX_FILE, lambda f: shutil.copyfileobj(src, f))
     save_checkpoint({"model": state, "ema": None, "config": {}, "card": card, "best_metric": scores["accuracy"]},
                     dest.best)
     write_json(dest.summary, {"stage": "teacher import", "imported": True, "select": scores,

@@ -133,9 +133,7 @@ class OnnxTeacher(nn.Module):
 
     def session(self):
         if self._session is None:
-            from inference.bundle import ort_session
-
-            self._session = ort_session(self.path)
+            self._session = onnx_session(self.path)
         return self._session
 
     def forward(self, x):
@@ -152,6 +150,18 @@ class OnnxTeacher(nn.Module):
 
     def __deepcopy__(self, memo):
         return OnnxTeacher(self.path, self.num_classes, self.macs)
+
+
+def onnx_session(path: str | Path):
+    """An onnxruntime CPU session as the bundle opens one (inference.bundle.ort_session, which the
+    library may not import): one inter-op thread and no spin-waiting between runs."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 def find_onnx(model: nn.Module) -> OnnxTeacher | None:

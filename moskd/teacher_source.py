@@ -51,7 +51,9 @@ def kind_of(path: Path) -> str:
 
 def moskd_checkpoint(path: Path) -> Path:
     """The best.pt a moskd run folder, teacher folder or checkpoint names."""
-    for candidate in (path / "teacher" / "best.pt", path / "best.pt"):
+    from moskd.run import RunDir, StageDir
+
+    for candidate in (RunDir(path).teacher.best, StageDir(path).best):  # a run, or a teacher folder
         if path.is_dir() and candidate.is_file():
             return candidate
     if path.is_dir():
@@ -164,10 +166,10 @@ def preprocessing(cfg: dict, where: str, onnx_input: list | None = None) -> dict
 
 def onnx_signature(path: Path) -> tuple[list | None, int | None]:
     """(static [C, H, W] of the first input or None, static class count of the first output or None)."""
-    from inference.bundle import ort_session
+    from moskd.teacher_input import onnx_session
 
     try:
-        sess = ort_session(path)
+        sess = onnx_session(path)
     except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
         raise MoskdError(f"{path}: onnxruntime cannot load it ({str(e).splitlines()[0][:120]})") from None
     shape = sess.get_inputs()[0].shape

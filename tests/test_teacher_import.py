@@ -237,3 +237,14 @@ def test_torchvision_weights_fit_a_seed_architecture_by_default(tmp_path):
     model, card, state = _teacher_and_card(TeacherRequest(str(source), "resnet50"), source, load_data("digits", limit=12))
     assert card["model_kwargs"] == {"stem": "imagenet"} and card["input_size"] == [3, 224, 224]
     assert card["mean"] == IMAGENET_MEAN and card["std"] == IMAGENET_STD and len(state) == len(torch.load(source))
+
+
+def test_the_check_computes_ece_as_the_report_does():
+    import numpy as np
+
+    from inference.curves import ece as report_ece
+    from students.teacher_check import ece
+
+    rng = np.random.default_rng(0)
+    logits, labels = rng.normal(size=(300, 10)) * 3, rng.integers(0, 10, 300)
+    assert ece(logits, labels) == pytest.approx(report_ece(logits, labels), abs=1e-12)
