@@ -54,7 +54,7 @@ def load_teacher(path: str | os.PathLike, *, dataset: str | None = None, num_cla
     """
     from moskd.checkpoint import load_checkpoint
     from moskd.models import build_model_from_checkpoint
-    from moskd.teacher_input import teacher_input
+    from moskd.teacher_input import build_teacher, teacher_input
 
     path = Path(path)
     if not path.is_file():
@@ -67,7 +67,6 @@ def load_teacher(path: str | os.PathLike, *, dataset: str | None = None, num_cla
                          f"{like['input_size']}; {hint}")
     check_same_split(ckpt.get("config") or {}, split or {}, path)
     if imported:
-        from moskd.teacher_import import build_teacher
 
         model = build_teacher(ckpt, path).to(device)
     else:

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from moskd.atomic import atomic_write
 from moskd.errors import MoskdError
 from moskd.teacher_input import ClassOrder, OnnxTeacher, TeacherInput, find_onnx
 
@@ -85,7 +86,7 @@ def export_onnx_teacher(model: nn.Module, example: torch.Tensor, path: Path) -> 
             with torch.inference_mode():
                 logits = teacher(pre(example) if pre is not None else example)
             graph = _join(graph, _torch_graph(post, logits), "order/")
-        onnx.save(graph, str(path))
+        atomic_write(path, lambda f: f.write(graph.SerializeToString()))
     except MoskdError:
         raise
     except Exception as e:  # noqa: BLE001 - onnx raises many types; one line names the step's failure

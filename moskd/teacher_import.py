@@ -1,5 +1,5 @@
 """Import a teacher trained elsewhere into a run: RUN/teacher/best.pt becomes a moskd checkpoint
-holding its weights (an ONNX teacher: RUN/teacher/teacher.onnx beside it) and a model card that
+holding its weights (an ONNX teacher: RUN/teacher/imported.onnx beside it) and a model card that
 records its own preprocessing, class order, source and sha256. From then on every stage reads it
 through moskd.loaded.load_teacher like a teacher the run trained, and RUN/teacher/summary.json
 (written last: the stage's completion marker) keeps its score on `select`.
@@ -11,18 +11,19 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Callable
 
 from torch import nn
 
-from moskd.atomic import file_sha256, write_json
+from moskd.atomic import atomic_write, file_sha256, write_json
 from moskd.checkpoint import load_checkpoint, save_checkpoint
 from moskd.errors import MoskdError
-from moskd.run import StageDir
+from moskd.run import RunDir, StageDir
 from moskd.teacher_input import ClassOrder, OnnxTeacher
-from moskd.teacher_source import (TeacherRequest, kind_of, load_strict, moskd_checkpoint, onnx_macs, onnx_signature,
+from moskd.teacher_source import (TeacherRequest, kind_of, load_strict, onnx_macs, onnx_signature,
                                   preprocessing, read_class_order, read_config, read_weights)
 
-ONNX_FILE = "teacher.onnx"
+ONNX_FILE = "imported.onnx"
 SEED_ARCHS = ("resnet50", "densenet121", "googlenet")  # moskd.models registers them with a choice of stem
 
 
@@ -36,25 +37,15 @@ def teacher_provenance(card: dict, path: Path) -> dict:
             "teacher_sha256": card.get("teacher_sha256") or file_sha256(path), "teacher_preprocessing": prep}
 
 
-def build_teacher(ckpt: dict, path: Path) -> nn.Module:
-    """The model an imported teacher's checkpoint (at `path`) describes, in eval mode, its outputs in
-    the dataset's class order. Its input is the teacher's own (moskd.teacher_input converts)."""
-    from moskd.models import create_model
-
-    card = ckpt["card"]
-    own = int(card["teacher_num_classes"])
-    if card.get("format") == "onnx":
-        file = path.parent / card["onnx_file"]
-        if not file.is_file():
-            raise MoskdError(f"{file} not found beside {path}; import the ONNX teacher again (--teacher FILE.onnx)")
-        model: nn.Module = OnnxTeacher(file, own, card.get("teacher_macs") or 0)
-    else:
-        model = create_model(card["arch"], num_classes=own, in_chans=card["in_chans"], **card.get("model_kwargs", {}))
-        model.load_state_dict(ckpt["model"])
-    index = card.get("class_index")
-    if index is not None and list(index) != list(range(own)):
-        model = ClassOrder(model, list(index))
-    return model.eval()
+def moskd_checkpoint(path: Path) -> Path:
+    """The best.pt a moskd run folder, teacher folder or checkpoint names."""
+    for candidate in (RunDir(path).teacher.best, StageDir(path).best):  # a run, or a teacher folder
+        if path.is_dir() and candidate.is_file():
+            return candidate
+    if path.is_dir():
+        raise MoskdError(f"--teacher {path}: a folder without teacher/best.pt or best.pt; pass a finished run "
+                         f"or a checkpoint file")
+    return path
 
 
 def _teacher_and_card(req: TeacherRequest, path: Path, data) -> tuple[nn.Module, dict, dict]:
@@ -116,12 +107,11 @@ def same_import(dest: StageDir, card: dict) -> bool:
     return all(old.get(k) == card.get(k) for k in keys)
 
 
-def resolve_teacher(req: TeacherRequest, dest: StageDir, data, *, min_accuracy: float | None, log=print,
-                    batch_size: int = 256, device="cpu") -> Path:
+def resolve_teacher(req: TeacherRequest, dest: StageDir, data, check: Callable[[nn.Module, dict], dict],
+                    log=print) -> Path:
     """The teacher checkpoint to distil from: a moskd one as it is; a weights or ONNX file imported
-    into `dest` (RUN/teacher) after its check on `select`."""
-    from students.teacher_check import check_imported_teacher
-
+    into `dest` (RUN/teacher) once check(model, card) (students.teacher_check: its score on `select`,
+    raising MoskdError below the bar) has passed."""
     path = Path(req.source)
     if kind_of(path) == "moskd":
         return moskd_checkpoint(path)
@@ -134,23 +124,21 @@ def resolve_teacher(req: TeacherRequest, dest: StageDir, data, *, min_accuracy: 
         if not old.get("teacher_source"):
             raise MoskdError(f"{dest.path} holds a teacher this run trained; import {path} into another --run-dir "
                              f"(or delete {dest.path} to replace it)")
-    scores = check_imported_teacher(model, card, data, min_accuracy=min_accuracy, batch_size=batch_size,
-                                    device=device, log=log)
+    scores = check(model, card)
     write_import(dest, path, card, state, scores)
     log(f"teacher: imported {path} into {dest.best}")
     return dest.best
 
 
 def write_import(dest: StageDir, source: Path, card: dict, state: dict, scores: dict) -> None:
-    """RUN/teacher/{teacher.onnx,best.pt,summary.json}; summary.json last, as a finished stage's marker.
+    """RUN/teacher/{imported.onnx,best.pt,summary.json}; summary.json last, as a finished stage's marker.
     An older teacher's logit caches stay: they are keyed to the checkpoint's sha256 and rebuild."""
     dest.path.mkdir(parents=True, exist_ok=True)
     if dest.summary.exists():
         dest.summary.unlink()  # unfinished until the new files are all in place
     if card["format"] == "onnx":
-        tmp = dest.path / f".{ONNX_FILE}.tmp"
-        shutil.copyfile(source, tmp)
-        tmp.replace(dest.path / ONNX_FILE)
+        with open(source, "rb") as src:
+            atomic_write(dest.path / ONNX_FILE, lambda f: shutil.copyfileobj(src, f))
     save_checkpoint({"model": state, "ema": None, "config": {}, "card": card, "best_metric": scores["accuracy"]},
                     dest.best)
     write_json(dest.summary, {"stage": "teacher import", "imported": True, "select": scores,

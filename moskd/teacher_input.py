@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from moskd.errors import MoskdError
+from moskd.teacher_source import onnx_session
 
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "area")
 LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601 weights: RGB data for a one-channel teacher
@@ -133,9 +134,7 @@ class OnnxTeacher(nn.Module):
 
     def session(self):
         if self._session is None:
-            from inference.bundle import ort_session
-
-            self._session = ort_session(self.path)
+            self._session = onnx_session(self.path)
         return self._session
 
     def forward(self, x):
@@ -157,3 +156,24 @@ class OnnxTeacher(nn.Module):
 def find_onnx(model: nn.Module) -> OnnxTeacher | None:
     """The ONNX teacher inside a wrapped model, if it is one."""
     return next((m for m in model.modules() if isinstance(m, OnnxTeacher)), None)
+
+
+def build_teacher(ckpt: dict, path: Path) -> nn.Module:
+    """The model an imported teacher's checkpoint (at `path`) describes, in eval mode, its outputs in
+    the dataset's class order. Its input is the teacher's own (moskd.teacher_input converts)."""
+    from moskd.models import create_model
+
+    card = ckpt["card"]
+    own = int(card["teacher_num_classes"])
+    if card.get("format") == "onnx":
+        file = path.parent / card["onnx_file"]
+        if not file.is_file():
+            raise MoskdError(f"{file} not found beside {path}; import the ONNX teacher again (--teacher FILE.onnx)")
+        model: nn.Module = OnnxTeacher(file, own, card.get("teacher_macs") or 0)
+    else:
+        model = create_model(card["arch"], num_classes=own, in_chans=card["in_chans"], **card.get("model_kwargs", {}))
+        model.load_state_dict(ckpt["model"])
+    index = card.get("class_index")
+    if index is not None and list(index) != list(range(own)):
+        model = ClassOrder(model, list(index))
+    return model.eval()

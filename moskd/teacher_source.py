@@ -2,7 +2,8 @@
 file (.pt/.pth state dict, .safetensors) with --teacher-arch, or an ONNX file; the teacher's own
 preprocessing (--teacher-config, timm's pretrained_cfg keys) and class order (--teacher-classes).
 
-Nothing here writes: moskd.teacher_import turns what this module reads into RUN/teacher/.
+Nothing here writes, and nothing here knows the run layout: moskd.teacher_import finds a
+moskd run's teacher and turns what this module reads into RUN/teacher/.
 """
 from __future__ import annotations
 
@@ -47,17 +48,6 @@ def kind_of(path: Path) -> str:
         return "weights"
     obj = read_checkpoint_file(path)
     return "moskd" if isinstance(obj, dict) and isinstance(obj.get("card"), dict) else "weights"
-
-
-def moskd_checkpoint(path: Path) -> Path:
-    """The best.pt a moskd run folder, teacher folder or checkpoint names."""
-    for candidate in (path / "teacher" / "best.pt", path / "best.pt"):
-        if path.is_dir() and candidate.is_file():
-            return candidate
-    if path.is_dir():
-        raise MoskdError(f"--teacher {path}: a folder without teacher/best.pt or best.pt; pass a finished run "
-                         f"or a checkpoint file")
-    return path
 
 
 def unwrap_state_dict(obj, path: Path) -> dict[str, torch.Tensor]:
@@ -164,10 +154,8 @@ def preprocessing(cfg: dict, where: str, onnx_input: list | None = None) -> dict
 
 def onnx_signature(path: Path) -> tuple[list | None, int | None]:
     """(static [C, H, W] of the first input or None, static class count of the first output or None)."""
-    from inference.bundle import ort_session
-
     try:
-        sess = ort_session(path)
+        sess = onnx_session(path)
     except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
         raise MoskdError(f"{path}: onnxruntime cannot load it ({str(e).splitlines()[0][:120]})") from None
     shape = sess.get_inputs()[0].shape
@@ -226,3 +214,15 @@ def onnx_macs(path: Path, input_size: list[int]) -> int:
             transposed = node.op_type == "Gemm" and any(a.name == "transA" and a.i for a in node.attribute)
             macs += math.prod(out) * ins[0][-2 if transposed else -1]
     return int(macs)
+
+
+def onnx_session(path: str | Path):
+    """An onnxruntime CPU session as the bundle opens one (inference.bundle.ort_session, which the
+    library may not import): one inter-op thread and no spin-waiting between runs."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])

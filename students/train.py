@@ -28,7 +28,7 @@ from students.config import StudentConfig
 from students.teacher_outputs import teacher_outputs
 from students.complementary import build_partition, image_weights, load_partition
 from students.losses import KD_LOSSES, label_objective
-from students.teacher_check import warn_if_poor_teacher
+from students.teacher_check import check_imported_teacher, warn_if_poor_teacher
 
 STUDENTS = SEED_STUDENTS
 
@@ -99,9 +99,12 @@ def find_teacher(cfg: StudentConfig, data: DataBundle, rt: Runtime) -> Path:
         raise MoskdError(f"no teacher checkpoint at {cfg.teacher}; pass an existing file to --teacher (or --no-teacher)")
     request = TeacherRequest(cfg.teacher, cfg.teacher_arch, cfg.teacher_config, cfg.teacher_classes)
 
+    def check(model: nn.Module, card: dict) -> dict:  # scored on select before it is written into the run
+        return check_imported_teacher(model, card, data, min_accuracy=cfg.teacher_min_accuracy,
+                                      batch_size=cfg.eval_batch_size, device=rt.device, log=lambda line: log(rt, line))
+
     def resolve() -> Path:
-        return resolve_teacher(request, RunDir(cfg.run_dir).teacher, data, min_accuracy=cfg.teacher_min_accuracy,
-                               log=lambda line: log(rt, line), batch_size=cfg.eval_batch_size, device=rt.device)
+        return resolve_teacher(request, RunDir(cfg.run_dir).teacher, data, check, log=lambda line: log(rt, line))
 
     path = resolve() if rt.is_main else None  # rank 0 imports; the others then find the import and reuse it
     rt.barrier()

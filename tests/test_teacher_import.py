@@ -12,9 +12,10 @@ import json
 from pathlib import Path
 
 import pytest
+import numpy as np
 import torch
 
-from moskd.checkpoint import load_checkpoint, read_checkpoint_file
+from moskd.checkpoint import load_checkpoint
 from moskd.data import load_data
 from moskd.models import build_model_from_checkpoint, create_model
 from moskd.teacher_source import IMAGENET_MEAN, IMAGENET_STD, unwrap_state_dict
@@ -51,7 +52,9 @@ def teacher_config(trained, tmp_path_factory) -> Path:
 
 
 def cached_logits(run: Path) -> torch.Tensor:
-    return read_checkpoint_file(run / "teacher" / "cache" / f"views-k{K}.pt")["logits"].float()
+    """The teacher-output cache's fp16 logits rows (students.cache: memory-mapped outputs.bin, (N, K, C))."""
+    rows = np.fromfile(run / "teacher" / "cache" / f"views-k{K}" / "outputs.bin", np.float16)
+    return torch.from_numpy(rows.astype(np.float32)).view(-1, K, 10)
 
 
 @pytest.fixture(scope="module")
@@ -237,3 +240,14 @@ def test_torchvision_weights_fit_a_seed_architecture_by_default(tmp_path):
     model, card, state = _teacher_and_card(TeacherRequest(str(source), "resnet50"), source, load_data("digits", limit=12))
     assert card["model_kwargs"] == {"stem": "imagenet"} and card["input_size"] == [3, 224, 224]
     assert card["mean"] == IMAGENET_MEAN and card["std"] == IMAGENET_STD and len(state) == len(torch.load(source))
+
+
+def test_the_check_computes_ece_as_the_report_does():
+    import numpy as np
+
+    from inference.curves import ece as report_ece
+    from students.teacher_check import ece
+
+    rng = np.random.default_rng(0)
+    logits, labels = rng.normal(size=(300, 10)) * 3, rng.integers(0, 10, 300)
+    assert ece(logits, labels) == pytest.approx(report_ece(logits, labels), abs=1e-12)
