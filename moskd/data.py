@@ -137,10 +137,7 @@ def load_data(
     decoded_dir: where a folder held in memory keeps its decoded images (uint8 .npy, keyed by its
         files and the size), so the stages of one run decode it once (data_from_config: RUN/data).
     """
-    if not 0 < select_fraction < 1 or not 0 < test_fraction < 1:
-        raise MoskdError("--select-fraction and --test-fraction must lie strictly between 0 and 1")
-    if image_size is not None and image_size < 1:
-        raise MoskdError(f"--image-size {image_size}: must be >= 1")
+    _check_settings(select_fraction, test_fraction, image_size)
     if dataset.startswith("folder:"):
         listing = list_folder(dataset[len("folder:"):])
         if image_size is None:
@@ -170,6 +167,13 @@ def load_data(
     mean = train.mean(dim=(0, 2, 3)).tolist()
     std = train.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
     return DataBundle(dataset, classes, splits, aug, mean, std)
+
+
+def _check_settings(select_fraction: float, test_fraction: float, image_size: int | None) -> None:
+    if not 0 < select_fraction < 1 or not 0 < test_fraction < 1:
+        raise MoskdError("--select-fraction and --test-fraction must lie strictly between 0 and 1")
+    if image_size is not None and image_size < 1:
+        raise MoskdError(f"--image-size {image_size}: must be >= 1")
 
 
 def _split_parts(y: np.ndarray, n_test: int | None, split_seed: int, select_fraction: float,

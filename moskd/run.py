@@ -4,7 +4,7 @@ and atomic writes of the files that mark progress.
 All stages of one experiment share one folder (DESIGN.md, "Data flow and the run directory"):
 
     RUN/teacher/           best.pt last.pt metrics.jsonl config.yaml summary.json curves.png
-                           cache/views-k<K>.pt (the teacher-logit cache)
+                           cache/views-k<K>/ (the teacher-output cache)
     RUN/students/<name>/   the same files; <arch> distilled, <arch>-baseline trained without a teacher
     RUN/selector/          the same files and labels.pt
     RUN/policy.json        the routing policy (moskd.policy), fitted on `select` by `moskd policy`
@@ -78,7 +78,7 @@ class StageDir:
 
     def cache(self, k: int) -> Path:
         """The teacher-logit cache for K views (only the teacher's folder holds one)."""
-        return self.path / "cache" / f"views-k{k}.pt"
+        return self.path / "cache" / f"views-k{k}"  # a folder (students/cache.py); -top<T> with --teacher-topk
 
     def partition(self, method: str) -> Path:
         """The class partition of `StudentTrain --complementary METHOD` (only the teacher's folder holds one)."""

@@ -59,7 +59,7 @@ def test_stage_folders_hold_the_files_design_lists():
     (lambda r: r.teacher.summary, "summary.json"),
     (lambda r: r.teacher.curves, "curves.png"),
     (lambda r: r.student(r.student_name("<arch>", baseline=True)).path, "RUN/students/<arch>-baseline/"),
-    (lambda r: r.teacher_cache("<K>"), "RUN/teacher/cache/views-k<K>.pt"),
+    (lambda r: r.teacher_cache("<K>"), "RUN/teacher/cache/views-k<K>/"),
     (lambda r: r.selector.labels, "RUN/selector/labels.pt"),
     (lambda r: r.report().eval_meta, "RUN/eval/meta.json"),
     (lambda r: r.report().eval_arrays("select"), "RUN/eval/{select,test[,spare]}.npz"),
