@@ -24,7 +24,7 @@ import time
 import torch
 
 from moskd.data import DataBundle, ImageSet, load_data
-from moskd.loader import AugSpec
+from moskd.views import AugSpec
 from moskd.loader import make_loader
 from moskd.models import create_model
 from moskd.profile import count_macs

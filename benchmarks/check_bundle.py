@@ -18,7 +18,7 @@ import torch
 from inference.bundle import load_bundle
 from inference.router import load_router
 from moskd.data import load_data
-from moskd.loader import normalize
+from moskd.views import normalize
 
 
 def batched(fn, images, bs=256):

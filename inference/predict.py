@@ -14,7 +14,7 @@ from PIL import Image  # tests patch Image.open here
 from inference.files import decode_chunk, decoded_chunks, iter_inputs, nth_input, predict_chunk
 from inference.images import preprocess_array
 from inference.output import RowSummary, RowWriter, output_format
-from moskd.loader import normalize
+from moskd.views import normalize
 from moskd.errors import MoskdError
 from moskd.fold import FastPath, fast_model, prepare_input
 from moskd.runtime import setup_runtime, show_progress

@@ -24,8 +24,9 @@ from sklearn.model_selection import train_test_split
 
 from moskd.datasets import decode_folder, folder_aug, folder_size, list_folder, read_source, resize_images
 from moskd.errors import MoskdError, warn
-from moskd.loader import AugSpec
-from moskd.views import uses_crops
+from moskd.streaming import FileSet, file_fingerprint, sample_stats
+from moskd.atomic import atomic_write
+from moskd.views import AugSpec, uses_crops
 
 SPLITS = ("train", "select", "test")
 
@@ -86,7 +87,6 @@ class DataBundle:
         h.update(self.name.encode())
         h.update(repr(self.aug).encode())
         if self.backend == "stream":  # paths, sizes and modification times: reading 1M files would take long
-            from moskd.streaming import file_fingerprint
 
             h.update(repr(self.input_size).encode())
             h.update(file_fingerprint(tr.paths))
@@ -208,8 +208,6 @@ def decode_once(listing, image_size: int, decoded_dir: str | Path | None):
     wrote them for the same files (paths, sizes, modification times) and size; else writing them."""
     if decoded_dir is None:
         return decode_folder(listing, image_size)
-    from moskd.atomic import atomic_write
-    from moskd.streaming import file_fingerprint
 
     (paths, y), test, classes = listing
     h = hashlib.sha256(file_fingerprint(paths) + repr(image_size).encode())
@@ -246,7 +244,6 @@ def choose_backend(listing, image_size: int, max_ram: float | None) -> str:
 
 def _stream_bundle(dataset, listing, image_size, workers, split_seed, select_fraction, test_fraction, limit,
                    train_limit) -> DataBundle:
-    from moskd.streaming import FileSet, sample_stats
 
     (paths, y), test, classes = listing
     parts = _split_parts(y, len(test[1]) if test is not None else None, split_seed, select_fraction,

@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from moskd.errors import MoskdError, warn
-from moskd.loader import AugSpec
+from moskd.streaming import probe_size
+from moskd.views import AugSpec
 
 DATASETS = ("digits", "fashion-mnist", "cifar10", "cifar100", "folder:PATH")
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
@@ -182,7 +183,6 @@ def _fashion_mnist(data_dir: str, download: bool):
 
 def folder_size(listing) -> tuple[int, str]:
     """A folder's own image size (probed from a sample of its files) and how it was found."""
-    from moskd.streaming import probe_size
 
     return probe_size(listing[0][0])
 

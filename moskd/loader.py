@@ -1,51 +1,17 @@
-"""Parametric augmentation and the in-memory loader every stage trains and evaluates with.
-
-A view of an image is three integers (horizontal shift, vertical shift, flip), so the teacher-logit
-cache can store exactly which view each cached logit belongs to, and augmentation runs as one
-batched gather on the training device.
+"""The loaders every stage trains and evaluates with: the in-memory TensorLoader, and make_loader /
+parts_loader, which hand out either it or the streaming loader (moskd.streaming) for a DataBundle.
+Views (shift + flip, crops) and normalisation live in moskd.views.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-if TYPE_CHECKING:
-    from moskd.data import DataBundle
-
-
-@dataclass(frozen=True)
-class AugSpec:
-    pad: int = 0  # max shift in pixels each way (random crop from a zero-padded image)
-    flip: bool = False  # random horizontal flip
-
-
-def sample_views(n: int, aug: AugSpec, generator: torch.Generator) -> torch.Tensor:
-    """(n, 3) int16 view parameters: shift x, shift y, flip."""
-    shifts = torch.randint(-aug.pad, aug.pad + 1, (n, 2), generator=generator)
-    flips = torch.randint(0, 2, (n, 1), generator=generator) if aug.flip else torch.zeros(n, 1, dtype=torch.long)
-    return torch.cat([shifts, flips], 1).to(torch.int16)
-
-
-def apply_views(x: torch.Tensor, views: torch.Tensor, pad: int) -> torch.Tensor:
-    """Shift (zero fill) and optionally flip each image of a batch by its own view, in one gather."""
-    b, _, h, w = x.shape
-    views = views.to(x.device, torch.long)
-    if pad > 0:
-        x = F.pad(x, (pad, pad, pad, pad))
-    rows = torch.arange(h, device=x.device)[None] + (pad + views[:, 1:2])  # (B, H)
-    cols = torch.arange(w, device=x.device)[None] + (pad + views[:, 0:1])  # (B, W)
-    cols = torch.where(views[:, 2:3].bool(), cols.flip(1), cols)
-    bi = torch.arange(b, device=x.device)[:, None, None]
-    return x[bi, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2).contiguous()  # (B,H,W,C)->(B,C,H,W)
-
-
-def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    return (x.float().div_(255) - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+from moskd.data import DataBundle
+from moskd.streaming import FileSet, StreamLoader
+from moskd.views import AugSpec, apply_views, normalize, sample_views
 
 
 # ---------------------------------------------------------------- loader
@@ -120,7 +86,6 @@ def make_loader(data: DataBundle, split: str, batch_size: int, *, device="cpu", 
     """The loader of one split, from the backend the data is held in (DataBundle.backend)."""
     s = data.splits[split]
     if data.backend == "stream":
-        from moskd.streaming import StreamLoader
 
         return StreamLoader(s, size=data.image_size, mean=data.mean, std=data.std, batch_size=batch_size,
                             device=device, train=train, aug=data.aug, extras=extras, seed=seed, rank=rank,
@@ -140,7 +105,6 @@ def parts_loader(data: DataBundle, parts: list[tuple[str, torch.Tensor | None]],
     targets = torch.cat([s.targets[i] for s, i in picked])
     aug = data.aug if (train and augment) else None
     if data.backend == "stream":
-        from moskd.streaming import FileSet, StreamLoader
 
         files = FileSet(np.concatenate([s.paths[np.arange(len(s))[i]] for s, i in picked]), targets,
                         torch.cat([s.index[i] for s, i in picked]))

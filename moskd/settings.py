@@ -28,7 +28,7 @@ class DataConfig:
                                       range=">=1")
     max_ram: Optional[float] = field(None, "GiB a folder's decoded images may take in memory; a folder over it, "
                                            "or at 64 px and above, is streamed from its files (default: a "
-                                           "quarter of this machine's memory)", range=">0")
+                                           "quarter of this machine's memory)", range=">=0")
     workers: int = field(0, "DataLoader worker processes decoding a streamed folder's files (0: in the "
                             "training process)", range=">=0")
     device: str = field("auto", "auto | cpu | cuda | cuda:N")

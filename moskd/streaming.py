@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from moskd.errors import MoskdError, warn
-from moskd.loader import AugSpec, apply_views, normalize, sample_views
+from moskd.views import AugSpec, apply_views, normalize, sample_views
 from moskd.views import crop_view, eval_view, render, uses_crops, view_generator
 
 MAX_PIXELS = 64_000_000  # a file claiming more pixels than this is a decompression bomb: skipped

@@ -1,6 +1,6 @@
 """Views of an image that suit its resolution, as small records that can be replayed.
 
-Below LARGE_VIEW_MIN px a training view is today's shift + flip (moskd.loader.AugSpec: three
+Below LARGE_VIEW_MIN px a training view is today's shift + flip (AugSpec below: three
 integers, drawn for every image of an epoch from the epoch's generator). At LARGE_VIEW_MIN px and
 above it is torchvision's RandomResizedCrop + horizontal flip: a crop box (top, left, height,
 width) in the source image's pixels and a flip bit, drawn from a generator keyed by (seed, epoch,
@@ -12,14 +12,49 @@ torchvision's reference ratio (references/classification: resize 256, crop 224).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 LARGE_VIEW_MIN = 64  # px: from here on RandomResizedCrop views; below it shift + flip
 RRC_SCALE = (0.08, 1.0)  # share of the source image's area a crop covers (torchvision's default)
 RRC_RATIO = (3 / 4, 4 / 3)  # aspect ratio range of a crop (torchvision's default)
 EVAL_CROP = 0.875  # center crop / resize ratio of the evaluation view (224 / 256)
 VIEW_FIELDS = ("top", "left", "height", "width", "flip")  # one crop view record, int32
+
+
+# ---------------------------------------------------------------- shift + flip views (below LARGE_VIEW_MIN px)
+
+
+@dataclass(frozen=True)
+class AugSpec:
+    pad: int = 0  # max shift in pixels each way (random crop from a zero-padded image)
+    flip: bool = False  # random horizontal flip
+
+
+def sample_views(n: int, aug: AugSpec, generator: torch.Generator) -> torch.Tensor:
+    """(n, 3) int16 view parameters: shift x, shift y, flip."""
+    shifts = torch.randint(-aug.pad, aug.pad + 1, (n, 2), generator=generator)
+    flips = torch.randint(0, 2, (n, 1), generator=generator) if aug.flip else torch.zeros(n, 1, dtype=torch.long)
+    return torch.cat([shifts, flips], 1).to(torch.int16)
+
+
+def apply_views(x: torch.Tensor, views: torch.Tensor, pad: int) -> torch.Tensor:
+    """Shift (zero fill) and optionally flip each image of a batch by its own view, in one gather."""
+    b, _, h, w = x.shape
+    views = views.to(x.device, torch.long)
+    if pad > 0:
+        x = F.pad(x, (pad, pad, pad, pad))
+    rows = torch.arange(h, device=x.device)[None] + (pad + views[:, 1:2])  # (B, H)
+    cols = torch.arange(w, device=x.device)[None] + (pad + views[:, 0:1])  # (B, W)
+    cols = torch.where(views[:, 2:3].bool(), cols.flip(1), cols)
+    bi = torch.arange(b, device=x.device)[:, None, None]
+    return x[bi, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2).contiguous()  # (B,H,W,C)->(B,C,H,W)
+
+
+def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    return (x.float().div_(255) - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
 
 
 def uses_crops(size: int) -> bool:

@@ -28,7 +28,7 @@ import torch
 from moskd.atomic import file_sha256, write_json
 from moskd.data import DataBundle
 from moskd.errors import MoskdError
-from moskd.loader import AugSpec, sample_views
+from moskd.views import AugSpec, sample_views
 
 CACHE_FORMAT = 2  # 2: memory-mapped views.bin/outputs.bin (1 was one .pt file)
 

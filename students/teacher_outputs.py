@@ -22,7 +22,7 @@ from tqdm import tqdm
 from moskd.atomic import atomic_write
 from moskd.data import DataBundle
 from moskd.engine import Objective
-from moskd.loader import apply_views, normalize
+from moskd.views import apply_views, normalize
 from moskd.precision import choose_precision
 from moskd.runtime import Runtime, log, show_progress
 from moskd.views import crop_view, uses_crops, view_generator

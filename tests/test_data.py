@@ -8,8 +8,9 @@ import torch
 from PIL import Image
 
 from moskd.data import load_data
-from moskd.loader import AugSpec
-from moskd.loader import apply_views, make_loader, sample_views
+from moskd.views import AugSpec
+from moskd.loader import make_loader
+from moskd.views import apply_views, sample_views
 from moskd.errors import MoskdError
 
 

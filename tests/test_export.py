@@ -21,7 +21,7 @@ from inference.export import main as export_main
 from inference.cli import main as inference_main
 from inference.router import load_router
 from moskd.data import load_data
-from moskd.loader import normalize
+from moskd.views import normalize
 from tests.test_selector import trained_run  # noqa: F401  (session fixture: a tiny trained run)
 
 pytestmark = pytest.mark.usefixtures("one_thread")

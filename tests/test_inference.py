@@ -17,7 +17,7 @@ from inference.cli import main as inference_main
 from inference.predict import predict_files, preprocess
 from inference.router import load_router
 from moskd.data import load_data
-from moskd.loader import normalize
+from moskd.views import normalize
 from moskd.profile import count_macs, count_params
 from tests.test_selector import trained_run  # noqa: F401  (session fixture: a tiny trained run)
 

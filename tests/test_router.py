@@ -228,7 +228,7 @@ def digits_test_images():
 
 
 def _routed(split_run, images, policy=None):
-    from moskd.loader import normalize
+    from moskd.views import normalize
 
     run = load_router(split_run.path, device="cpu", policy=policy)
     x = normalize(images, torch.tensor(run.card["mean"]), torch.tensor(run.card["std"]))

@@ -160,7 +160,7 @@ def test_selector_gives_one_score_per_student(students):
 
 def test_selector_rebuilds_from_its_checkpoint(trained_run):
     """The rebuilt best.pt, routed by the rule written out by hand, scores what summary.json says."""
-    from moskd.loader import normalize
+    from moskd.views import normalize
 
     ckpt = load_checkpoint(trained_run / "selector" / "best.pt", role="selector")
     model = build_model_from_checkpoint(ckpt)
@@ -267,7 +267,7 @@ def test_route_rule_is_shared_with_training_metric():
 
 
 def test_student_with_other_normalisation_is_adapted_not_refused():
-    from moskd.loader import normalize
+    from moskd.views import normalize
     from moskd.models import adapt_input
 
     torch.manual_seed(0)
