@@ -115,7 +115,7 @@ def test_teacher_on_digits_far_beats_chance(tmp_path):
 def test_torchrun_two_processes_gloo(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
-           "-m", "teacher.train", "--run-dir", str(tmp_path / "run"), "--epochs", "1", "--arch", "googlenet", *SLICE]
+           "-m", "teacher.cli", "--run-dir", str(tmp_path / "run"), "--epochs", "1", "--arch", "googlenet", *SLICE]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=Path(__file__).parent.parent)
     assert proc.returncode == 0, proc.stderr[-2000:]
     record = json.loads((tmp_path / "run/teacher/metrics.jsonl").read_text().splitlines()[0])
