@@ -303,3 +303,10 @@ def test_bench_runtime_prints_every_column_side_by_side(tuned, capsys):
     assert len(rows) == 2 * (len(_entries(m)) + 1)  # every model and the routed system, at both batches
     assert all(ln.count("|") == len(COLUMNS) + 4 and "—" not in ln.split("|")[-2] for ln in rows)
     assert "(1.00x)" in rows[0]
+
+
+def test_small_sub_batches_run_the_batch_1_choice():
+    from inference.bundle import _RegimeProgram
+
+    prog = _RegimeProgram(lambda x: np.full((len(x), 1), 64.0), lambda x: np.full((len(x), 1), 1.0), up_to=4)
+    assert prog(np.zeros((4, 1))).max() == 1.0 and prog(np.zeros((5, 1))).min() == 64.0
