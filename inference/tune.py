@@ -112,7 +112,15 @@ def measure_model(name: str, root: Path, files: dict, scorer, runtime: str, prec
     """One model's candidates opened, scored on select, timed; returns (record, {key: select outputs})."""
     cands, dropped = candidates(files, runtime, precision, int8_why=int8_why)
     progs = open_candidates({p: root / f for p, f in files.items()}, cands, dropped, SPEED_THREADS)
-    outs = {k: outputs_of(p, scorer.x) for k, p in progs.items()}
+    outs = {}
+    for k, p in list(progs.items()):
+        try:
+            outs[k] = outputs_of(p, scorer.x)
+        except Exception as e:  # noqa: BLE001  compiled, but refuses to run (a shape it cannot take): not available
+            if k == BASELINE:
+                raise
+            dropped[k] = f"fails on select: {(str(e).strip().splitlines() or [type(e).__name__])[-1][:200]}"
+            del progs[k]
     base_acc = scorer(name, outs[BASELINE])
     figures = {}
     for k, out in outs.items():

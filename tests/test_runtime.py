@@ -310,3 +310,11 @@ def test_small_sub_batches_run_the_batch_1_choice():
 
     prog = _RegimeProgram(lambda x: np.full((len(x), 1), 64.0), lambda x: np.full((len(x), 1), 1.0), up_to=4)
     assert prog(np.zeros((4, 1))).max() == 1.0 and prog(np.zeros((5, 1))).min() == 64.0
+
+
+def test_an_openvino_refusal_is_reported_by_its_informative_lines():
+    text = ("Exception from src/inference/src/cpp/core.cpp:132:\nCheck 'false' failed at x.cpp:151:\n"
+            "-- MaxPool-20 with a message:\nKernel after dilation has size (dim: 2) larger than the data shape "
+            "after padding (dim: 1) at axis 0.\n\nSummary:\n-- Conversion is failed for: Conv-20, MaxPool-20\n")
+    got = runtimes.ov_reason(text)
+    assert "MaxPool-20" in got and "larger than the data shape" in got and "core.cpp" not in got
