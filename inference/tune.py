@@ -163,7 +163,8 @@ def tune_bundle(root: Path, entries: dict, run, policy, *, runtime: str = "auto"
     """Choose every model's (runtime, precision) in the bundle being written in `root` (entries updated
     in place); returns the manifest's "runtime" record and the policy refitted on the chosen outputs."""
     t0 = time.perf_counter()
-    calib, calib_x, sel_x, sel_y, fp32, scorer = select_data(root, entries, run, policy, calib, log)
+    calib, calib_x, sel_x, sel_y, fp32, scorer = select_data(root, entries, run, policy, calib, log,
+                                                             int8=precision in ("auto", "int8"))
     chosen_out = {}
     order = [n for n in entries if n != "selector"] + (["selector"] if "selector" in entries else [])
     with tempfile.TemporaryDirectory(dir=root, prefix=".quant.") as work:
