@@ -88,6 +88,24 @@ def input_images(run_dir: str | None, bundle: Bundle) -> np.ndarray:
     return np.random.default_rng(0).integers(0, 256, (64, *bundle.manifest["input_size"]), dtype=np.uint8)
 
 
+def print_table(secs: dict, calls: dict, batches) -> dict:
+    """The markdown table (ms per batch and ratio to ORT fp32); returns {model: {batch: {column: ms}}}."""
+    print("| model | batch | " + " | ".join(_label(c) for c in COLUMNS) + " | as chosen |")
+    print("|---|---:|" + "---:|" * (len(COLUMNS) + 1))
+    table = {}
+    for name in dict.fromkeys(n for n, _, _ in calls):
+        for bs in batches:
+            base = secs.get((name, "onnxruntime/fp32", bs))
+            cells = []
+            for col in [*COLUMNS, "chosen"]:
+                s = secs.get((name, col, bs))
+                cells.append("—" if s is None else f"{1000 * s:.2f} ({base / s:.2f}x)")
+                if s is not None:
+                    table.setdefault(name, {}).setdefault(str(bs), {})[col] = 1000 * s
+            print(f"| {name} | {bs} | " + " | ".join(cells) + " |")
+    return table
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 allow_abbrev=False)
@@ -117,20 +135,7 @@ def main(argv=None):
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), platform.processor())
     print(f"{a.bundle}: {cpu}, {a.threads} threads, median of {a.rounds} rounds, ms per batch (ratio to ORT fp32)")
-    print("| model | batch | " + " | ".join(_label(c) for c in COLUMNS) + " | as chosen |")
-    print("|---|---:|" + "---:|" * (len(COLUMNS) + 1))
-    names = list(dict.fromkeys(n for n, _, _ in calls))
-    table = {}
-    for name in names:
-        for bs in a.batches:
-            base = secs.get((name, "onnxruntime/fp32", bs))
-            cells = []
-            for col in [*COLUMNS, "chosen"]:
-                s = secs.get((name, col, bs))
-                cells.append("—" if s is None else f"{1000 * s:.2f} ({base / s:.2f}x)")
-                if s is not None:
-                    table.setdefault(name, {}).setdefault(str(bs), {})[col] = 1000 * s
-            print(f"| {name} | {bs} | " + " | ".join(cells) + " |")
+    table = print_table(secs, calls, a.batches)
     choice = {e.get("name", "selector"): f"{e.get('runtime', 'onnxruntime')}/{e.get('precision', 'fp32')}"
               for e in [bundle.manifest.get("selector"), *bundle.manifest["models"]] if e}
     print("as chosen: " + ", ".join(f"{n} {c}" + (f" (batch <= {e['small_batch']['up_to']}: "
