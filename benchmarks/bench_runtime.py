@@ -9,9 +9,10 @@ export (its manifest). All programs of all columns and batch sizes are timed in 
 fresh shuffled order each round (medians). A cell is "—" where this host cannot run it (the reason is
 printed below the table): no int8 file kept for the model, no OpenVINO, no native bf16, a graph
 OpenVINO refuses. A routed row runs the whole bundle in that column's runtime/precision (a model with
-no int8 file runs its fp32 file there). Inputs: random normal images of the bundle's input size (the
-timing of these graphs does not depend on the values). With --run-dir and --out it also writes the
-deployment report (inference/deploy_report.py) of the bundle as chosen into DIR.
+no int8 file runs its fp32 file there). Inputs: with --run-dir, the run's test images (cycled to the
+batch size), since a routed system's deferrals depend on them; else random images (every image then
+defers, so the routed row runs every model). With --run-dir and --out it also writes the deployment
+report (inference/deploy_report.py) of the bundle as chosen into DIR.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from inference.bundle import Bundle, entry_files, load_bundle  # noqa: E402
+from inference.int8_report import programs  # noqa: E402
 from inference.quantize_tools import side_by_side  # noqa: E402
 from inference.runtimes import RuntimeUnavailable, native_bf16, open_program, openvino_missing  # noqa: E402
 
@@ -71,39 +73,28 @@ def routed_systems(root: str, threads: int, why: dict) -> dict:
     return out
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                allow_abbrev=False)
-    p.add_argument("bundle")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--min-s", type=float, default=0.2)
-    p.add_argument("--batches", type=int, nargs="+", default=[1, 64])
-    p.add_argument("--run-dir", default=None, help="with --out: also write the deployment report there")
-    p.add_argument("--out", default=None)
-    a = p.parse_args(argv)
-    bundle = load_bundle(a.bundle, a.threads)
-    progs, why = open_all(bundle, a.threads)
-    systems = routed_systems(a.bundle, a.threads, why)
-    rng = np.random.default_rng(0)
-    calls = {}
-    for bs in a.batches:
-        u8 = rng.integers(0, 256, (bs, *bundle.manifest["input_size"]), dtype=np.uint8)
-        x = np.ascontiguousarray(bundle.normalize(u8))
-        for (name, col), prog in progs.items():
-            calls[(name, col, bs)] = (lambda prog=prog, x=x: prog(x))
-        for col, b in systems.items():
-            calls[("routed", col, bs)] = (lambda b=b, u8=u8: b.run(u8))
-    secs = side_by_side(calls, rounds=a.rounds, min_s=a.min_s)
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor())
-    print(f"{a.bundle}: {cpu}, {a.threads} threads, median of {a.rounds} rounds, ms per batch (ratio to ORT fp32)")
+def _entry(bundle: Bundle, name: str) -> dict:
+    return bundle.manifest["selector"] if name == "selector" else next(
+        e for e in bundle.manifest["models"] if e["name"] == name)
+
+
+def input_images(run_dir: str | None, bundle: Bundle) -> np.ndarray:
+    """The run's test images (routing depends on them: noise would defer every image), else noise."""
+    if run_dir:
+        from inference.quantize_tools import run_splits
+        from inference.router import load_router
+
+        return run_splits(load_router(run_dir))["test"][0]
+    return np.random.default_rng(0).integers(0, 256, (64, *bundle.manifest["input_size"]), dtype=np.uint8)
+
+
+def print_table(secs: dict, calls: dict, batches) -> dict:
+    """The markdown table (ms per batch and ratio to ORT fp32); returns {model: {batch: {column: ms}}}."""
     print("| model | batch | " + " | ".join(_label(c) for c in COLUMNS) + " | as chosen |")
     print("|---|---:|" + "---:|" * (len(COLUMNS) + 1))
-    names = list(dict.fromkeys(n for n, _, _ in calls))
     table = {}
-    for name in names:
-        for bs in a.batches:
+    for name in dict.fromkeys(n for n, _, _ in calls):
+        for bs in batches:
             base = secs.get((name, "onnxruntime/fp32", bs))
             cells = []
             for col in [*COLUMNS, "chosen"]:
@@ -112,15 +103,51 @@ def main(argv=None):
                 if s is not None:
                     table.setdefault(name, {}).setdefault(str(bs), {})[col] = 1000 * s
             print(f"| {name} | {bs} | " + " | ".join(cells) + " |")
-    chosen = {e.get("name", "selector"): f"{e.get('runtime', 'onnxruntime')}/{e.get('precision', 'fp32')}"
+    return table
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)
+    p.add_argument("bundle")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--min-s", type=float, default=0.2)
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 64])
+    p.add_argument("--run-dir", default=None, help="the run the bundle came from: its test images are the inputs "
+                   "(else random images, which a routed system defers), and with --out the deployment report")
+    p.add_argument("--out", default=None)
+    a = p.parse_args(argv)
+    bundle = load_bundle(a.bundle, a.threads)
+    progs, why = open_all(bundle, a.threads)
+    systems = routed_systems(a.bundle, a.threads, why)
+    images = input_images(a.run_dir, bundle)
+    chosen = programs(systems["chosen"])
+    calls = {}
+    for bs in a.batches:
+        u8 = np.ascontiguousarray(np.resize(images, (bs, *images.shape[1:])))
+        x = np.ascontiguousarray(bundle.normalize(u8))
+        for (name, col), prog in [*progs.items(), *(((n, "chosen"), p) for n, p in chosen.items())]:
+            calls[(name, col, bs)] = (lambda prog=prog, x=x: prog(x))
+        for col, b in systems.items():
+            calls[("routed", col, bs)] = (lambda b=b, u8=u8: b.run(u8))
+    secs = side_by_side(calls, rounds=a.rounds, min_s=a.min_s)
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), platform.processor())
+    print(f"{a.bundle}: {cpu}, {a.threads} threads, median of {a.rounds} rounds, ms per batch (ratio to ORT fp32)")
+    table = print_table(secs, calls, a.batches)
+    choice = {e.get("name", "selector"): f"{e.get('runtime', 'onnxruntime')}/{e.get('precision', 'fp32')}"
               for e in [bundle.manifest.get("selector"), *bundle.manifest["models"]] if e}
-    print("as chosen: " + ", ".join(f"{n} {c}" for n, c in chosen.items()))
+    print("as chosen: " + ", ".join(f"{n} {c}" + (f" (batch <= {e['small_batch']['up_to']}: "
+                                                  f"{e['small_batch']['runtime']}/{e['small_batch']['precision']})"
+                                                  if (e := _entry(bundle, n)).get("small_batch") else "")
+                                    for n, c in choice.items()))
     for (name, col), w in sorted(why.items()):
         print(f"— {name} {_label(col)}: {w}")
     if a.out:
         Path(a.out).mkdir(parents=True, exist_ok=True)
         (Path(a.out) / "bench_runtime.json").write_text(json.dumps(
-            {"cpu": cpu, "threads": a.threads, "rounds": a.rounds, "ms_per_batch": table, "chosen": chosen,
+            {"cpu": cpu, "threads": a.threads, "rounds": a.rounds, "ms_per_batch": table, "chosen": choice,
              "unavailable": {f"{n} {c}": w for (n, c), w in why.items()}}, indent=1))
         if a.run_dir:
             from inference.deploy_report import deployment_report

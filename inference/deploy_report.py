@@ -160,7 +160,7 @@ def render(r: dict) -> str:
              + ", ".join(f"{p} {r['peak_gmacs'][p]:.0f}" for p in ("fp32", "bf16", "int8")) + ".", "",
              "| model | runtime/precision | test acc ORT fp32 → chosen (%) | chosen − fp32 [95% CI], pt | bytes | "
              "p50 b1 ms (ORT fp32) | " + " | ".join(f"b{b} images/s (ratio) | b{b} GMAC/s (of peak)" for b in big)
-             + " |", "|" + "---|" * (5 + 2 * len(big))]
+             + " |", "|" + "---|" * (6 + 2 * len(big))]
     for name, m in [*r["models"].items(), ("routed", r["routed"])]:
         t = m["test"]
         rp = m["runtime"] if name == "routed" else f"{m['runtime']}/{m['precision']}"

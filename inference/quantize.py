@@ -243,14 +243,17 @@ def quantize_model(name: str, fp32_file: Path, work: Path, calib_x: np.ndarray, 
     return files[(best["activation_type"], best["calibration"], best.get("batchnorm", "int8"), best["reduce_range"])], rec
 
 
-def select_data(root: Path, entries: dict, run, policy: Policy, calib: int | None, log=print) -> tuple:
+def select_data(root: Path, entries: dict, run, policy: Policy, calib: int | None, log=print,
+                int8: bool = True) -> tuple:
     """What quantization and the runtime choice score with: (calib images, calibration inputs, select
-    inputs, select labels, each fp32 file's select outputs, the Scorer)."""
+    inputs, select labels, each fp32 file's select outputs, the Scorer); `int8`: check the quantizer's
+    dependencies first."""
     try:
-        import onnxruntime.quantization  # noqa: F401
-        import sympy  # noqa: F401  (quant_pre_process's symbolic shape inference)
+        if int8:
+            import onnxruntime.quantization  # noqa: F401
+            import sympy  # noqa: F401  (quant_pre_process's symbolic shape inference)
     except ImportError as e:
-        raise MoskdError(f"--quantize int8 needs onnx, onnxruntime and sympy ({e}): pip install -e '.[quantize]'"
+        raise MoskdError(f"int8 quantization needs onnx, onnxruntime and sympy ({e}): pip install -e '.[quantize]'"
                          ) from None
     splits = run_splits(run)
     card = run.card

@@ -154,9 +154,15 @@ def open_program(path: str | Path, runtime: str = ORT, precision: str = "fp32", 
     try:
         return OpenVinoProgram(Path(path), precision, threads)
     except Exception as e:  # noqa: BLE001  OpenVINO refuses some graphs (e.g. an oversized max-pool): say which
-        first = (str(e).strip().splitlines() or [type(e).__name__])
-        msg = next((ln.strip() for ln in first if "Exception" in ln or "rror" in ln), first[0])
-        raise RuntimeUnavailable(f"openvino cannot compile {Path(path).name}: {msg[:200]}") from None
+        raise RuntimeUnavailable(f"openvino cannot compile {Path(path).name}: {ov_reason(str(e))}") from None
+
+
+def ov_reason(text: str) -> str:
+    """The informative lines of an OpenVINO error (its first lines only name source files): which
+    operations failed to convert and a shape check's message, else the last line."""
+    lines = [ln.strip(" -") for ln in text.splitlines() if ln.strip()]
+    keep = [ln for ln in lines if "Conversion is failed" in ln or "larger than" in ln]
+    return ("; ".join(keep) or (lines[-1] if lines else "unknown error"))[:300]
 
 
 def choose(figures: dict, bound: float, regime: str) -> tuple[str, dict]:

@@ -112,7 +112,15 @@ def measure_model(name: str, root: Path, files: dict, scorer, runtime: str, prec
     """One model's candidates opened, scored on select, timed; returns (record, {key: select outputs})."""
     cands, dropped = candidates(files, runtime, precision, int8_why=int8_why)
     progs = open_candidates({p: root / f for p, f in files.items()}, cands, dropped, SPEED_THREADS)
-    outs = {k: outputs_of(p, scorer.x) for k, p in progs.items()}
+    outs = {}
+    for k, p in list(progs.items()):
+        try:
+            outs[k] = outputs_of(p, scorer.x)
+        except Exception as e:  # noqa: BLE001  compiled, but refuses to run (a shape it cannot take): not available
+            if k == BASELINE:
+                raise
+            dropped[k] = f"fails on select: {(str(e).strip().splitlines() or [type(e).__name__])[-1][:200]}"
+            del progs[k]
     base_acc = scorer(name, outs[BASELINE])
     figures = {}
     for k, out in outs.items():
@@ -155,7 +163,8 @@ def tune_bundle(root: Path, entries: dict, run, policy, *, runtime: str = "auto"
     """Choose every model's (runtime, precision) in the bundle being written in `root` (entries updated
     in place); returns the manifest's "runtime" record and the policy refitted on the chosen outputs."""
     t0 = time.perf_counter()
-    calib, calib_x, sel_x, sel_y, fp32, scorer = select_data(root, entries, run, policy, calib, log)
+    calib, calib_x, sel_x, sel_y, fp32, scorer = select_data(root, entries, run, policy, calib, log,
+                                                             int8=precision in ("auto", "int8"))
     chosen_out = {}
     order = [n for n in entries if n != "selector"] + (["selector"] if "selector" in entries else [])
     with tempfile.TemporaryDirectory(dir=root, prefix=".quant.") as work:

@@ -301,4 +301,20 @@ def test_bench_runtime_prints_every_column_side_by_side(tuned, capsys):
     text = capsys.readouterr().out
     rows = [ln for ln in text.splitlines() if ln.startswith("| ") and "| batch |" not in ln]
     assert len(rows) == 2 * (len(_entries(m)) + 1)  # every model and the routed system, at both batches
-    assert all(ln.count("|") == len(COLUMNS) + 4 for ln in rows) and "(1.00x)" in rows[0]
+    assert all(ln.count("|") == len(COLUMNS) + 4 and "—" not in ln.split("|")[-2] for ln in rows)
+    assert "(1.00x)" in rows[0]
+
+
+def test_small_sub_batches_run_the_batch_1_choice():
+    from inference.bundle import _RegimeProgram
+
+    prog = _RegimeProgram(lambda x: np.full((len(x), 1), 64.0), lambda x: np.full((len(x), 1), 1.0), up_to=4)
+    assert prog(np.zeros((4, 1))).max() == 1.0 and prog(np.zeros((5, 1))).min() == 64.0
+
+
+def test_an_openvino_refusal_is_reported_by_its_informative_lines():
+    text = ("Exception from src/inference/src/cpp/core.cpp:132:\nCheck 'false' failed at x.cpp:151:\n"
+            "-- MaxPool-20 with a message:\nKernel after dilation has size (dim: 2) larger than the data shape "
+            "after padding (dim: 1) at axis 0.\n\nSummary:\n-- Conversion is failed for: Conv-20, MaxPool-20\n")
+    got = runtimes.ov_reason(text)
+    assert "MaxPool-20" in got and "larger than the data shape" in got and "core.cpp" not in got
