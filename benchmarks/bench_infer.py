@@ -56,7 +56,7 @@ class OrtModel(nn.Module):
         import contextlib
         import tempfile
 
-        from inference.bundle import ort_session
+        from moskd.ort import ort_session
 
         super().__init__()
         batch = torch.export.Dim("batch", min=1, max=1 << 16)

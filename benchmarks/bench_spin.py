@@ -5,7 +5,7 @@
 A bundle runs several onnxruntime sessions in turn, one per model of its routing policy, each on its
 sub-batch. onnxruntime's default lets each session's idle intra-op threads spin-wait for work; on
 two cores those spinning threads take the cores the next session (or another process) needs.
-moskd's sessions (inference.bundle.ort_session) turn spinning off. This loads the bundle twice, once
+moskd's sessions (moskd.ort.ort_session) turn spinning off. This loads the bundle twice, once
 as moskd runs it and once with every session at onnxruntime's defaults (spinning on, same thread
 count), and times, in the same rounds in a fresh shuffled order each round (medians): the routed
 `run()` on the first test images of the bundle's dataset, and the first model alone. Printed: ms per

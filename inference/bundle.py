@@ -62,24 +62,6 @@ class _TorchProgram:
             return self.module(self.torch.from_numpy(x)).float().numpy()
 
 
-def ort_session(model, threads: int | None = None):
-    """The onnxruntime session every moskd ONNX program runs in (bundle, quantization, benchmarks):
-    `threads` intra-op threads, one inter-op thread, and no spin-waiting. A bundle runs several
-    sessions in turn (each model of the policy on its sub-batch), and by default each session's idle
-    threads keep spinning on the cores the next session needs; so does any other process's work
-    (benchmarks/bench_spin.py measures both settings side by side)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), opts,
-                                providers=["CPUExecutionProvider"])
-
-
 def entry_files(entry: dict) -> dict:
     """precision -> file of one manifest entry: "files" where the export kept both (runtime choice),
     else the one file in its recorded precision (older and --quantize bundles)."""

@@ -23,7 +23,7 @@ recorded in the manifest. The manifest is written last, so a half-written bundle
 and precision (fp32, bf16, int8) on this host by measurement, per batch regime, within --int8-bound
 points on `select`, never slower than onnxruntime fp32; the bundle keeps the fp32 and int8 files, the
 manifest the figures; --retune re-times an exported bundle on another host. The bundle folder is
-swapped in whole (inference/swap.py): a kill leaves the old bundle or the new one.
+swapped in whole (moskd.atomic.swap_folder): a kill leaves the old bundle or the new one.
 
 --quantize int8 (inference/quantize.py) replaces each ONNX model by its static int8 graph where that
 is faster and within --int8-bound points on `select`, then refits the routing policy's deferral
@@ -47,14 +47,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from inference.bundle import FORMAT_VERSION, MANIFEST, ort_session
+from inference.bundle import FORMAT_VERSION, MANIFEST
+from moskd.ort import ort_session
 from inference.int8_report import compare_bundles, write_int8_report
 from inference.quantize import DEFAULT_BOUND, DEFAULT_CALIB, DEFAULT_MIN_SPEEDUP, check_calib, quantize_bundle
 from inference.quantize_tools import SPEED_THREADS
 from inference.router import load_router, selector_policy  # the stage-4 loader: card checks, route order, adapters
-from inference.swap import recover, swap_in
 from inference.tune import tune_bundle
-from moskd.atomic import write_json
+from moskd.atomic import recover_folder, swap_folder, write_json
 from moskd.config import Parser  # one-line errors, 'did you mean', values checked by name
 from moskd.errors import MoskdError, cli_entry
 from moskd.fold import FastPath, fast_model
@@ -185,7 +185,7 @@ def export_run(run_dir: str | Path, out: str | Path, fmt: str = "torch", fast: s
     run_dir, out = Path(run_dir), Path(out)
     if runtime or precision:
         fmt, runtime, precision = "onnx", runtime or "auto", precision or "auto"
-    done_before = recover(out)
+    done_before = recover_folder(out)
     if done_before:
         log(f"export: {done_before}")
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
@@ -278,7 +278,7 @@ def export_run(run_dir: str | Path, out: str | Path, fmt: str = "torch", fast: s
             rep.update(fp32_bundle="the fp32 ONNX export of the same run, written aside at export and removed",
                        int8_bundle=str(out))
             log(write_int8_report(tmp, rep, arrays))
-        swap_in(tmp, out)  # the old bundle or the new one under `out` at every moment (inference/swap.py)
+        swap_folder(tmp, out)  # the old bundle or the new one under `out` at every moment (moskd.atomic)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -9,7 +9,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from inference.bundle import Bundle, ort_session
+from inference.bundle import Bundle
+from moskd.ort import ort_session
 
 CALIB_BATCH = 32
 SPEED_THREADS = 2

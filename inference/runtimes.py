@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from moskd.ort import ort_session
+
 ORT, OV = "onnxruntime", "openvino"
 RUNTIMES = (ORT, OV)
 PRECISIONS = ("fp32", "bf16", "int8")
@@ -100,7 +102,6 @@ def candidates(files: dict, runtime: str = "auto", precision: str = "auto", flag
 
 class OrtProgram:
     def __init__(self, path: Path, threads: int | None):
-        from inference.bundle import ort_session
 
         self.session = ort_session(path, threads)
         self.input = self.session.get_inputs()[0].name

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import IO, Any, Callable
@@ -90,3 +91,54 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+# ---------------------------------------------------------------- folders: a bundle swapped in whole
+# Replace a bundle folder so that, at every moment, DIR holds the old bundle or the new one whole.
+#
+#     swap_folder(new_dir, DIR)   # new_dir: a finished bundle written beside DIR (same filesystem)
+#
+# Steps, each one rename (atomic on POSIX):
+# 1. DIR -> .DIR.old-<pid>  (when DIR exists)
+# 2. new_dir -> DIR
+# 3. .DIR.old-<pid> removed.
+# A kill between 1 and 2 leaves no DIR but a whole old bundle beside it: `recover_folder(DIR)`, which `moskd
+# export` calls first, renames the newest leftover back. A kill after 2 leaves a stray old folder, which
+# recover removes (DIR is whole). A half-written new bundle is a `.DIR.*.tmp` folder export owns and
+# removes; it never has DIR's name.
+
+
+def _olds(out: Path) -> list[Path]:
+    return sorted(out.parent.glob(f".{out.name}.old-*"), key=lambda p: p.stat().st_mtime)
+
+
+def recover_folder(out: str | Path) -> str | None:
+    """Put back a bundle a killed swap left aside; returns what it did (None: nothing to do)."""
+    out = Path(out)
+    olds = _olds(out) if out.parent.is_dir() else []
+    if not olds:
+        return None
+    if not out.exists():
+        os.replace(olds[-1], out)
+        for p in olds[:-1]:
+            shutil.rmtree(p, ignore_errors=True)
+        return f"restored {out} from {olds[-1].name}, left by an interrupted export"
+    for p in olds:
+        shutil.rmtree(p, ignore_errors=True)
+    return f"removed {len(olds)} old bundle folder(s) beside {out} left by an interrupted export"
+
+
+def swap_folder(new: str | Path, out: str | Path) -> None:
+    """Swap a finished folder `new` (beside `out`, same filesystem) in as `out`: at every moment `out`
+    holds the old folder or the new one whole (see the steps above recover_folder)."""
+    new, out = Path(new), Path(out)
+    old = None
+    if out.exists() or out.is_symlink():
+        if not out.is_dir():
+            out.unlink()  # a plain file in the way (export --force): nothing to keep whole
+        else:
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            os.replace(out, old)
+    os.replace(new, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

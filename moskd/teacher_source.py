@@ -16,6 +16,7 @@ from torch import nn
 
 from moskd.checkpoint import read_checkpoint_file
 from moskd.errors import MoskdError
+from moskd.ort import ort_session as onnx_session
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]  # timm.data.IMAGENET_DEFAULT_MEAN / torchvision's weights' transforms
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -214,15 +215,3 @@ def onnx_macs(path: Path, input_size: list[int]) -> int:
             transposed = node.op_type == "Gemm" and any(a.name == "transA" and a.i for a in node.attribute)
             macs += math.prod(out) * ins[0][-2 if transposed else -1]
     return int(macs)
-
-
-def onnx_session(path: str | Path):
-    """An onnxruntime CPU session as the bundle opens one (inference.bundle.ort_session, which the
-    library may not import): one inter-op thread and no spin-waiting between runs."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])

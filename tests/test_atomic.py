@@ -105,11 +105,11 @@ ALLOWED = {  # (file, call): why it is not a file write of its own
     ("moskd/pipeline.py", "link"): "hard-links a finished teacher's files (same inodes, nothing written)",
     ("moskd/config.py", "replace"): "str.replace",
     ("moskd/config.py", "safe_dump"): "YAML text, written by write_text",
-    ("inference/export.py", "replace"): "renames the finished bundle folder (a folder, written file by file "
-                                        "through the writer or the exporters into a temporary one)",
-    ("inference/export.py", "mkdtemp"): "that temporary folder",
+    ("inference/export.py", "mkdtemp"): "the temporary bundle folder (written file by file through the writer "
+                                        "or the exporters, then swapped in whole by moskd.atomic.swap_folder)",
     ("inference/export.py", "save"): "torch.export.save of one program into that temporary folder",
     ("inference/quantize.py", "replace"): "moves the chosen int8 file within export's temporary bundle folder",
+    ("inference/tune.py", "replace"): "moves the chosen int8 file within export's temporary bundle folder",
     ("inference/output.py", "open"): "prediction rows appended and flushed as they are predicted, so an "
                                      "interrupted job keeps them (inference --resume continues the file)",
     ("inference/output.py", "truncate"): "--resume cuts a row a kill left half written",

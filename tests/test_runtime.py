@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from inference import runtimes, swap, tune
+from inference import runtimes, tune
+from moskd import atomic as swap
 from inference.bundle import load_bundle
 from inference.export import export_run
 from inference.export import main as export_main
@@ -227,11 +228,11 @@ def test_a_kill_during_the_swap_leaves_the_old_bundle_or_the_new_one(tmp_path, m
             raise KeyboardInterrupt  # the process dies here
     monkeypatch.setattr(swap.os, "replace", replace_then_die)
     with pytest.raises(KeyboardInterrupt):
-        swap.swap_in(new, out)
+        swap.swap_folder(new, out)
     monkeypatch.setattr(swap.os, "replace", real)
     whole = {p.name: (p / "manifest.json").read_text() for p in tmp_path.iterdir()}
     assert "old" in whole.values() if killed_after == 1 else (out / "manifest.json").read_text() == "new"
-    assert swap.recover(out)  # what the next export does first
+    assert swap.recover_folder(out)  # what the next export does first
     assert (out / "manifest.json").read_text() == ("old" if killed_after == 1 else "new")
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".B.old")) == []
 

@@ -208,7 +208,7 @@ def test_pretrained_counts_and_refuses_a_partial_load(tmp_path, cli):
 def test_an_onnx_teacher_exports_as_one_program_with_its_conversion(trained, tmp_path):
     """The bundle's ONNX teacher: input conversion (another size and normalisation), the teacher's own
     graph as it is, class order; onnxruntime on the joined file answers as the eager wrapper does."""
-    from inference.bundle import ort_session
+    from moskd.ort import ort_session
     from moskd.teacher_export import export_onnx_teacher
     from moskd.teacher_input import ClassOrder, OnnxTeacher, TeacherInput
 
