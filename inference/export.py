@@ -47,13 +47,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from inference.deploy_report import deployment_report
 from inference.bundle import FORMAT_VERSION, MANIFEST
 from moskd.ort import ort_session
 from inference.int8_report import compare_bundles, write_int8_report
 from inference.quantize import DEFAULT_BOUND, DEFAULT_CALIB, DEFAULT_MIN_SPEEDUP, check_calib, quantize_bundle
 from inference.quantize_tools import SPEED_THREADS
 from inference.router import load_router, selector_policy  # the stage-4 loader: card checks, route order, adapters
-from inference.tune import tune_bundle
+from inference.tune import retune_bundle, tune_bundle
 from moskd.atomic import recover_folder, swap_folder, write_json
 from moskd.config import Parser  # one-line errors, 'did you mean', values checked by name
 from moskd.errors import MoskdError, cli_entry
@@ -268,7 +269,6 @@ def export_run(run_dir: str | Path, out: str | Path, fmt: str = "torch", fast: s
             manifest["runtime"] = rt_rec
         write_json(tmp / MANIFEST, manifest)
         if rt_rec is not None and report:
-            from inference.deploy_report import deployment_report
 
             log(deployment_report(run_dir, tmp, name=out, rounds=report_rounds, min_s=report_min_s, run=run))
         if fp32_dir is not None:
@@ -292,7 +292,6 @@ def export_run(run_dir: str | Path, out: str | Path, fmt: str = "torch", fast: s
 def main(argv=None):
     a = parse_args(argv)
     if a.retune:
-        from inference.tune import retune_bundle
 
         m = retune_bundle(a.retune, a.runtime, a.precision)
         print(f"rewrote {a.retune}/{MANIFEST}: " + _choices(m))

@@ -10,7 +10,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image  # tests patch Image.open here
+from tqdm import tqdm
 
+from inference.bundle import BundleError, BundleOutput, load_bundle
+from inference.report import report_run
+from inference.router import Router, load_router
+from moskd.profile import count_macs
 from inference.files import decode_chunk, decoded_chunks, iter_inputs, nth_input, predict_chunk
 from inference.images import preprocess_array
 from inference.output import RowSummary, RowWriter, output_format
@@ -42,8 +47,6 @@ class RunPredictor:
     versions."""
 
     def __init__(self, run, device="cpu", fast: str = "eager"):
-        from inference.router import Router
-        from moskd.profile import count_macs
 
         self.run_models, self.device = run, torch.device(device)
         self.fast = FastPath.parse(fast)
@@ -75,7 +78,6 @@ class RunPredictor:
                       "routing": self.policy.describe(), "fast": str(self.fast)}
 
     def run(self, images: np.ndarray):
-        from inference.bundle import BundleOutput
 
         x = normalize(torch.from_numpy(np.asarray(images)).to(self.device), self._mean, self._std)
         out = self.router(prepare_input(x, self.fast))
@@ -88,7 +90,6 @@ class RunPredictor:
 
 def open_bundle(path: str, threads: int | None = None):
     """inference.bundle.load_bundle with its errors as one MoskdError line."""
-    from inference.bundle import BundleError, load_bundle
 
     try:
         return load_bundle(path, threads)
@@ -100,7 +101,6 @@ def load_predictor(run_dir: str | None = None, bundle: str | None = None, device
     """The bundle's runtime (no training code) or the run's router, behind one interface."""
     if bundle is not None:
         return open_bundle(bundle)
-    from inference.router import load_router
 
     return RunPredictor(load_router(run_dir, device), device, fast)
 
@@ -144,7 +144,6 @@ def run(cfg, inputs: list[str], prog: str = "inference") -> int:
     fmt = output_format(cfg.output, cfg.output_format)
     rt = setup_runtime(cfg.device)
     if evaluating:
-        from inference.report import report_run
 
         report_run(cfg.run_dir, dataset=cfg.dataset, data_dir=cfg.data_dir, download=cfg.download,
                    limit=cfg.limit, device=rt.device, batch_size=cfg.batch_size,
@@ -175,7 +174,6 @@ def run(cfg, inputs: list[str], prog: str = "inference") -> int:
 def _predict_stream(cfg, predictor, inputs: list[str], writer: RowWriter, skip: int, prog: str
                     ) -> tuple[RowSummary, int]:
     """Predict chunk by chunk, writing each chunk's rows before the next; a progress bar on a terminal."""
-    from tqdm import tqdm
 
     summary, failed = RowSummary(), 0
     bar = tqdm(desc="predict", unit="img", leave=False, disable=not sys.stderr.isatty(), initial=skip)

@@ -12,6 +12,7 @@ module is all it takes to build any of them, from a checkpoint's card too
 from __future__ import annotations
 
 import difflib
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -19,6 +20,7 @@ import torchvision
 from torch import nn
 from torchvision.models.googlenet import BasicConv2d
 
+from moskd.teacher_source import read_weights, shape_text
 from moskd.checkpoint import inference_weights
 from moskd.errors import MoskdError
 from moskd.selector_net import selector_cnn
@@ -151,9 +153,7 @@ def load_pretrained(model: nn.Module, path: str, partial: bool = False, log=prin
     `model`; prints how many tensors loaded and were skipped. A partial load (a model tensor the file
     lacks or shapes differently: a classifier for another class count, a stem for other channels)
     is refused unless `partial` (teacherTrain --pretrained-partial). Returns the counts."""
-    from pathlib import Path
 
-    from moskd.teacher_source import shape_text, read_weights
 
     state = read_weights(Path(path))
     own = model.state_dict()

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from moskd.models import create_model, same_normalisation
 from moskd.errors import MoskdError
 from moskd.teacher_source import onnx_session
 
@@ -94,7 +95,6 @@ def _channel_step(c_in: int, c_out: int) -> str | None:
 
 def same_preprocessing(data: dict, teacher: dict) -> bool:
     """Whether a teacher preprocessed per `teacher` takes the data's batches as they are."""
-    from moskd.models import same_normalisation
 
     return list(data["input_size"]) == list(teacher["input_size"]) and same_normalisation(teacher, data)
 
@@ -161,7 +161,6 @@ def find_onnx(model: nn.Module) -> OnnxTeacher | None:
 def build_teacher(ckpt: dict, path: Path) -> nn.Module:
     """The model an imported teacher's checkpoint (at `path`) describes, in eval mode, its outputs in
     the dataset's class order. Its input is the teacher's own (moskd.teacher_input converts)."""
-    from moskd.models import create_model
 
     card = ckpt["card"]
     own = int(card["teacher_num_classes"])

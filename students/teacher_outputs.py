@@ -15,17 +15,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from moskd.streaming import open_image
 from moskd.atomic import atomic_write
 from moskd.data import DataBundle
 from moskd.engine import Objective
 from moskd.views import apply_views, normalize
 from moskd.precision import choose_precision
 from moskd.runtime import Runtime, log, show_progress
-from moskd.views import crop_view, uses_crops, view_generator
+from moskd.views import crop_view, render, uses_crops, view_generator
 from students.cache import (cache_dir, cache_key, choose_views, finish_cache, read_cache, require, start_cache,
                             to_rows, view_dtype)
 from students.losses import cached_objective, online_objective
@@ -122,9 +124,6 @@ class ImageViews(Dataset):
         return len(self.files)
 
     def __getitem__(self, i):
-        from moskd.streaming import open_image
-        from moskd.views import render
-        from PIL import Image
 
         im, _ = open_image(self.files.paths[i].decode())
         if self.shifts is not None:

@@ -8,6 +8,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from moskd.teacher_import import resolve_teacher
+from moskd.teacher_source import TeacherRequest
 from moskd.atomic import file_sha256
 from moskd.data import DataBundle, data_from_config
 from moskd.loader import make_loader
@@ -88,8 +90,6 @@ def find_teacher(cfg: StudentConfig, data: DataBundle, rt: Runtime) -> Path:
     """The teacher checkpoint to distil from; one line naming the command that makes it when absent.
     A weights or ONNX file given to --teacher is imported into RUN/teacher/ first (moskd.teacher_import),
     after its check on `select`."""
-    from moskd.teacher_import import resolve_teacher
-    from moskd.teacher_source import TeacherRequest
 
     if not cfg.teacher:  # the run's own teacher: say where the run stopped
         RunDir(cfg.run_dir).require("teacher", also="(or pass --teacher PATH, or --no-teacher for the baseline "
