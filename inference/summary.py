@@ -217,12 +217,9 @@ def compression_section(costs: dict, names: list[str], routed_macs: float) -> tu
 def summarize(test: dict, select: dict, costs: dict, *, names: list[str], tie_margin: float, knob: float,
               heldout: list[int] | None, meta: dict, policy: Policy, spare: dict | None = None,
               scored: list[Scored] | None = None) -> dict:
-    """report.json's content from the per-image arrays of `test`, `select` (and `spare`).
-
-    costs: name -> {role, arch, params, bytes, macs} for the teacher, the routed students (`names`,
-    route order = ascending MACs), other students and the selector. scored: every candidate already
-    scored on the choosing images, when the policy was fitted in this process (policy_fit.fit_policy).
-    """
+    """report.json's content from the per-image arrays of `test`, `select` (and `spare`). costs: name ->
+    {role, arch, params, bytes, macs} of the teacher, the routed students (`names`, ascending MACs), other
+    students and the selector; scored: the candidates already scored on select (policy_fit.fit_policy)."""
     y = test["labels"]
     if len(y) == 0:
         raise MoskdError("the evaluation split holds no images; raise --limit")
@@ -247,14 +244,13 @@ def summarize(test: dict, select: dict, costs: dict, *, names: list[str], tie_ma
     flat_iso, iso_points = iso_section(points, targets)
     under = points.pick(list(range(len(points.sel))), budget=setup.macs[setup.teacher])
     cmp = comparisons(points, deployed, targets["teacher"])
-    dep_right = dep.pop("_right")
+    dep_right = dep.pop("_right")  # the deployed policy's per-image rightness, for its CIs
     ci = {**r["ci"],
           "policy_minus_teacher": C.paired_bootstrap(dep_right.astype(float) - right[TEACHER]),
           "policy_minus_best_student": C.paired_bootstrap(dep_right.astype(float) - right[best]),
           **{k: (v["ci95"] if v else None) for k, v in cmp.items()}}
-    oracle = float(r["correct"].any(1).mean())
+    oracle, conf = float(r["correct"].any(1).mean()), np.stack([C.max_softmax(lg[k]) for k in names], 1)
     denom = oracle - acc[best]
-    conf = np.stack([C.max_softmax(lg[k]) for k in names], 1)
     systems, compression = compression_section(costs, names, r["routed"]["macs_per_image"])
     return {
         **meta, "num_images": int(len(y)),

@@ -138,6 +138,19 @@ def teacher_for(cfg: StudentConfig, data: DataBundle, rt: Runtime, distillation:
     return tpath, teacher, cost
 
 
+def distillation_record(cfg: StudentConfig, uses_teacher: bool, tpath: Path | None) -> dict:
+    """The card's `distillation`: how this student learns from its teacher (None/0 without one)."""
+    return {
+        "kd_loss": cfg.kd_loss if uses_teacher else None, "alpha": cfg.alpha,
+        "temperature": cfg.temperature if uses_teacher and cfg.kd_loss == "kl" else None,
+        "teacher": str(tpath) if uses_teacher else None,
+        "teacher_cache": cfg.teacher_cache if uses_teacher else 0,
+        "teacher_topk": cfg.teacher_topk if uses_teacher and cfg.teacher_cache > 0 else 0,
+        "complementary": {"method": cfg.complementary}
+        if cfg.complementary == "none" else None,  # filled in once the partition is known
+    }
+
+
 def run(cfg: StudentConfig, rt: Runtime, out_dir: Path | None = None, data: DataBundle | None = None) -> dict:
     """Train one student; returns the summary (also written to summary.json)."""
     check_config(cfg)
@@ -156,15 +169,7 @@ def run(cfg: StudentConfig, rt: Runtime, out_dir: Path | None = None, data: Data
     # alpha = 1 gives the teacher term no weight: train on labels alone and never load a teacher.
     uses_teacher = not cfg.no_teacher and cfg.alpha < 1.0
     tpath = teacher_path(cfg) if uses_teacher else None
-    distillation = {
-        "kd_loss": cfg.kd_loss if uses_teacher else None, "alpha": cfg.alpha,
-        "temperature": cfg.temperature if uses_teacher and cfg.kd_loss == "kl" else None,
-        "teacher": str(tpath) if uses_teacher else None,
-        "teacher_cache": cfg.teacher_cache if uses_teacher else 0,
-        "teacher_topk": cfg.teacher_topk if uses_teacher and cfg.teacher_cache > 0 else 0,
-        "complementary": {"method": cfg.complementary}
-        if cfg.complementary == "none" else None,  # filled in once the partition is known
-    }
+    distillation = distillation_record(cfg, uses_teacher, tpath)
     card = {"role": "student", "arch": arch, **data.card(), "distillation": distillation,
             "model_kwargs": model_kwargs, "training": training_settings(cfg)}
     if cfg.cache_only and not (uses_teacher and cfg.teacher_cache > 0):
