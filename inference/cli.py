@@ -37,7 +37,7 @@ from __future__ import annotations
 from moskd.config import run_dir_argument
 from moskd.errors import MoskdError, cli_entry
 from moskd.sections import build_parser, parse_config, parse_namespace
-from inference.config import InferenceConfig, PolicyConfig, ReportConfig, ServeConfig
+from inference.config import ExportConfig, InferenceConfig, PolicyConfig, ReportConfig, ServeConfig
 
 PROG = "inference"
 
@@ -134,6 +134,49 @@ def serve_main(argv=None):
     from inference.serve import serve_local
 
     return serve_local(cfg)
+
+
+
+EXPORT_DOC = '`moskd export`: a finished run as a deployment bundle (DESIGN.md, "Deployment bundle").\n\nIt lives in the inference stage, not in moskd, because it exports the stage-4 router (moskd\nimports no stage).\n\n    moskd export --run-dir RUN --out DIR [--format torch|onnx] [--fast fold|eager]\n    moskd export --run-dir RUN --out DIR --quantize int8 [--calib N] [--report]\n    moskd export --run-dir RUN --out DIR --runtime auto|ort|openvino --precision auto|fp32|bf16|int8 [--report]\n    moskd export --retune DIR [--runtime ...] [--precision ...]\n\nWrites DIR/manifest.json (class names, input size, mean/std, each model\'s file, MACs and\nparameters, and the run\'s routing policy, RUN/policy.json, verbatim under "policy") and one file\nper model the policy can run: the selector when it starts there (with its sigmoid, so it answers\nscores in [0, 1]), the students, and the teacher when a deferral step reaches it. Each model is exported on its own with a dynamic batch size,\nas a `torch.export` program (`.pt2`, torch.export.save) or as ONNX (`.onnx`, the dynamo-based\ntorch.onnx exporter); the routing stays in inference/bundle.py, a small host runtime that reads\nthe manifest. Models get the selector card\'s normalisation baked in (as the run\'s router does) and\ntheir Conv+BN pairs folded (--fast fold, the default); each exported program is checked against\nthe eager model on a random batch before the manifest is written, and the largest difference is\nrecorded in the manifest. The manifest is written last, so a half-written bundle never loads.\n\n--runtime/--precision (inference/tune.py) choose each ONNX model\'s runtime (onnxruntime or OpenVINO)\nand precision (fp32, bf16, int8) on this host by measurement, per batch regime, within --int8-bound\npoints on `select`, never slower than onnxruntime fp32; the bundle keeps the fp32 and int8 files, the\nmanifest the figures; --retune re-times an exported bundle on another host. The bundle folder is\nswapped in whole (moskd.atomic.swap_folder): a kill leaves the old bundle or the new one.\n\n--quantize int8 (inference/quantize.py) replaces each ONNX model by its static int8 graph where that\nis faster and within --int8-bound points on `select`, then refits the routing policy\'s deferral\nthresholds on the deployed models\' `select` outputs (same rule, same choosing images and target as\nthe run\'s fit; the manifest keeps both); --report adds the int8-against-fp32\ncomparison to the bundle (inference/int8_report.py): int8_report.md (per model and for the routed\nsystem: test and select accuracy of both with a paired-bootstrap CI, bytes, latency at batch 1 and\n64 timed side by side, the compression table\'s fp32 and int8 rows), int8_report.json, and the\nper-image outputs int8_eval_{select,test}.npz.\n'
+
+
+def check_export(a: ExportConfig) -> ExportConfig:
+    """The combinations `moskd export` refuses, one line each; the defaults that follow from the flags."""
+    tuned = a.runtime is not None or a.precision is not None
+    if a.retune:
+        if a.run_dir or a.out or a.quantize or a.report or a.force:
+            raise MoskdError("--retune BUNDLE takes only --runtime and --precision (it rewrites that bundle's manifest)")
+        a.runtime, a.precision = a.runtime or "auto", a.precision or "auto"
+        return a
+    problems = [
+        (not a.run_dir or not a.out, "--run-dir and --out are required (or --retune BUNDLE)"),
+        (tuned and a.quantize, "--quantize int8 is the onnxruntime-only int8 export; with --runtime/--precision "
+                               "pass --precision int8 or auto instead"),
+        (tuned and a.format == "torch", "--runtime/--precision choose among ONNX runtimes; drop --format torch"),
+        (a.report and not (a.quantize or tuned), "--report compares the bundle with fp32: it goes with --quantize "
+                                                 "int8 or --runtime/--precision"),
+        (a.format == "torch" and a.quantize, "--quantize int8 writes ONNX models; drop --format torch or pass "
+                                             "--format onnx"),
+        (a.calib is not None and not (a.quantize or tuned), "--calib goes with --quantize int8 or --precision "
+                                                            "auto|int8")]
+    for bad, why in problems:
+        if bad:
+            raise MoskdError(why)
+    if tuned:
+        a.runtime, a.precision, a.format = a.runtime or "auto", a.precision or "auto", "onnx"
+    a.format = a.format or ("onnx" if a.quantize else "torch")
+    return a
+
+
+@cli_entry("moskd export")
+def export_main(argv=None):
+    cfg = check_export(parse_config(ExportConfig, argv, "moskd export", EXPORT_DOC, section="export"))
+    from inference.export import export_command
+    from inference.quantize import check_calib
+
+    if cfg.calib is not None:
+        cfg.calib = check_calib(cfg.calib)
+    export_command(cfg)
 
 
 if __name__ == "__main__":

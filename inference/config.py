@@ -73,3 +73,41 @@ class ServeConfig:
     backend: str = field("local", "local: this process (uvicorn); ray: Ray Serve, one deployment per model (needs "
                                   "the ray extra)", choices=["local", "ray"])
     replicas: int = field(1, "with --backend ray: replicas of each deployment", range=">=1")
+
+
+INT8_CALIB = 1000  # train images an int8 model is calibrated on by default (or all, if fewer)
+INT8_BOUND = 0.3  # points of `select` accuracy an int8 (or bf16) model may lose against its fp32 file
+INT8_MIN_SPEEDUP = 1.0  # --quantize int8: an int8 model must be faster than this times its fp32 file
+
+
+@dataclass
+class ExportConfig:
+    """`moskd export`: a finished run as a deployment bundle (inference.export)."""
+    run_dir: Optional[str] = field(None, "finished run (selector/, students/, teacher/)")
+    out: Optional[str] = field(None, "bundle folder to write (must be empty or absent, or pass --force)")
+    runtime: Optional[str] = field(None, "run each ONNX model under onnxruntime, OpenVINO, or (auto) whichever is "
+                                         "fastest on this host within --int8-bound points on select "
+                                         "(inference/tune.py); writes ONNX", choices=["auto", "ort", "openvino"])
+    precision: Optional[str] = field(None, "precisions to choose among (auto: every one this host runs natively; bf16 "
+                                           "only under OpenVINO on a CPU with avx512_bf16/amx_bf16); writes ONNX, "
+                                           "keeps fp32 and int8 files", choices=["auto", "fp32", "bf16", "int8"])
+    retune: Optional[str] = field(None, "re-time the runtime choice of a bundle exported with --runtime/--precision "
+                                        "on this host, without the run: the accuracy verdicts and thresholds recorded "
+                                        "at export stand", metavar="BUNDLE")
+    format: Optional[str] = field(None, "torch.export programs (.pt2) or ONNX (.onnx, needs onnx and onnxscript) "
+                                        "(default: torch; onnx with --quantize)", choices=["torch", "onnx"])
+    fast: str = field("fold", "fold Conv+BN pairs into the exported programs (a model whose folded outputs differ by "
+                              "more than 1e-4 of the output scale is exported unfolded)", choices=["fold", "eager"])
+    force: bool = field(False, "replace an existing bundle in --out")
+    quantize: Optional[str] = field(None, "static int8 quantization of every ONNX model (inference/quantize.py); a "
+                                          "model that int8 makes slower or less accurate than --int8-bound stays "
+                                          "fp32, said in the manifest", choices=["int8"])
+    calib: Optional[str] = field(None, f"train images to calibrate --quantize on (default: {INT8_CALIB}, or all if "
+                                       f"fewer)", metavar="N")
+    int8_bound: float = field(INT8_BOUND, "most `select` accuracy points an int8 model may lose against its fp32 file",
+                              range=">=0", metavar="POINTS")
+    int8_min_speedup: float = field(INT8_MIN_SPEEDUP, "an int8 model must run faster than X times its fp32 file "
+                                                      "(batch 64, 2 threads)", range=">=0", metavar="X")
+    report: bool = field(False, "with --quantize int8: also write int8_report.{json,md} and int8_eval_{select,test}.npz "
+                                "into the bundle: each model and the routed system, int8 against fp32, on select and "
+                                "test (paired CIs), bytes, and latency at batch 1 and 64 side by side")

@@ -36,7 +36,6 @@ per-image outputs int8_eval_{select,test}.npz.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import io
@@ -51,20 +50,18 @@ from inference.deploy_report import deployment_report
 from inference.bundle import FORMAT_VERSION, MANIFEST
 from moskd.ort import ort_session
 from inference.int8_report import compare_bundles, write_int8_report
-from inference.quantize import DEFAULT_BOUND, DEFAULT_CALIB, DEFAULT_MIN_SPEEDUP, check_calib, quantize_bundle
+from inference.quantize import DEFAULT_BOUND, DEFAULT_MIN_SPEEDUP, quantize_bundle
 from inference.quantize_tools import SPEED_THREADS
 from inference.router import load_router, selector_policy  # the stage-4 loader: card checks, route order, adapters
 from inference.tune import retune_bundle, tune_bundle
 from moskd.atomic import recover_folder, swap_folder, write_json
-from moskd.config import Parser  # one-line errors, 'did you mean', values checked by name
-from moskd.errors import MoskdError, cli_entry
+from moskd.errors import MoskdError
 from moskd.fold import FastPath, fast_model
 from moskd.models import unwrap
 from moskd.profile import count_macs, count_params
 from moskd.run import RunDir
 from moskd.teacher_export import export_onnx_teacher, is_onnx_teacher
 
-PROG = "moskd export"
 CHECK_ATOL = 1e-4
 REPORT_ROUNDS = 5  # timing rounds of --report's side-by-side latency (medians)
 
@@ -78,71 +75,6 @@ class Scores(nn.Module):
 
     def forward(self, x):
         return self.selector(x).float().sigmoid()
-
-
-def parse_args(argv) -> argparse.Namespace:
-    p = Parser(prog=PROG, description=__doc__, allow_abbrev=False,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run-dir", default=None, help="finished run (selector/, students/, teacher/)")
-    p.add_argument("--out", default=None, help="bundle folder to write (must be empty or absent, or pass --force)")
-    p.add_argument("--runtime", choices=["auto", "ort", "openvino"], default=None,
-                   help="run each ONNX model under onnxruntime, OpenVINO, or (auto) whichever is fastest on this "
-                        "host within --int8-bound points on select (inference/tune.py); writes ONNX")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "int8"], default=None,
-                   help="precisions to choose among (auto: every one this host runs natively; bf16 only under "
-                        "OpenVINO on a CPU with avx512_bf16/amx_bf16); writes ONNX, keeps fp32 and int8 files")
-    p.add_argument("--retune", default=None, metavar="BUNDLE",
-                   help="re-time the runtime choice of a bundle exported with --runtime/--precision on this host, "
-                        "without the run: the accuracy verdicts and thresholds recorded at export stand")
-    p.add_argument("--format", choices=["torch", "onnx"], default=None,
-                   help="torch.export programs (.pt2) or ONNX (.onnx, needs onnx and onnxscript) "
-                        "(default: torch; onnx with --quantize)")
-    p.add_argument("--fast", default="fold", choices=["fold", "eager"],
-                   help="fold Conv+BN pairs into the exported programs (a model whose folded outputs differ by "
-                        "more than 1e-4 of the output scale is exported unfolded)")
-    p.add_argument("--force", action="store_true", help="replace an existing bundle in --out")
-    p.add_argument("--quantize", choices=["int8"], default=None,
-                   help="static int8 quantization of every ONNX model (inference/quantize.py); a model that int8 "
-                        "makes slower or less accurate than --int8-bound stays fp32, said in the manifest")
-    p.add_argument("--calib", default=None, metavar="N",
-                   help=f"train images to calibrate --quantize on (default: {DEFAULT_CALIB}, or all if fewer)")
-    p.add_argument("--int8-bound", type=float, default=DEFAULT_BOUND, metavar="POINTS",
-                   help="most `select` accuracy points an int8 model may lose against its fp32 file")
-    p.add_argument("--int8-min-speedup", type=float, default=DEFAULT_MIN_SPEEDUP, metavar="X",
-                   help="an int8 model must run faster than X times its fp32 file (batch 64, 2 threads)")
-    p.add_argument("--report", action="store_true",
-                   help="with --quantize int8: also write int8_report.{json,md} and int8_eval_{select,test}.npz "
-                        "into the bundle: each model and the routed system, int8 against fp32, on select and test "
-                        "(paired CIs), bytes, and latency at batch 1 and 64 side by side")
-    a = p.parse_args(argv)
-    tuned = a.runtime is not None or a.precision is not None
-    if a.retune:
-        if a.run_dir or a.out or a.quantize or a.report or a.force:
-            p.error("--retune BUNDLE takes only --runtime and --precision (it rewrites that bundle's manifest)")
-        a.runtime, a.precision = a.runtime or "auto", a.precision or "auto"
-        return a
-    if not a.run_dir or not a.out:
-        p.error("--run-dir and --out are required (or --retune BUNDLE)")
-    if tuned and a.quantize:
-        p.error("--quantize int8 is the onnxruntime-only int8 export; with --runtime/--precision pass "
-                "--precision int8 or auto instead")
-    if tuned and a.format == "torch":
-        p.error("--runtime/--precision choose among ONNX runtimes; drop --format torch")
-    if tuned:
-        a.runtime, a.precision, a.format = a.runtime or "auto", a.precision or "auto", "onnx"
-    if a.report and not (a.quantize or tuned):
-        p.error("--report compares the bundle with fp32: it goes with --quantize int8 or --runtime/--precision")
-    if a.format == "torch" and a.quantize:
-        p.error("--quantize int8 writes ONNX models; drop --format torch or pass --format onnx")
-    if a.calib is not None and not (a.quantize or tuned):
-        p.error("--calib goes with --quantize int8 or --precision auto|int8")
-    a.format = a.format or ("onnx" if a.quantize else "torch")
-    if a.calib is not None:
-        try:
-            a.calib = check_calib(a.calib)
-        except MoskdError as e:
-            p.error(str(e))
-    return a
 
 
 def _export_torch(model: nn.Module, example: torch.Tensor, path: Path) -> None:
@@ -288,11 +220,9 @@ def export_run(run_dir: str | Path, out: str | Path, fmt: str = "torch", fast: s
     return manifest
 
 
-@cli_entry(PROG)
-def main(argv=None):
-    a = parse_args(argv)
+def export_command(a) -> None:
+    """`moskd export` once its flags are parsed and checked (inference.cli.export_main; a: ExportConfig)."""
     if a.retune:
-
         m = retune_bundle(a.retune, a.runtime, a.precision)
         print(f"rewrote {a.retune}/{MANIFEST}: " + _choices(m))
         return
@@ -318,6 +248,3 @@ def _choices(m: dict) -> str:
                      + (f" (batch <= {small['up_to']}: {small['runtime']}/{small['precision']})" if small else ""))
     return ", ".join(parts)
 
-
-if __name__ == "__main__":
-    main()

@@ -40,15 +40,14 @@ from pathlib import Path
 
 import numpy as np
 
+from inference.config import INT8_BOUND as DEFAULT_BOUND, INT8_CALIB as DEFAULT_CALIB  # the flags' defaults
+from inference.config import INT8_MIN_SPEEDUP as DEFAULT_MIN_SPEEDUP
 from inference.policy_fit import refit_thresholds
 from moskd.policy import Policy, decide
 from inference.quantize_tools import (CALIB_BATCH, SPEED_THREADS, CalibReader, _call, normalize, outputs,  # noqa: F401
                                       run_splits, session, side_by_side)
 from moskd.errors import MoskdError
 
-DEFAULT_CALIB = 1000
-DEFAULT_BOUND = 0.3  # points of `select` accuracy an int8 model may lose
-DEFAULT_MIN_SPEEDUP = 1.0  # an int8 model must be faster than this times its fp32 file
 ACTIVATIONS = ("QUInt8", "QInt8")
 METHODS = ("MinMax", "Entropy", "Percentile")
 # (activation type, reduce_range): 7-bit weights only matter for uint8 activations (see step 3)

@@ -23,16 +23,11 @@ import difflib
 import sys
 from typing import Callable
 
-from inference.cli import main as inference_main, policy_main, report_main, serve_main
+from inference.cli import export_main, main as inference_main, policy_main, report_main, serve_main
 from moskd import __version__
 from selector.cli import main as selector_main
 from students.cli import main as student_main, sweep_main
 from teacher.cli import main as teacher_main
-
-
-def _export(argv):
-    from inference.export import main
-    main(argv)
 
 
 def _pipeline(argv):
@@ -59,7 +54,7 @@ COMMANDS: dict[str, tuple[Callable, str]] = {
     "inference": (inference_main, "stage 4: routed predictions for files, folders or a split (inference)"),
     "report": (report_main, "evaluation report of a run: report.json, report.md, plots"),
     "policy": (policy_main, "fit the routing policy on select (RUN/policy.json) and rewrite the report"),
-    "export": (_export, "a finished run as a deployment bundle: manifest.json + one program per model"),
+    "export": (export_main, "a finished run as a deployment bundle: manifest.json + one program per model"),
     "serve": (serve_main, "HTTP server: POST /predict, GET /health, GET /info (pip install -e '.[serve]')"),
     "pipeline": (_pipeline, "teacher -> cache -> students -> selector -> policy and report, skipping finished stages"),
     "results": (_results, "README and docs/RESULTS.md tables from docs/results/*/seeds.json"),

@@ -1,7 +1,8 @@
 """The command layer's table of settings: every command's config class, by the YAML section that holds it.
 
 One config file serves every command (moskd.config reads and checks it whole): `teacher`,
-`students`, `sweep`, `selector`, `inference`, `report`, `policy`, `serve` and `pipeline` sections,
+`students`, `sweep`, `selector`, `inference`, `report`, `policy`, `export`, `serve` and `pipeline`
+sections,
 and top-level keys any of them has. The library's parser (moskd.config) is handed this table; it names no command itself.
 Torch-free, like every config class listed, so --help and config checks answer at once.
 """
@@ -12,7 +13,7 @@ from typing import Any, Optional, Sequence, TypeVar
 
 from moskd import config
 from moskd.config import field
-from inference.config import InferenceConfig, PolicyConfig, ReportConfig, ServeConfig
+from inference.config import ExportConfig, InferenceConfig, PolicyConfig, ReportConfig, ServeConfig
 from selector.config import SelectorConfig
 from students.config import StudentConfig, SweepConfig
 from teacher.config import TeacherConfig
@@ -55,7 +56,8 @@ class PipelineConfig:
 
 SECTIONS: dict[str, type] = {
     "teacher": TeacherConfig, "students": StudentConfig, "sweep": SweepConfig, "selector": SelectorConfig,
-    "inference": InferenceConfig, "report": ReportConfig, "policy": PolicyConfig, "serve": ServeConfig,
+    "inference": InferenceConfig, "report": ReportConfig, "policy": PolicyConfig, "export": ExportConfig,
+    "serve": ServeConfig,
     "pipeline": PipelineConfig,
 }
 

@@ -17,7 +17,7 @@ from torch import nn
 
 from inference.bundle import load_bundle
 from inference.export import export_run
-from inference.export import main as export_main
+from inference.cli import export_main
 from inference.cli import main as inference_main
 from moskd.data import load_data
 from tests.test_selector import trained_run  # noqa: F401  (session fixture: a tiny trained run)

@@ -19,7 +19,7 @@ from inference import runtimes, tune
 from moskd import atomic as swap
 from inference.bundle import load_bundle
 from inference.export import export_run
-from inference.export import main as export_main
+from inference.cli import export_main
 from inference.runtimes import BASELINE, SERVING_BATCH, candidates, choose
 from moskd.data import load_data
 from tests.test_selector import trained_run  # noqa: F401  (session fixture: a tiny trained run)

@@ -97,6 +97,6 @@ def test_help_answers_without_importing_torch():
 
 
 def test_every_section_names_a_config_class():
-    assert set(SECTIONS) == {"teacher", "students", "selector", "inference", "report", "policy", "serve", "pipeline",
-                             "sweep"}
+    assert set(SECTIONS) == {"teacher", "students", "selector", "inference", "report", "policy", "export", "serve",
+                             "pipeline", "sweep"}
     assert all(isinstance(c, type) for c in SECTIONS.values())
