@@ -51,10 +51,31 @@ def parse_args(argv) -> tuple[InferenceConfig, list[str]]:
     return cfg, list(args.inputs)
 
 
+def check_inference(cfg: InferenceConfig, inputs: list[str]) -> bool:
+    """The combinations `inference` refuses, one line each; whether it evaluates (--split/--dataset)."""
+    evaluating = cfg.split is not None or cfg.dataset is not None
+    problems = [
+        (inputs and evaluating, "give image files/folders or --split test (evaluation), not both"),
+        (not inputs and not evaluating, "nothing to predict; pass image files or folders, or --split test to "
+                                        "evaluate the run"),
+        (evaluating and cfg.bundle is not None, "--split evaluates a run directory; pass --run-dir RUN (a bundle "
+                                                "predicts image files)"),
+        (evaluating and cfg.output is not None, "--output writes file predictions; the evaluation writes "
+                                                "RUN/report.json instead")]
+    for bad, why in problems:
+        if bad:
+            raise MoskdError(why)
+    return evaluating
+
+
 @cli_entry(PROG)
 def main(argv=None):
-    """Parse (no torch yet: --help and bad flags answer at once), then predict or evaluate."""
+    """Parse (no torch yet: --help and bad flags answer at once), then evaluate the run or predict files."""
     cfg, inputs = parse_args(argv)
+    if check_inference(cfg, inputs):
+        from inference.report import evaluate_command
+
+        return evaluate_command(cfg)
     from inference.predict import run
 
     return run(cfg, inputs, PROG)

@@ -13,7 +13,6 @@ from PIL import Image  # tests patch Image.open here
 from tqdm import tqdm
 
 from inference.bundle import BundleError, BundleOutput, load_bundle
-from inference.report import report_run
 from inference.router import Router, load_router
 from moskd.profile import count_macs
 from inference.files import decode_chunk, decoded_chunks, iter_inputs, nth_input, predict_chunk
@@ -22,7 +21,7 @@ from inference.output import RowSummary, RowWriter, output_format
 from moskd.views import normalize
 from moskd.errors import MoskdError
 from moskd.fold import FastPath, fast_model, prepare_input
-from moskd.runtime import setup_runtime, show_progress
+from moskd.runtime import setup_runtime
 
 # ---------------------------------------------------------------- reading images
 
@@ -131,25 +130,9 @@ def _resume_point(writer: RowWriter, inputs: list[str], output: str) -> int:
 
 
 def run(cfg, inputs: list[str], prog: str = "inference") -> int:
-    """The inference command once its flags are parsed (inference.cli.main)."""
-    evaluating = cfg.split is not None or cfg.dataset is not None
-    if inputs and evaluating:
-        raise MoskdError("give image files/folders or --split test (evaluation), not both")
-    if not inputs and not evaluating:
-        raise MoskdError("nothing to predict; pass image files or folders, or --split test to evaluate the run")
-    if evaluating and cfg.bundle is not None:
-        raise MoskdError("--split evaluates a run directory; pass --run-dir RUN (a bundle predicts image files)")
-    if evaluating and cfg.output is not None:
-        raise MoskdError("--output writes file predictions; the evaluation writes RUN/report.json instead")
+    """`inference PATHS...` once its flags are parsed and checked (inference.cli.main): one row per input."""
     fmt = output_format(cfg.output, cfg.output_format)
     rt = setup_runtime(cfg.device)
-    if evaluating:
-
-        report_run(cfg.run_dir, dataset=cfg.dataset, data_dir=cfg.data_dir, download=cfg.download,
-                   limit=cfg.limit, device=rt.device, batch_size=cfg.batch_size,
-                   progress=show_progress(rt))
-        return 0
-
     predictor = load_predictor(cfg.run_dir, cfg.bundle, rt.device, cfg.fast)
     if cfg.resume and cfg.output in (None, "-"):
         raise MoskdError("--resume continues an output file; pass --output FILE.csv or FILE.jsonl")

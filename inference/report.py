@@ -274,6 +274,15 @@ def report_run(run_dir, from_eval: bool = False, **kw) -> dict:
     return report
 
 
+def evaluate_command(cfg) -> int:
+    """`inference --split test` once its flags are parsed and checked (inference.cli.main; cfg: an
+    InferenceConfig): the run's report, as `moskd report` writes it."""
+    rt = setup_runtime(cfg.device)
+    report_run(cfg.run_dir, dataset=cfg.dataset, data_dir=cfg.data_dir, download=cfg.download, limit=cfg.limit,
+               device=rt.device, batch_size=cfg.batch_size, progress=show_progress(rt))
+    return 0
+
+
 def report_command(cfg, refit: bool) -> None:
     """`moskd report` / `moskd policy` once their flags are parsed (inference.cli): cfg is a
     ReportConfig or PolicyConfig (inference.config)."""
