@@ -4,13 +4,13 @@ Views (shift + flip, crops) and normalisation live in moskd.views.
 """
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import torch
 
 from moskd.data import DataBundle
 from moskd.streaming import FileSet, StreamLoader
+from moskd.shards import rank_batches, rank_order
 from moskd.views import AugSpec, apply_views, normalize, sample_views
 
 
@@ -47,18 +47,10 @@ class TensorLoader:
         self.epoch = epoch
 
     def _indices(self, g: torch.Generator) -> torch.Tensor:
-        n = len(self.targets)
-        if not self.train:
-            return torch.arange(self.rank, n, self.world)
-        order = torch.randperm(n, generator=g)
-        per_rank = math.ceil(n / self.world)
-        order = torch.cat([order, order[: per_rank * self.world - n]])
-        return order[self.rank :: self.world]
+        return rank_order(len(self.targets), self.train, self.rank, self.world, g)
 
     def __len__(self) -> int:
-        n = len(self.targets)
-        per_rank = math.ceil(n / self.world) if self.train else len(range(self.rank, n, self.world))
-        return math.ceil(per_rank / self.batch_size)
+        return rank_batches(len(self.targets), self.train, self.rank, self.world, self.batch_size)
 
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)

@@ -14,7 +14,6 @@ left out of its batch, named in one warning line the first time it is met, and c
 """
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass
 
@@ -23,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from moskd.errors import MoskdError, warn
+from moskd.shards import rank_batches, rank_order
 from moskd.views import AugSpec, apply_views, normalize, sample_views
 from moskd.views import crop_view, eval_view, render, uses_crops, view_generator
 
@@ -130,18 +130,10 @@ class StreamLoader:
         self.epoch = epoch
 
     def _indices(self, g: torch.Generator) -> torch.Tensor:
-        n = len(self.targets)
-        if not self.train:
-            return torch.arange(self.rank, n, self.world)
-        order = torch.randperm(n, generator=g)
-        per_rank = math.ceil(n / self.world)
-        order = torch.cat([order, order[: per_rank * self.world - n]])
-        return order[self.rank:: self.world]
+        return rank_order(len(self.targets), self.train, self.rank, self.world, g)
 
     def __len__(self) -> int:
-        n = len(self.targets)
-        per_rank = math.ceil(n / self.world) if self.train else len(range(self.rank, n, self.world))
-        return math.ceil(per_rank / self.batch_size)
+        return rank_batches(len(self.targets), self.train, self.rank, self.world, self.batch_size)
 
     def _batches(self, idx: torch.Tensor, records=None):
         flip = bool(self.aug and self.aug.flip)
