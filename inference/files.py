@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from inference.images import BadImage, image_extensions, read_image_array
 from inference.output import failed_row, prediction_row
+from moskd.policy import softmax
 
 
 def iter_inputs(inputs: list[str]) -> Iterator[tuple[Path, str | None]]:
@@ -87,7 +88,6 @@ def decoded_chunks(inputs: list[str], batch_size: int, card: dict, invert: str, 
 
 def predict_chunk(predictor, chunk: dict) -> list[dict]:
     """The rows of one decoded chunk, in its order: a prediction or a failed row with its error."""
-    from moskd.policy import softmax
 
     rows: list[dict | None] = [None] * len(chunk["paths"])
     for i, why in chunk["errors"].items():

@@ -15,6 +15,7 @@ Splits:
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -227,7 +228,6 @@ def decode_once(listing, image_size: int, decoded_dir: str | Path | None):
 
 def default_max_ram() -> float:
     """GiB: a quarter of this machine's physical memory."""
-    import os
 
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 4 / 2**30
 

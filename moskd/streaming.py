@@ -14,6 +14,7 @@ left out of its batch, named in one warning line the first time it is met, and c
 """
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass
 
@@ -180,7 +181,6 @@ class StreamLoader:
 
 def file_fingerprint(paths: np.ndarray) -> bytes:
     """What identifies a listing's files without reading them: paths, byte sizes, modification times (ns)."""
-    import os
 
     stats = np.array([(lambda st: (st.st_size, st.st_mtime_ns))(os.stat(p)) for p in paths], np.int64)
     return paths.tobytes() + stats.tobytes()

@@ -18,6 +18,7 @@ from torch import nn
 from moskd.atomic import atomic_write, file_sha256, write_json
 from moskd.checkpoint import load_checkpoint, save_checkpoint
 from moskd.errors import MoskdError
+from moskd.models import create_model
 from moskd.run import RunDir, StageDir
 from moskd.teacher_input import ClassOrder, OnnxTeacher
 from moskd.teacher_source import (TeacherRequest, kind_of, load_strict, onnx_macs, onnx_signature,
@@ -88,7 +89,6 @@ def _teacher_and_card(req: TeacherRequest, path: Path, data) -> tuple[nn.Module,
 
 def _torch_teacher(path: Path, arch: str, classes: int, prep: dict, kwargs: dict) -> tuple[nn.Module, dict]:
     """`arch` built for the teacher's classes and channels, every tensor loaded from `path`."""
-    from moskd.models import create_model
 
     try:
         model = create_model(arch, num_classes=classes, in_chans=prep["input_size"][0], **kwargs)

@@ -8,6 +8,9 @@ moskd run's teacher and turns what this module reads into RUN/teacher/.
 from __future__ import annotations
 
 import json
+import dataclasses
+import difflib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,14 +123,12 @@ def read_config(path: str | None) -> dict:
     if not isinstance(cfg, dict):
         raise MoskdError(f"--teacher-config {path}: must be a JSON object (timm pretrained_cfg keys)")
     cfg = cfg.get("pretrained_cfg", cfg)  # timm's config.json nests it
-    import dataclasses
 
     from timm.models import PretrainedCfg
 
     known = {f.name for f in dataclasses.fields(PretrainedCfg)} | set(MOSKD_KEYS)
     unknown = sorted(set(cfg) - known)
     if unknown:
-        import difflib
 
         near = difflib.get_close_matches(unknown[0], sorted(known), n=1)
         raise MoskdError(f"--teacher-config {path}: unknown key '{unknown[0]}'"
@@ -190,7 +191,6 @@ def onnx_macs(path: Path, input_size: list[int]) -> int:
     """Multiply-accumulates of one image through an ONNX classifier: its Conv, Gemm and MatMul nodes,
     with the shapes onnx's shape inference gives for a (1, C, H, W) input (moskd.profile counts a
     torch model's the same way: matmuls and convolutions only)."""
-    import math
 
     import onnx
 
