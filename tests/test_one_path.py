@@ -73,7 +73,11 @@ def expected(policy_run):
     # every route really used, committee answers really combined (some images ran two models)
     assert set(np.bincount(route, minlength=3).nonzero()[0]) == {0, 1, 2}
     assert ((test["policy_models"] & 0b011) != 0).all() and (test["policy_models"] >= 0b100).sum() > 0
-    return [policy.models[r] for r in route], pred.tolist()
+    # the committee's answer probability per image: the mean softmax of every model its chain ran
+    probs = np.stack([softmax(test[f"logits_{m}"].astype(np.float64)) for m in policy.models])  # (M, N, C)
+    ran = np.stack([(test["policy_models"] >> k) & 1 for k in range(len(policy.models))]).astype(float)  # (M, N)
+    answer = (probs * ran[:, :, None]).sum(0) / ran.sum(0)[:, None]
+    return [policy.models[r] for r in route], pred.tolist(), answer[np.arange(len(pred)), pred].tolist()
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +99,8 @@ def test_inference_run_dir_follows_the_policy(policy_run, expected, test_pngs, t
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["student"] for r in rows] == expected[0]
     assert [r["class_index"] for r in rows] == expected[1]
+    # each answer is the models' own committee: a model answering in another's place shows here
+    assert np.allclose([r["probability"] for r in rows], expected[2], atol=1e-3)
 
 
 @pytest.fixture(scope="module")
