@@ -56,7 +56,7 @@ def _header(i: int, n: int, title: str) -> None:
 
 
 @dataclass(frozen=True)
-class Step:
+class PipelineStep:
     """One step of the pipeline: `call(force, resume)` runs it. `out`: the stage folder it writes,
     skipped when finished and resumed when it holds only last.pt (None: always run)."""
     title: str
@@ -64,7 +64,7 @@ class Step:
     out: Optional[Path] = None
 
 
-def _resumes(step: Step, cfg: PipelineConfig, shared: frozenset[Path] = frozenset()) -> bool:
+def _resumes(step: PipelineStep, cfg: PipelineConfig, shared: frozenset[Path] = frozenset()) -> bool:
     """Whether the step continues an interrupted stage (last.pt without summary.json) with --resume."""
     if step.out is None or step.out in shared or cfg.force:
         return False
@@ -72,7 +72,7 @@ def _resumes(step: Step, cfg: PipelineConfig, shared: frozenset[Path] = frozense
     return not out.finished and out.last.exists()
 
 
-def _run_step(step: Step, cfg: PipelineConfig, shared: frozenset[Path] = frozenset()) -> str:
+def _run_step(step: PipelineStep, cfg: PipelineConfig, shared: frozenset[Path] = frozenset()) -> str:
     """Run one step unless its stage is finished; resume it if interrupted. Returns what happened.
     A stage folder in `shared` was linked in from another run (a shared teacher): never retrained
     here, --force included."""
@@ -126,23 +126,23 @@ def _report(cfg: PipelineConfig) -> Callable:
     return call
 
 
-def steps(cfg: PipelineConfig, recipe: Optional[str]) -> list[Step]:
+def steps(cfg: PipelineConfig, recipe: Optional[str]) -> list[PipelineStep]:
     """What the pipeline runs, in order: every stage of the run, each reading what the earlier wrote."""
     run = RunDir(cfg.run_dir)
     complementary = {"complementary": cfg.complementary} if cfg.complementary else {}
     # the cache step always runs: it reuses a valid cache in a second and rebuilds a stale one
-    out = [Step("teacher", _stage(TeacherConfig, "teacher", cfg, recipe), run.teacher.path),
-           Step("teacher-logit cache", _stage(StudentConfig, "students", cfg, recipe, cache_only=True))]
+    out = [PipelineStep("teacher", _stage(TeacherConfig, "teacher", cfg, recipe), run.teacher.path),
+           PipelineStep("teacher-logit cache", _stage(StudentConfig, "students", cfg, recipe, cache_only=True))]
     for key, arch in SEED_STUDENTS.items():  # --complementary reaches the distilled students; baselines stay plain
-        out.append(Step(f"student {arch} (distilled)",
+        out.append(PipelineStep(f"student {arch} (distilled)",
                         _stage(StudentConfig, "students", cfg, recipe, model=key, **complementary),
                         run.student(run.student_name(arch)).path))
         if cfg.baselines:
-            out.append(Step(f"student {arch} (baseline, no teacher)",
+            out.append(PipelineStep(f"student {arch} (baseline, no teacher)",
                             _stage(StudentConfig, "students", cfg, recipe, model=key, no_teacher=True),
                             run.student(run.student_name(arch, True)).path))
-    out.append(Step("selector", _stage(SelectorConfig, "selector", cfg, recipe), run.selector.path))
-    out.append(Step("routing policy and evaluation report", _report(cfg)))
+    out.append(PipelineStep("selector", _stage(SelectorConfig, "selector", cfg, recipe), run.selector.path))
+    out.append(PipelineStep("routing policy and evaluation report", _report(cfg)))
     return out
 
 

@@ -57,9 +57,9 @@ def fake_stages(monkeypatch):
 
     def steps(cfg, recipe):
         run = RunDir(cfg.run_dir)
-        return [pipeline.Step("teacher", fake("fake.teacher", run), run.teacher.path),
-                pipeline.Step("student densenet121", fake("fake.student", run), run.student("densenet121").path),
-                pipeline.Step("report", fake("fake.report", run))]
+        return [pipeline.PipelineStep("teacher", fake("fake.teacher", run), run.teacher.path),
+                pipeline.PipelineStep("student densenet121", fake("fake.student", run), run.student("densenet121").path),
+                pipeline.PipelineStep("report", fake("fake.report", run))]
 
     monkeypatch.setattr(pipeline, "steps", steps)
     return calls
