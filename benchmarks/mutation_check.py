@@ -198,7 +198,7 @@ MUTATIONS: list[Mutation] = [
              "means[start:start + k] = diff.mean()",
              (f"{T_REP}::test_paired_bootstrap_brackets_the_mean_and_is_exact_for_constant_differences",),
              "bootstrap never resamples: a zero-width CI"),
-    Mutation("V7", "inference/curves.py", "total += inb.mean() * abs(right[inb].mean() - conf[inb].mean())",
+    Mutation("V7", "moskd/calibration.py", "total += inb.mean() * abs(right[inb].mean() - conf[inb].mean())",
              "total += inb.mean() * (right[inb].mean() - conf[inb].mean())", (f"{T_REP}::test_ece_by_hand",),
              "ECE lets over- and under-confidence cancel"),
     Mutation("V9", "inference/summary.py", "random_right = sum(share[i] * right[k].astype(np.float64)",

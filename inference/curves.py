@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from moskd.calibration import ece  # noqa: F401 (the report's summary reads it as curves.ece)
 from moskd.policy import softmax
 
 BOOTSTRAP = 2000  # paired bootstrap resamples for a 95% CI
@@ -17,20 +18,6 @@ def max_softmax(logits: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- per model
-
-
-def ece(logits: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
-    """Expected calibration error of the max-softmax confidence, `bins` equal-width bins on (0, 1]."""
-    p = softmax(logits)
-    conf, right = p.max(1), p.argmax(1) == labels
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    which = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, bins - 1)  # (lo, hi] bins
-    total = 0.0
-    for b in range(bins):
-        inb = which == b
-        if inb.any():
-            total += inb.mean() * abs(right[inb].mean() - conf[inb].mean())
-    return float(total)
 
 
 def confusion(preds: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:

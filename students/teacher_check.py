@@ -12,6 +12,8 @@ Only a warning: a deliberately weak teacher (a test, a smoke run) is the user's 
 """
 from __future__ import annotations
 
+from moskd.calibration import ece
+
 import warnings
 from pathlib import Path
 
@@ -87,19 +89,6 @@ def score_on_select(model, card: dict, data, batch_size: int = 256, device="cpu"
     z, y = torch.cat(logits).numpy(), torch.cat(targets).numpy()
     return {"accuracy": float((z.argmax(1) == y).mean()), "ece": ece(z.astype(np.float64), y),
             "images": int(len(y))}
-
-
-def ece(logits, labels, bins: int = 15) -> float:
-    """Expected calibration error of the max-softmax confidence over `bins` equal-width (lo, hi] bins,
-    as the report computes it (inference.curves.ece; a stage does not import a later one)."""
-    import numpy as np
-
-    z = logits - logits.max(1, keepdims=True)
-    p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
-    conf, right = p.max(1), (p.argmax(1) == labels).astype(np.float64)
-    which = np.clip(np.searchsorted(np.linspace(0.0, 1.0, bins + 1), conf, side="left") - 1, 0, bins - 1)
-    gap = np.bincount(which, right, bins) - np.bincount(which, conf, bins)  # per bin: sum(right - conf)
-    return float(np.abs(gap).sum() / max(len(conf), 1))
 
 
 def check_imported_teacher(model, card: dict, data, *, min_accuracy: float | None, batch_size: int = 256,
