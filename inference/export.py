@@ -50,6 +50,7 @@ from inference.deploy_report import deployment_report
 from inference.bundle import FORMAT_VERSION, MANIFEST
 from moskd.ort import ort_session
 from inference.int8_report import compare_bundles, write_int8_report
+from inference.onnx_pools import fix_file
 from inference.quantize import DEFAULT_BOUND, DEFAULT_MIN_SPEEDUP, quantize_bundle
 from inference.quantize_tools import SPEED_THREADS
 from inference.router import load_router, selector_policy  # the stage-4 loader: card checks, route order, adapters
@@ -92,6 +93,7 @@ def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
     with contextlib.redirect_stdout(io.StringIO()):  # the exporter narrates each step on stdout
         torch.onnx.export(model, (example,), str(path), dynamo=True, dynamic_shapes=({0: batch},),
                           input_names=["x"], output_names=["y"], external_data=False, verbose=False)
+    fix_file(path)  # ceil-mode pools that overhang a small map, which OpenVINO refuses (inference/onnx_pools.py)
 
 
 def _check(path: Path, fmt: str, model: nn.Module, x: torch.Tensor) -> float:

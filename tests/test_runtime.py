@@ -319,3 +319,29 @@ def test_an_openvino_refusal_is_reported_by_its_informative_lines():
             "after padding (dim: 1) at axis 0.\n\nSummary:\n-- Conversion is failed for: Conv-20, MaxPool-20\n")
     got = runtimes.ov_reason(text)
     assert "MaxPool-20" in got and "larger than the data shape" in got and "core.cpp" not in got
+
+
+def test_a_ceil_mode_pool_overhanging_its_map_is_made_explicit_and_openvino_reads_it(tmp_path):
+    # GoogLeNet's last MaxPool(2, 2, ceil_mode=True) on Fashion-MNIST's 1x1 map, in miniature: a 3x3/2
+    # convolution leaves 1x1, the pool overhangs it (OpenVINO refused this graph); a second pool fits
+    from inference.export import _export_onnx
+    from inference.onnx_pools import explicit_overhanging_pools
+    import onnx
+    import onnxruntime as ort
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.MaxPool2d(3, 1, padding=1, ceil_mode=True), torch.nn.Conv2d(1, 4, 3, stride=2),
+                                torch.nn.MaxPool2d(2, 2, ceil_mode=True), torch.nn.Flatten()).eval()
+    x = torch.randn(3, 1, 3, 3)
+    path = tmp_path / "m.onnx"
+    _export_onnx(model, x, path)  # the export rewrites the file
+    pools = [n for n in onnx.load(str(path)).graph.node if n.op_type == "MaxPool"]
+    modes = [next(a.i for a in n.attribute if a.name == "ceil_mode") for n in pools]
+    assert modes == [1, 0]  # the pool that fits stays as exported; the overhanging one now pads
+    want = model(x).detach().numpy()
+    got = ort.InferenceSession(str(path)).run(None, {"x": x.numpy()})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    if runtimes.openvino_missing() is None:
+        program = runtimes.open_program(path, runtimes.OV, "fp32", threads=1)
+        np.testing.assert_allclose(program(x.numpy()), want, rtol=1e-4, atol=1e-5)
+    assert explicit_overhanging_pools(onnx.load(str(path))) == 0  # a second pass finds nothing left
