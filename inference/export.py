@@ -109,6 +109,74 @@ def _check(path: Path, fmt: str, model: nn.Module, x: torch.Tensor) -> float:
     return float((want - got).abs().max())
 
 
+def _load(run_dir: Path, fmt: str, log):
+    """The run's router for the export, and say what the bundle will route with."""
+    run = load_router(run_dir, "cpu")
+    policy = run.router.policy
+    if not RunDir(run_dir).report().policy.is_file():
+        log(f"export: {RunDir(run_dir).report().policy} not found; the bundle routes with the selector alone "
+            f"(run moskd policy --run-dir {run_dir} to fit the full policy)")
+    if fmt == "torch" and is_onnx_teacher(run.teacher) and len(run.students) in policy.used():  # issue 28
+        log("export: the teacher is an imported ONNX file and cannot be exported to torch; the bundle holds the "
+            "rest and routes with the selector alone (--format onnx keeps the teacher)")
+        run = load_router(run_dir, "cpu", policy=selector_policy(run.card, run.students, float(policy.macs[-1])))
+    return run
+
+
+def _entries(run, size: list[int]) -> list[tuple[str, nn.Module, dict]]:
+    """(name, module, manifest fields) of every program the bundle holds: the selector when the policy
+    starts from it, and each model the policy can run."""
+    policy = run.router.policy
+    entries = []
+    if policy.selector:
+        sel = run.router.selector
+        entries.append(("selector", Scores(sel), {"arch": run.selector_card["arch"], "macs": count_macs(sel, size),
+                                                  "params": count_params(sel)}))
+    used = policy.used()
+    for k, name in enumerate(policy.models):
+        if k in used:
+            model = run.router.models[k]
+            card = run.teacher_card if name == policy.models[-1] else run.students[k].card
+            entries.append((name, model, {"name": name, "arch": card["arch"], "macs": int(policy.macs[k]),
+                                          "params": count_params(unwrap(model))}))
+    return entries
+
+
+def _write_programs(entries, tmp: Path, out: Path, fmt: str, path: FastPath, size: list[int], log) -> dict:
+    """Each entry as a program file in `tmp`, checked against its module; {name: manifest entry}."""
+    example = torch.randn(2, *size, generator=torch.Generator().manual_seed(0))
+    check = torch.randn(5, *size, generator=torch.Generator().manual_seed(1))
+    suffix = ".pt2" if fmt == "torch" else ".onnx"
+    done = {}
+    for name, model, meta in entries:
+        file = f"{name}{suffix}"
+        log(f"export: {name} -> {out / file}")
+        if is_onnx_teacher(model):  # issue 28: its own graph, joined with its input conversion
+            export_onnx_teacher(model.eval(), example, tmp / file)
+        else:
+            model = fast_model(model.eval(), example, path)
+            (_export_torch if fmt == "torch" else _export_onnx)(model, example, tmp / file)
+        diff = _check(tmp / file, fmt, model, check)
+        if diff > CHECK_ATOL:
+            raise MoskdError(f"{name}: the exported program differs from the model by {diff:.2e} "
+                             f"(> {CHECK_ATOL}); try --fast eager or the other --format")
+        done[name] = {**meta, "file": file, "bytes": (tmp / file).stat().st_size, "max_abs_diff": diff}
+    return done
+
+
+def _manifest(run, run_dir: Path, fmt: str, path: FastPath, done: dict, policy, quant: dict | None = None) -> dict:
+    card = run.card
+    m = {"format_version": FORMAT_VERSION, "format": fmt, "dataset": card["dataset"],
+         "class_names": run.class_names, "input_size": list(card["input_size"]),
+         "mean": list(card["mean"]), "std": list(card["std"]),
+         "selector": done.get("selector"), "students": run.router.names,
+         "models": [done[name] for name in policy.models if name in done],
+         "policy": policy.to_dict(),
+         "fast_path": str(path),
+         "source": {"run_dir": str(run_dir.resolve()), "torch": torch.__version__}}
+    return m if quant is None else {**m, "quantization": quant}
+
+
 def export_run(run_dir: str | Path, out: str | Path, fmt: str = "torch", fast: str = "fold", force: bool = False,
                log=print, quantize: str | None = None, calib: int | None = None, int8_bound: float = DEFAULT_BOUND,
                int8_min_speedup: float = DEFAULT_MIN_SPEEDUP, report: bool = False, report_rounds: int = REPORT_ROUNDS,
@@ -127,65 +195,13 @@ def export_run(run_dir: str | Path, out: str | Path, fmt: str = "torch", fast: s
         raise MoskdError(f"{out} already exists and is not empty; pass --force to replace it or choose another --out")
     if quantize and fmt != "onnx":
         raise MoskdError("--quantize int8 writes ONNX models; pass --format onnx")
-    run = load_router(run_dir, "cpu")
-    policy = run.router.policy
-    if not RunDir(run_dir).report().policy.is_file():
-        log(f"export: {RunDir(run_dir).report().policy} not found; the bundle routes with the selector alone "
-            f"(run moskd policy --run-dir {run_dir} to fit the full policy)")
-    card = run.card
-    size = list(card["input_size"])
-    example = torch.randn(2, *size, generator=torch.Generator().manual_seed(0))
-    check = torch.randn(5, *size, generator=torch.Generator().manual_seed(1))
-    path = FastPath.parse(fast)
-    if fmt == "torch" and is_onnx_teacher(run.teacher) and len(run.students) in policy.used():  # issue 28
-        log("export: the teacher is an imported ONNX file and cannot be exported to torch; the bundle holds the "
-            "rest and routes with the selector alone (--format onnx keeps the teacher)")
-        run = load_router(run_dir, "cpu", policy=selector_policy(run.card, run.students, float(policy.macs[-1])))
-        policy = run.router.policy
-    used = policy.used()
-    entries: list[tuple[str, nn.Module, dict]] = []
-    if policy.selector:
-        sel = run.router.selector
-        entries.append(("selector", Scores(sel), {"arch": run.selector_card["arch"], "macs": count_macs(sel, size),
-                                                  "params": count_params(sel)}))
-    for k, name in enumerate(policy.models):
-        if k in used:
-            model = run.router.models[k]
-            card = run.teacher_card if name == policy.models[-1] else run.students[k].card
-            entries.append((name, model, {"name": name, "arch": card["arch"], "macs": int(policy.macs[k]),
-                                          "params": count_params(unwrap(model))}))
-
-    suffix = ".pt2" if fmt == "torch" else ".onnx"
+    run = _load(run_dir, fmt, log)
+    policy, size, path = run.router.policy, list(run.card["input_size"]), FastPath.parse(fast)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
     fp32_dir = None
     try:
-        done = {}
-        for name, model, meta in entries:
-            file = f"{name}{suffix}"
-            log(f"export: {name} -> {out / file}")
-            if is_onnx_teacher(model):  # issue 28: its own graph, joined with its input conversion
-                export_onnx_teacher(model.eval(), example, tmp / file)
-            else:
-                model = fast_model(model.eval(), example, path)
-                (_export_torch if fmt == "torch" else _export_onnx)(model, example, tmp / file)
-            diff = _check(tmp / file, fmt, model, check)
-            if diff > CHECK_ATOL:
-                raise MoskdError(f"{name}: the exported program differs from the model by {diff:.2e} "
-                                 f"(> {CHECK_ATOL}); try --fast eager or the other --format")
-            done[name] = {**meta, "file": file, "bytes": (tmp / file).stat().st_size, "max_abs_diff": diff}
-
-        def manifest_of(done: dict, quant: dict | None, policy=policy) -> dict:
-            m = {"format_version": FORMAT_VERSION, "format": fmt, "dataset": card["dataset"],
-                 "class_names": run.class_names, "input_size": size,
-                 "mean": list(card["mean"]), "std": list(card["std"]),
-                 "selector": done.get("selector"), "students": run.router.names,
-                 "models": [done[name] for name in policy.models if name in done],
-                 "policy": policy.to_dict(),
-                 "fast_path": str(path),
-                 "source": {"run_dir": str(run_dir.resolve()), "torch": torch.__version__}}
-            return m if quant is None else {**m, "quantization": quant}
-
+        done = _write_programs(_entries(run, size), tmp, out, fmt, path, size, log)
         quant = rt_rec = None
         if runtime:
             rt_rec, policy = tune_bundle(tmp, done, run, policy, runtime=runtime, precision=precision, calib=calib,
@@ -195,15 +211,14 @@ def export_run(run_dir: str | Path, out: str | Path, fmt: str = "torch", fast: s
                 fp32_dir = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.fp32.", suffix=".tmp"))
                 for e in done.values():
                     shutil.copyfile(tmp / e["file"], fp32_dir / e["file"])
-                write_json(fp32_dir / MANIFEST, manifest_of(copy.deepcopy(done), None))
+                write_json(fp32_dir / MANIFEST, _manifest(run, run_dir, fmt, path, copy.deepcopy(done), policy))
             quant, policy = quantize_bundle(tmp, done, run, policy, calib=calib, bound=int8_bound,
                                             min_speedup=int8_min_speedup, log=log)
-        manifest = manifest_of(done, quant, policy)
+        manifest = _manifest(run, run_dir, fmt, path, done, policy, quant)
         if rt_rec is not None:
             manifest["runtime"] = rt_rec
         write_json(tmp / MANIFEST, manifest)
         if rt_rec is not None and report:
-
             log(deployment_report(run_dir, tmp, name=out, rounds=report_rounds, min_s=report_min_s, run=run))
         if fp32_dir is not None:
             log(f"export: int8 against fp32 on select and test, latency at batch 1 and 64 ({SPEED_THREADS} threads)")
