@@ -100,7 +100,6 @@ def compare_bundles(run_dir, fp32_dir, int8_dir, *, rounds: int = 5, threads: in
     t0 = time.perf_counter()
     res = {k: {"fp32": replay(fb, splits[k][0]), "int8": replay(ib, splits[k][0])} for k in SPLITS}
     replay_s = time.perf_counter() - t0
-    fm, im = entries(fb.manifest), entries(ib.manifest)
     report = {"run_dir": str(Path(run_dir).resolve()), "fp32_bundle": str(fp32_dir), "int8_bundle": str(int8_dir),
               "dataset": fb.manifest["dataset"], "threads": threads, "rounds": rounds, "min_s": min_s,
               "batches": batches,
@@ -108,6 +107,24 @@ def compare_bundles(run_dir, fp32_dir, int8_dir, *, rounds: int = 5, threads: in
               "quantization": ib.manifest.get("quantization"), "models": {}, "routed": {},
               "policy_fp32": fb.policy.describe(), "policy_int8": ib.policy.describe(),
               "machine": {"python": platform.python_version(), "processor": platform.processor() or platform.machine()}}
+    _accuracies(report, fb, ib, splits, res)
+    t0 = time.perf_counter()
+    _latencies(report, fb, ib, splits["test"][0], batches, rounds, min_s)
+    timing_s = time.perf_counter() - t0
+    _routed_vs_teacher(report, fb, batches)
+    tb = report["models"].get(TEACHER, {}).get("bytes_fp32")
+    report["compression"] = {f"{n}:{tag}": {"bytes": r[f"bytes_{tag}"],
+                                            "bytes_vs_fp32": r[f"bytes_{tag}"] / r["bytes_fp32"],
+                                            "bytes_reduction_vs_teacher_fp32": None if tb is None
+                                            else 1 - r[f"bytes_{tag}"] / tb}
+                             for n, r in report["models"].items() for tag in ("fp32", "int8")}
+    report["seconds"] = {"replay": round(replay_s, 1), "timing": round(timing_s, 1)}
+    return report, _arrays(splits, res, entries(fb.manifest))
+
+
+def _accuracies(report: dict, fb, ib, splits: dict, res: dict) -> None:
+    """Per model and for the routed system, per split: fp32 against int8 accuracy and agreement."""
+    fm, im = entries(fb.manifest), entries(ib.manifest)
     for split in SPLITS:
         y = splits[split][1]
         f, q = res[split]["fp32"], res[split]["int8"]
@@ -131,12 +148,13 @@ def compare_bundles(run_dir, fp32_dir, int8_dir, *, rounds: int = 5, threads: in
             "route_share_fp32": dict(zip(fb.route_names, share["fp32"].tolist())),
             "route_share_int8": dict(zip(fb.route_names, share["int8"].tolist())),
             "macs_per_image": float(f["macs"].mean()), "macs_per_image_int8": float(q["macs"].mean())}
-    rb = report["routed"]
-    rb["bytes_fp32"] = sum(e["bytes"] for e in fm.values())
-    rb["bytes_int8"] = sum(e["bytes"] for e in im.values())
+    report["routed"]["bytes_fp32"] = sum(e["bytes"] for e in fm.values())
+    report["routed"]["bytes_int8"] = sum(e["bytes"] for e in im.values())
 
-    # latency: every program of both bundles and both routed systems, side by side in the same rounds
-    test_u8 = splits["test"][0]
+
+def _latencies(report: dict, fb, ib, test_u8: np.ndarray, batches: list[int], rounds: int, min_s: float) -> None:
+    """Every program of both bundles and both routed systems, side by side in the same rounds."""
+    rb = report["routed"]
     calls = {}
     for bs in batches:
         u8 = np.ascontiguousarray(np.resize(test_u8, (bs, *test_u8.shape[1:])))
@@ -145,10 +163,7 @@ def compare_bundles(run_dir, fp32_dir, int8_dir, *, rounds: int = 5, threads: in
             for name, prog in programs(b).items():
                 calls[(name, tag, bs)] = (lambda prog=prog, x=x: prog(x))
             calls[("routed", tag, bs)] = (lambda b=b, u8=u8: b.run(u8))
-    t0 = time.perf_counter()
-    secs = side_by_side(calls, rounds=rounds, min_s=min_s)
-    timing_s = time.perf_counter() - t0
-    for (name, tag, bs), s in secs.items():
+    for (name, tag, bs), s in side_by_side(calls, rounds=rounds, min_s=min_s).items():
         r = rb if name == "routed" else report["models"][name]
         lat = r.setdefault("latency", {})
         lat.setdefault(f"b{bs}", {})[f"{tag}_ms_per_image"] = 1000 * s / bs
@@ -157,26 +172,26 @@ def compare_bundles(run_dir, fp32_dir, int8_dir, *, rounds: int = 5, threads: in
         for k, v in r["latency"].items():
             v["speedup"] = v["int8_images_per_s"] / v["fp32_images_per_s"]
         r["bytes_ratio"] = r["bytes_int8"] / r["bytes_fp32"]
-    # the routed system against the teacher (best precision of each), at the largest batch
-    big = f"b{max(batches)}"
-    macs = {e["name"]: e["macs"] for e in fb.manifest["models"]}
-    if TEACHER in report["models"] and macs.get(TEACHER):
-        t = report["models"][TEACHER]
-        tbest = max(t["latency"][big]["fp32_images_per_s"], t["latency"][big]["int8_images_per_s"])
-        rtag = max(("fp32", "int8"), key=lambda tag: rb["latency"][big][f"{tag}_images_per_s"])
-        rbest = rb["latency"][big][f"{rtag}_images_per_s"]
-        # the MACs of the routed bundle that was faster (a refit moves the int8 one's deferral rate)
-        ratio = macs[TEACHER] / rb["test"]["macs_per_image" if rtag == "fp32" else "macs_per_image_int8"]
-        report["routed_vs_teacher"] = {"batch": max(batches), "speedup": rbest / tbest, "mac_ratio": ratio,
-                                       "routed_precision": rtag, "speedup_over_mac_ratio": rbest / tbest / ratio}
-    tb = report["models"].get(TEACHER, {}).get("bytes_fp32")
-    report["compression"] = {f"{n}:{tag}": {"bytes": r[f"bytes_{tag}"],
-                                            "bytes_vs_fp32": r[f"bytes_{tag}"] / r["bytes_fp32"],
-                                            "bytes_reduction_vs_teacher_fp32": None if tb is None
-                                            else 1 - r[f"bytes_{tag}"] / tb}
-                             for n, r in report["models"].items() for tag in ("fp32", "int8")}
-    report["seconds"] = {"replay": round(replay_s, 1), "timing": round(timing_s, 1)}
 
+
+def _routed_vs_teacher(report: dict, fb, batches: list[int]) -> None:
+    """The routed system against the teacher (best precision of each), at the largest batch."""
+    rb, big = report["routed"], f"b{max(batches)}"
+    macs = {e["name"]: e["macs"] for e in fb.manifest["models"]}
+    if TEACHER not in report["models"] or not macs.get(TEACHER):
+        return
+    t = report["models"][TEACHER]
+    tbest = max(t["latency"][big]["fp32_images_per_s"], t["latency"][big]["int8_images_per_s"])
+    rtag = max(("fp32", "int8"), key=lambda tag: rb["latency"][big][f"{tag}_images_per_s"])
+    rbest = rb["latency"][big][f"{rtag}_images_per_s"]
+    # the MACs of the routed bundle that was faster (a refit moves the int8 one's deferral rate)
+    ratio = macs[TEACHER] / rb["test"]["macs_per_image" if rtag == "fp32" else "macs_per_image_int8"]
+    report["routed_vs_teacher"] = {"batch": max(batches), "speedup": rbest / tbest, "mac_ratio": ratio,
+                                   "routed_precision": rtag, "speedup_over_mac_ratio": rbest / tbest / ratio}
+
+
+def _arrays(splits: dict, res: dict, fm: dict) -> dict:
+    """Per split, the labels and every output of both bundles (int8_eval_<split>.npz)."""
     arrays = {}
     for split in SPLITS:
         a = {"labels": splits[split][1]}
@@ -187,7 +202,7 @@ def compare_bundles(run_dir, fp32_dir, int8_dir, *, rounds: int = 5, threads: in
                 a[f"{tag}_{key}"] = d[n].astype(np.float32)
             a[f"{tag}_route"], a[f"{tag}_routed_logits"] = d["route"], d["routed"].astype(np.float32)
         arrays[split] = a
-    return report, arrays
+    return arrays
 
 
 def write_int8_report(out: Path, report: dict, arrays: dict) -> str:
