@@ -172,6 +172,23 @@ def _candidates_of(name: str, method: str, pre: Path, work: Path, reader, bns, s
     return got
 
 
+def _why_none(cands: list[dict], bound: float, min_speedup: float) -> str:
+    """Why no int8 candidate was kept: the accuracy bound, the speed floor, or each failing one of the two."""
+    best_acc = min(cands, key=lambda c: c["drop_points"])
+    fastest = max(cands, key=lambda c: c["speedup_b64"])
+    why = []
+    if best_acc["drop_points"] > bound:
+        why.append(f"every candidate loses more than {bound} points on select (least: "
+                   f"{best_acc['activation_type']}/{best_acc['calibration']}, {best_acc['drop_points']:.2f})")
+    if fastest["speedup_b64"] <= min_speedup:
+        why.append(f"no candidate is faster than {min_speedup}x fp32 at batch {SPEED_BATCH}, "
+                   f"{SPEED_THREADS} threads (best: {fastest['speedup_b64']:.2f}x)")
+    if not why:
+        why.append(f"the candidates within {bound} points are not faster than {min_speedup}x fp32, and the "
+                   f"faster ones lose more than {bound} points")
+    return "; ".join(why)
+
+
 def quantize_model(name: str, fp32_file: Path, work: Path, calib_x: np.ndarray, scorer: Scorer, *,
                    bound: float, min_speedup: float, rounds: int = 5, log=print) -> tuple[Path | None, dict]:
     """Every candidate of one model, scored on `select`; returns (chosen int8 file or None, record)."""
@@ -222,19 +239,7 @@ def quantize_model(name: str, fp32_file: Path, work: Path, calib_x: np.ndarray, 
         log(f"quantize: {name} {c['activation_type']}/{c['calibration']}{bn}{rr}: select {100 * c['select_accuracy']:.2f}% "
             f"(fp32 {100 * fp32_acc:.2f}%), {c['speedup_b64']:.2f}x fp32 at batch {SPEED_BATCH}")
     if not ok:
-        best_acc = min(cands, key=lambda c: c["drop_points"])
-        fastest = max(cands, key=lambda c: c["speedup_b64"])
-        why = []
-        if best_acc["drop_points"] > bound:
-            why.append(f"every candidate loses more than {bound} points on select (least: "
-                       f"{best_acc['activation_type']}/{best_acc['calibration']}, {best_acc['drop_points']:.2f})")
-        if fastest["speedup_b64"] <= min_speedup:
-            why.append(f"no candidate is faster than {min_speedup}x fp32 at batch {SPEED_BATCH}, "
-                       f"{SPEED_THREADS} threads (best: {fastest['speedup_b64']:.2f}x)")
-        if not why:
-            why.append(f"the candidates within {bound} points are not faster than {min_speedup}x fp32, and the "
-                       f"faster ones lose more than {bound} points")
-        rec["why"] = "; ".join(why)
+        rec["why"] = _why_none(cands, bound, min_speedup)
         return None, rec
     best = choose(ok)
     rec.update({k: best[k] for k in ("activation_type", "weight_type", "reduce_range", "calibration", "speedup_b64",
