@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import sys
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from inference.runtimes import RuntimeUnavailable, native_bf16, open_program, op
 
 COLUMNS = ("onnxruntime/fp32", "onnxruntime/int8", "openvino/fp32", "openvino/bf16", "openvino/int8")
 SHORT = {"onnxruntime": "ORT", "openvino": "OV"}
+ONE_STREAM = "openvino/int8 one stream"  # OV int8 without cutting large batches across streams: what that brings
 
 
 def _label(k: str) -> str:
@@ -59,6 +61,11 @@ def open_all(bundle: Bundle, threads: int) -> tuple[dict, dict]:
                     progs[(name, col)] = open_program(bundle.root / file, rt, pr, threads)
                 except RuntimeUnavailable as ex:
                     why[(name, col)] = str(ex)
+                    continue
+                if rt == "openvino" and pr == "int8" and progs[(name, col)].parts:
+                    one = open_program(bundle.root / file, rt, pr, threads)
+                    one.parts = []  # every batch whole on the one-stream compilation
+                    progs[(name, ONE_STREAM)] = one
     return progs, why
 
 
@@ -106,6 +113,22 @@ def print_table(secs: dict, calls: dict, batches) -> dict:
     return table
 
 
+def paired_ratios(rounds: dict, batches) -> dict:
+    """ORT fp32 over "as chosen", round by round (both ran in every round): the spread says whether a
+    ratio stands above the machine's noise."""
+    out, lines = {}, []
+    for name in dict.fromkeys(n for n, _, _ in rounds):
+        for bs in batches:
+            base, got = rounds.get((name, "onnxruntime/fp32", bs)), rounds.get((name, "chosen", bs))
+            if not base or not got:
+                continue
+            r = sorted(b / c for b, c in zip(base, got))
+            out.setdefault(name, {})[str(bs)] = r
+            lines.append(f"as chosen vs ORT fp32, {name} at batch {bs}, paired per round: median "
+                         f"{statistics.median(r):.2f}x, min {r[0]:.2f}x, max {r[-1]:.2f}x ({len(r)} rounds)")
+    return {"ratios": out, "lines": lines}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 allow_abbrev=False)
@@ -131,7 +154,8 @@ def main(argv=None):
             calls[(name, col, bs)] = (lambda prog=prog, x=x: prog(x))
         for col, b in systems.items():
             calls[("routed", col, bs)] = (lambda b=b, u8=u8: b.run(u8))
-    secs = side_by_side(calls, rounds=a.rounds, min_s=a.min_s)
+    rounds = side_by_side(calls, rounds=a.rounds, min_s=a.min_s, per_round=True)
+    secs = {k: statistics.median(v) for k, v in rounds.items()}
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), platform.processor())
     print(f"{a.bundle}: {cpu}, {a.threads} threads, median of {a.rounds} rounds, ms per batch (ratio to ORT fp32)")
@@ -144,10 +168,20 @@ def main(argv=None):
                                     for n, c in choice.items()))
     for (name, col), w in sorted(why.items()):
         print(f"— {name} {_label(col)}: {w}")
+    for (name, col, bs), s in secs.items():
+        if col == ONE_STREAM and bs >= progs[(name, "openvino/int8")].SPLIT_MIN:
+            base = secs[(name, "onnxruntime/fp32", bs)]
+            print(f"OV int8 on one stream (the whole batch on {a.threads} threads), {name} at batch {bs}: "
+                  f"{1000 * s:.2f} ms ({base / s:.2f}x ORT fp32; the OV int8 column: "
+                  f"{base / secs[(name, 'openvino/int8', bs)]:.2f}x)")
+    paired = paired_ratios(rounds, a.batches)
+    for line in paired["lines"]:
+        print(line)
     if a.out:
         Path(a.out).mkdir(parents=True, exist_ok=True)
         (Path(a.out) / "bench_runtime.json").write_text(json.dumps(
             {"cpu": cpu, "threads": a.threads, "rounds": a.rounds, "ms_per_batch": table, "chosen": choice,
+             "as_chosen_vs_ort_fp32_per_round": paired["ratios"],
              "unavailable": {f"{n} {c}": w for (n, c), w in why.items()}}, indent=1))
         if a.run_dir:
             from inference.deploy_report import deployment_report

@@ -69,9 +69,10 @@ def outputs(sess, x: np.ndarray, batch: int = 256) -> np.ndarray:
                           ).astype(np.float32)
 
 
-def side_by_side(calls: dict, rounds: int = 5, min_s: float = 0.2) -> dict:
+def side_by_side(calls: dict, rounds: int = 5, min_s: float = 0.2, per_round: bool = False) -> dict:
     """Median seconds per call of each zero-argument callable, timed in the same rounds, a fresh
-    shuffled order each round (so load from other processes falls on all of them alike)."""
+    shuffled order each round (so load from other processes falls on all of them alike); with
+    `per_round`, each round's seconds instead (lists in round order, for paired ratios)."""
     rng = np.random.default_rng(0)
     for f in calls.values():  # warm-up: first-run allocations and kernel choices
         f()
@@ -88,7 +89,7 @@ def side_by_side(calls: dict, rounds: int = 5, min_s: float = 0.2) -> dict:
                 if dt >= min_s:
                     break
             times[k].append(dt / n)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return times if per_round else {k: statistics.median(v) for k, v in times.items()}
 
 
 def _call(sess, x: np.ndarray):

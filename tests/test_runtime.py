@@ -345,3 +345,30 @@ def test_a_ceil_mode_pool_overhanging_its_map_is_made_explicit_and_openvino_read
         program = runtimes.open_program(path, runtimes.OV, "fp32", threads=1)
         np.testing.assert_allclose(program(x.numpy()), want, rtol=1e-4, atol=1e-5)
     assert explicit_overhanging_pools(onnx.load(str(path))) == 0  # a second pass finds nothing left
+
+
+@pytest.mark.skipif(runtimes.openvino_missing() is not None, reason="openvino is an optional extra")
+def test_openvino_cuts_a_large_batch_across_its_streams_and_answers_as_one_batch(tmp_path):
+    from inference.export import _export_onnx
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(4 * 6 * 6, 3)).eval()
+    _export_onnx(model, torch.randn(2, 1, 8, 8), tmp_path / "m.onnx")
+    program = runtimes.open_program(tmp_path / "m.onnx", runtimes.OV, "fp32", threads=2)
+    assert len(program.parts) == 2  # one request per stream
+    x = torch.randn(37, 1, 8, 8)  # >= SPLIT_MIN and odd: parts of 19 and 18
+    calls = []
+    for req in program.parts:  # record what each stream is given
+        start = req.start_async
+        req_calls = calls
+
+        def spy(inputs, *rest, _start=start, _calls=req_calls):
+            _calls.append(len(inputs[0]))
+            return _start(inputs, *rest)
+
+        req.start_async = spy
+    got = program(x.numpy())
+    assert sorted(calls) == [18, 19]
+    np.testing.assert_allclose(got, model(x).detach().numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(program(x[:3].numpy()), got[:3], rtol=1e-5, atol=1e-6)  # small: the latency path
