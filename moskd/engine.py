@@ -33,7 +33,7 @@ from moskd.errors import MoskdError
 from moskd.plots import plot_curves
 from moskd.precision import Precision, choose_precision
 from moskd.run import StageDir
-from moskd.runtime import Runtime, log, show_progress
+from moskd.runtime import Runtime, log, show_progress, union_across_ranks
 from moskd.settings import TrainConfig
 
 Batch = tuple  # (images, targets, *extras), already on the device
@@ -286,15 +286,18 @@ def complete(out_dir: Path, summary: dict, keep_last: str) -> None:
 
 def finish(stage: Stage, cfg: TrainConfig, rt: Runtime, summary: dict, test_loader: TensorLoader) -> dict:
     """Score best.pt once on `test` (reporting only: nothing is chosen on it); write summary.json."""
+    # a streamed folder: files that could not be decoded, on any rank (train and select are sharded)
+    streamed = hasattr(test_loader, "skipped")
+    skipped = union_across_ranks(set().union(*(getattr(ld, "skipped", set()) for ld in (
+        stage.train_loader, stage.select_loader)))) if streamed else set()
     if rt.is_main:
         best = load_checkpoint(StageDir(stage.out_dir).best, role=stage.role)
         model = stage.model
         model.load_state_dict(inference_weights(best))
         summary[f"test_{stage.metric_name}"] = evaluate(model, test_loader, stage.metric,
                                                        Runtime(rt.device), cfg.amp)
-        if hasattr(test_loader, "skipped"):  # a streamed folder: files that could not be decoded (this rank's)
-            summary["skipped_files"] = len(set().union(*(getattr(ld, "skipped", set()) for ld in (
-                stage.train_loader, stage.select_loader, test_loader))))
+        if streamed:  # test is scored on this rank alone
+            summary["skipped_files"] = len(skipped | test_loader.skipped)
         complete(stage.out_dir, summary, cfg.keep_last)
         log(rt, f"{stage.role}: best select {stage.metric_name} {summary['best_select']:.4f} "
                 f"(epoch {summary['best_epoch']}), test {stage.metric_name} "

@@ -35,6 +35,16 @@ class Runtime:
             dist.barrier()
 
 
+def union_across_ranks(items: set) -> set:
+    """The union of every rank's `items` (picklable), on every rank; `items` itself outside torchrun.
+    A collective under torchrun: every rank must call it."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return set(items)
+    parts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, sorted(items))
+    return set().union(*map(set, parts))
+
+
 def parse_device(device: str, cuda_count: int, local_rank: int = 0, world: int = 1) -> torch.device:
     """--device as a torch.device with an explicit index, checked against the CUDA devices torch sees.
 

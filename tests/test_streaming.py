@@ -132,6 +132,45 @@ def test_two_process_gloo_shards_of_a_streamed_folder_are_disjoint_and_cover_it(
     assert len(set(a) & set(b)) == 2 * len(a) - train["n"]  # only the wrap-around padding repeats
 
 
+SKIPS = """
+import json, sys, torch.distributed as dist
+from moskd.data import load_data
+from moskd.loader import make_loader
+from moskd.runtime import union_across_ranks
+dist.init_process_group("gloo")
+d = load_data("folder:" + sys.argv[1], image_size=16, max_ram=0, select_fraction=0.2, test_fraction=0.2)
+ld = make_loader(d, "train", 4, train=True, seed=5, rank=dist.get_rank(), world=dist.get_world_size())
+for _ in ld:
+    pass
+mine, every = sorted(ld.skipped), sorted(union_across_ranks(ld.skipped))
+got = [None] * dist.get_world_size()
+dist.all_gather_object(got, {"mine": mine, "union": every})
+if dist.get_rank() == 0:
+    json.dump({"ranks": got, "train": sorted(p.decode() for p in d.splits["train"].paths)}, open(sys.argv[2], "w"))
+dist.destroy_process_group()
+"""
+
+
+def test_under_two_processes_each_ranks_skipped_files_count_once_in_the_union(tmp_path):
+    # the stage summary's skipped_files (moskd.engine.finish) is this union, not rank 0's own share
+    folder = make_folder(tmp_path / "f", per_class=8)
+    for c in ("a", "b", "c"):
+        for i in range(2):
+            (folder / c / f"empty{i}.png").write_bytes(b"")
+    (tmp_path / "skips.py").write_text(SKIPS)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29534",
+           str(tmp_path / "skips.py"), str(folder), str(tmp_path / "out.json")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads((tmp_path / "out.json").read_text())
+    empty_in_train = {p for p in out["train"] if "empty" in p}
+    assert len(empty_in_train) >= 2
+    r0, r1 = out["ranks"]
+    assert set(r0["union"]) == set(r1["union"]) == empty_in_train
+    assert set(r0["mine"]) != empty_in_train or set(r1["mine"]) != empty_in_train  # one rank alone misses some
+
+
 class Interrupt(Exception):
     pass
 
