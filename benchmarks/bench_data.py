@@ -5,10 +5,13 @@
      with --old-code PATH also the in-memory loading of the smallest folder by that checkout's code
      (its moskd.data.load_data at --image-size SIDE), as today's path costs it;
   2. loader images/s (decode + RandomResizedCrop + flip + normalise) with 0, 1 and 2 workers at each
-     --speed-sides size.
+     --speed-sides size;
+  3. with --wait-steps S: the share of a ResNet50 training step (imagenet stem, batch --wait-batch,
+     AdamW) spent waiting for the streaming loader at --side px, with 0 and 2 workers: the seconds
+     blocked in next(loader) over the seconds of S steps (the first 2 steps left out: workers start).
 
     python benchmarks/bench_data.py --root /tmp/bench-data [--sizes 10000 100000] [--side 96]
-        [--speed-sides 96 224] [--speed-images 2000] [--old-code /path/to/old/checkout]
+        [--speed-sides 96 224] [--speed-images 2000] [--old-code /path/to/old/checkout] [--wait-steps 12]
 
 Folders are Fashion-MNIST images (cycled when N exceeds the 70,000 official images) resized to the
 side and saved as RGB JPEGs under ROOT, written once and reused. Each RSS figure comes from its own
@@ -102,6 +105,37 @@ def loader_speed(folder: Path, side: int, workers: int) -> float:
     return seen / (time.perf_counter() - t0)
 
 
+def data_wait_share(folder: Path, side: int, workers: int, steps: int, batch: int) -> dict:
+    """Seconds blocked in next(loader) against a ResNet50 step's seconds, in one training loop
+    (torch on every core; the loader's workers share them, as they do in training)."""
+    import torch
+
+    from moskd.data import load_data
+    from moskd.loader import make_loader
+    from moskd.models import create_model
+    from moskd.precision import choose_precision
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    prec = choose_precision("cpu", training=True)  # as the training loop: bf16 autocast where native, NHWC
+    data = load_data(f"folder:{folder}", image_size=side, select_fraction=0.05, test_fraction=0.05, workers=workers)
+    net = prec.model(create_model("resnet50", data.num_classes, in_chans=3, stem="imagenet").train())
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    wait = step = 0.0
+    it = iter(make_loader(data, "train", batch, train=True))
+    for k in range(steps + 2):
+        t0 = time.perf_counter()
+        x, y = next(it)[:2]
+        t1 = time.perf_counter()
+        loss = torch.nn.functional.cross_entropy(prec.forward(net, x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        t2 = time.perf_counter()
+        if k >= 2:  # the first batches pay the workers' start
+            wait, step = wait + t1 - t0, step + t2 - t1
+    return {"wait_s": wait, "compute_s": step, "share": wait / (wait + step), "precision": prec.name}
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     p.add_argument("--root", type=Path, default=Path("/tmp/bench-data"))
@@ -110,12 +144,21 @@ def main(argv=None) -> None:
     p.add_argument("--speed-sides", type=int, nargs="*", default=[96, 224])
     p.add_argument("--speed-images", type=int, default=2000)
     p.add_argument("--old-code", default=None, help="a checkout whose in-memory loading to measure beside")
+    p.add_argument("--wait-steps", type=int, default=0, help="ResNet50 steps for the data-wait share (0: skip)")
+    p.add_argument("--wait-batch", type=int, default=64)
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.child:
         print(json.dumps(child_rss(a.child, a.side, a.old_code)))
         return
-    print(f"host: {os.cpu_count()} CPUs; torch threads 1 per process")
+    print(f"host: {os.cpu_count()} CPUs; torch threads 1 per process (the data-wait loop: all of them)")
+    if a.wait_steps:
+        folder = make_folder(a.root / f"n{a.speed_images}-s{a.side}", a.speed_images, a.side)
+        for w in (0, 2):
+            r = data_wait_share(folder, a.side, w, a.wait_steps, a.wait_batch)
+            print(f"ResNet50 training ({r['precision']}) at {a.side}px, batch {a.wait_batch}, {a.wait_steps} steps, {w} workers: "
+                  f"waiting for data {r['wait_s']:.2f} s of {r['wait_s'] + r['compute_s']:.2f} s = "
+                  f"{100 * r['share']:.1f}% (target <= 10% with 2 workers)")
     base = None
     for n in a.sizes:
         r = measure_rss(make_folder(a.root / f"n{n}-s{a.side}", n, a.side), a.side)

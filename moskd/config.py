@@ -182,7 +182,13 @@ def load_yaml_overrides(cls: type, path: str, section: str | Sequence[str], sect
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Show defaults and keep the description's line breaks."""
+    """Show defaults and keep the description's line breaks; no "(default: None)" after a help that
+    says its default in words, nor after an unset flag."""
+
+    def _get_help_string(self, action):
+        if action.default is None or "(default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
 
 
 class Parser(argparse.ArgumentParser):
