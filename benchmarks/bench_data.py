@@ -139,7 +139,7 @@ def data_wait_share(folder: Path, side: int, workers: int, steps: int, batch: in
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     p.add_argument("--root", type=Path, default=Path("/tmp/bench-data"))
-    p.add_argument("--sizes", type=int, nargs="+", default=[10000, 100000])
+    p.add_argument("--sizes", type=int, nargs="*", default=[10000, 100000], help="folder sizes for peak RSS (none: skip)")
     p.add_argument("--side", type=int, default=96)
     p.add_argument("--speed-sides", type=int, nargs="*", default=[96, 224])
     p.add_argument("--speed-images", type=int, default=2000)
@@ -165,7 +165,7 @@ def main(argv=None) -> None:
         base = base or r["rss_mib"]
         print(f"peak RSS, {n} JPEGs at {a.side}px, load + one training pass + forward ({r['backend']}, "
               f"{r['passed']} images, {r['seconds']} s): {r['rss_mib']} MiB ({r['rss_mib'] / base:.3f}x the first)")
-    if a.old_code:
+    if a.old_code and a.sizes:
         n = a.sizes[0]
         r = measure_rss(a.root / f"n{n}-s{a.side}", a.side, a.old_code)
         print(f"peak RSS, {n} JPEGs at {a.side}px, loading only, the old in-memory code ({a.old_code}): "
