@@ -29,8 +29,7 @@ every batch, so an interrupted job keeps its rows; --resume continues it), --out
 unless --output-format jsonl). Inputs are listed and decoded as they are reached (--workers N
 processes), and each model runs its routed sub-batch in power-of-two chunks (37 images = 32 + 4 + 1:
 at most 9 batch shapes per model at --batch-size 256, where sub-batches of every size would grow
-the allocators), so
-memory stays flat in the number of files. The human-readable table goes to stderr
+the allocators), so memory stays flat in the number of files. The human-readable table goes to stderr
 (past a screenful of rows, a summary instead), or nowhere with --quiet (then each failed input
 gets one line on stderr instead). The exit code is 2 when any input failed (its row is still
 written) and for bad flags.
