@@ -5,7 +5,7 @@
     out = bundle.run(uint8_batch)              # (N, C, H, W) uint8 -> answers, routes, scores, macs
 
 Written by `moskd export`. This module imports only the standard library, numpy, PIL (through
-inference.images), moskd.policy (numpy only) and the backend the bundle needs: torch for `.pt2`
+inference.images), moskd.policy and moskd.batch_shapes (numpy only) and the backend the bundle needs: torch for `.pt2`
 programs, onnxruntime for `.onnx` files. It never imports moskd's training code, the stages, timm
 or torchvision, so a bundle runs where only those are installed; tests/test_export.py checks that
 in a fresh process. Each ONNX model runs in the (runtime, precision) the manifest names
@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from moskd.batch_shapes import in_power_of_two_batches
 from moskd.policy import Policy, PolicyError, decide
 
 MANIFEST = "manifest.json"
@@ -82,12 +83,16 @@ class _RegimeProgram:
 class Bundle:
     """A loaded bundle: preprocessing card, class names, one program per model, the routing policy."""
 
-    def __init__(self, root: str | Path, threads: int | None = None, force: str | None = None):
+    def __init__(self, root: str | Path, threads: int | None = None, force: str | None = None,
+                 pow2_batches: bool = False):
         """force: "RUNTIME/PRECISION" runs every ONNX model so (e.g. "onnxruntime/fp32", the baseline
         the deployment report compares with) instead of the manifest's choice; a model with no file in
-        that precision (int8 not kept) runs its fp32 file in that runtime."""
+        that precision (int8 not kept) runs its fp32 file in that runtime. pow2_batches: each program
+        runs its batch in power-of-two chunks (moskd.batch_shapes); the batch regime (small_batch) is
+        still chosen on the whole sub-batch."""
         self.root = Path(root)
         self.force = force
+        self.pow2_batches = pow2_batches
         self.fallbacks: list[tuple[str, str]] = []  # (model, why) run under onnxruntime instead of openvino
         path = self.root / MANIFEST
         if not path.is_file():
@@ -128,7 +133,7 @@ class Bundle:
         if not path.is_file():
             raise BundleError(f"{path} not found; the bundle is incomplete, export it again")
         try:
-            return self._onnx(entry, threads) if path.suffix == ".onnx" else _TorchProgram(path)
+            return self._onnx(entry, threads) if path.suffix == ".onnx" else self._chunked(_TorchProgram(path))
         except BundleError:
             raise
         except ImportError as e:
@@ -164,13 +169,17 @@ class Bundle:
         if not (self.root / file).is_file():
             raise BundleError(f"{self.root / file} not found; the bundle is incomplete, export it again")
         try:
-            return open_program(self.root / file, runtime, precision, threads)
+            return self._chunked(open_program(self.root / file, runtime, precision, threads))
         except RuntimeUnavailable as e:
             if runtime == ORT:
                 raise BundleError(f"{self.root / file}: {e}; export the bundle again") from None
             self.fallbacks.append((entry.get("name", "selector"), str(e)))
             bf = "fp32" if precision == "bf16" else precision
-            return open_program(self.root / files[bf], ORT, bf, threads)
+            return self._chunked(open_program(self.root / files[bf], ORT, bf, threads))
+
+    def _chunked(self, program):
+        """One program as this bundle runs it: whole batches, or power-of-two chunks (pow2_batches)."""
+        return in_power_of_two_batches(program) if self.pow2_batches else program
 
     def normalize(self, x: np.ndarray) -> np.ndarray:
         """(N, C, H, W) uint8 -> float32, as moskd.data.normalize does it."""
@@ -196,5 +205,6 @@ class Bundle:
                 "routing": self.policy.describe(), "source": m.get("source")}
 
 
-def load_bundle(root: str | Path, threads: int | None = None, force: str | None = None) -> Bundle:
-    return Bundle(root, threads, force)
+def load_bundle(root: str | Path, threads: int | None = None, force: str | None = None,
+                pow2_batches: bool = False) -> Bundle:
+    return Bundle(root, threads, force, pow2_batches)

@@ -27,7 +27,9 @@ or a fixed first model), when it goes on to the next model, and how answers comb
 --output FILE.csv or FILE.jsonl writes the rows to a file as they are predicted (flushed after
 every batch, so an interrupted job keeps its rows; --resume continues it), --output - to stdout (CSV
 unless --output-format jsonl). Inputs are listed and decoded as they are reached (--workers N
-processes), so memory stays flat in the number of files. The human-readable table goes to stderr
+processes), and each model runs its routed sub-batch in power-of-two chunks (37 images = 32 + 4 + 1:
+at most 9 batch shapes per model at --batch-size 256, where sub-batches of every size would grow
+the allocators), so memory stays flat in the number of files. The human-readable table goes to stderr
 (past a screenful of rows, a summary instead), or nowhere with --quiet (then each failed input
 gets one line on stderr instead). The exit code is 2 when any input failed (its row is still
 written) and for bad flags.

@@ -13,7 +13,7 @@ from PIL import Image  # tests patch Image.open here
 from tqdm import tqdm
 
 from inference.bundle import BundleError, BundleOutput, load_bundle
-from inference.router import Router, load_router
+from inference.router import Router, load_router, rebatched
 from moskd.profile import count_macs
 from inference.files import decode_chunk, decoded_chunks, iter_inputs, nth_input, predict_chunk
 from inference.images import preprocess_array
@@ -43,9 +43,9 @@ class RunPredictor:
     """A run's router (checkpoints, training code) behind the deployment bundle's interface
     (inference.bundle.Bundle): uint8 batch in, answers, routes, scores and MACs out. Every --fast
     path runs the same routing policy (RUN/policy.json): only the models are swapped for their fast
-    versions."""
+    versions. pow2_batches: each model runs its sub-batch in power-of-two chunks (Router)."""
 
-    def __init__(self, run, device="cpu", fast: str = "eager"):
+    def __init__(self, run, device="cpu", fast: str = "eager", pow2_batches: bool = False):
 
         self.run_models, self.device = run, torch.device(device)
         self.fast = FastPath.parse(fast)
@@ -70,8 +70,8 @@ class RunPredictor:
             fast = lambda m: fast_model(m, example, self.fast) if m is not None else None  # noqa: E731
             used = self.policy.used()
             router = Router(self.policy, [fast(m) if k in used else None for k, m in enumerate(router.models)],
-                            fast(router.selector), router.num_students, router.num_classes)
-        self.router = router
+                            fast(router.selector), router.num_students, router.num_classes, pow2_batches)
+        self.router = router if router.pow2_batches == pow2_batches else rebatched(router, pow2_batches)
         self._info = {"format": "run", "dataset": run.card["dataset"], "classes": list(self.class_names),
                       "input_size": list(size), "models": models, "policy": self.policy.to_dict(),
                       "routing": self.policy.describe(), "fast": str(self.fast)}
@@ -87,21 +87,24 @@ class RunPredictor:
         return self._info
 
 
-def open_bundle(path: str, threads: int | None = None):
+def open_bundle(path: str, threads: int | None = None, pow2_batches: bool = False):
     """inference.bundle.load_bundle with its errors as one MoskdError line."""
 
     try:
-        return load_bundle(path, threads)
+        return load_bundle(path, threads, pow2_batches=pow2_batches)
     except BundleError as e:
         raise MoskdError(str(e)) from None
 
 
-def load_predictor(run_dir: str | None = None, bundle: str | None = None, device="cpu", fast: str = "fold+cl"):
-    """The bundle's runtime (no training code) or the run's router, behind one interface."""
+def load_predictor(run_dir: str | None = None, bundle: str | None = None, device="cpu", fast: str = "fold+cl",
+                   pow2_batches: bool = False):
+    """The bundle's runtime (no training code) or the run's router, behind one interface.
+    pow2_batches: every model runs in power-of-two chunks (moskd.batch_shapes), so a long stream of
+    routed batches of every size keeps memory flat; off, each sub-batch runs as one batch."""
     if bundle is not None:
-        return open_bundle(bundle)
+        return open_bundle(bundle, pow2_batches=pow2_batches)
 
-    return RunPredictor(load_router(run_dir, device), device, fast)
+    return RunPredictor(load_router(run_dir, device), device, fast, pow2_batches)
 
 
 def predict_files(run, files: list[Path], batch_size: int, invert: str, device, on_fail=None) -> list[dict]:
@@ -133,7 +136,8 @@ def run(cfg, inputs: list[str], prog: str = "inference") -> int:
     """`inference PATHS...` once its flags are parsed and checked (inference.cli.main): one row per input."""
     fmt = output_format(cfg.output, cfg.output_format)
     rt = setup_runtime(cfg.device)
-    predictor = load_predictor(cfg.run_dir, cfg.bundle, rt.device, cfg.fast)
+    # a stream of routed sub-batches of every size: power-of-two chunks keep memory flat in the number of files
+    predictor = load_predictor(cfg.run_dir, cfg.bundle, rt.device, cfg.fast, pow2_batches=True)
     if cfg.resume and cfg.output in (None, "-"):
         raise MoskdError("--resume continues an output file; pass --output FILE.csv or FILE.jsonl")
     writer = RowWriter(cfg.output, fmt, predictor.names, cfg.resume)

@@ -2,8 +2,9 @@
 
 For a batch: the selector's scores when the policy starts with the selector (sigmoid: P(student
 right)), then moskd.policy.decide, which asks for each model's outputs only on the images whose
-chain reaches it; each such sub-batch runs as ONE batch on that model, and results come back in
-input order. The policy alone decides; this module only runs the models it asks for. Every model
+chain reaches it; each such sub-batch runs as ONE batch on that model (or, with pow2_batches, as its
+power-of-two chunks: moskd.batch_shapes, which streamed prediction uses to keep memory flat), and
+results come back in input order. The policy alone decides; this module only runs the models it asks for. Every model
 is in eval mode (batch norm uses running statistics) and every step reads an image's own outputs,
 so an image's answer never depends on the rest of its batch.
 """
@@ -23,6 +24,7 @@ from torch import nn
 from moskd.errors import MoskdError
 from moskd.models import adapt_input, build_model_from_checkpoint
 from moskd.atomic import read_json
+from moskd.batch_shapes import power_of_two_slices
 from moskd.policy import TEACHER, Policy, PolicyError, decide, router_policy
 from moskd.precision import Precision, choose_precision
 from moskd.profile import count_macs
@@ -44,10 +46,12 @@ def answer_logits(probs: np.ndarray) -> np.ndarray:
 
 
 class Router(nn.Module):
-    """models: one module per policy.models entry (None for a model the policy never reaches)."""
+    """models: one module per policy.models entry (None for a model the policy never reaches).
+    pow2_batches: every model, the selector included, runs each of its batches in power-of-two chunks
+    (moskd.batch_shapes), so it sees at most log2(batch) + 1 shapes however the images route."""
 
     def __init__(self, policy: Policy, models: Sequence[nn.Module | None], selector: nn.Module | None,
-                 num_students: int | None = None, num_classes: int | None = None):
+                 num_students: int | None = None, num_classes: int | None = None, pow2_batches: bool = False):
         super().__init__()
         if len(models) != len(policy.models):
             raise ValueError(f"the policy runs {len(policy.models)} models, {len(models)} given")
@@ -64,11 +68,17 @@ class Router(nn.Module):
         self.names = self.route_names[:self.num_students]  # the students, in route order
         self.num_classes = num_classes  # the width of an empty batch's answer (None: ask a model)
         self.precision: Precision | None = None  # set by load_router: layout and autocast of every forward
+        self.pow2_batches = pow2_batches
+
+    def _forward(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if not self.pow2_batches or len(x) == 0:
+            return model(x)
+        return torch.cat([model(x[s]) for s in power_of_two_slices(len(x))])
 
     def scores(self, x: torch.Tensor) -> torch.Tensor:
         if self.selector is None:
             return x.new_zeros((len(x), self.num_students), dtype=torch.float32)
-        return self.selector(x).float().sigmoid()
+        return self._forward(self.selector, x).float().sigmoid()
 
     @torch.inference_mode()
     def forward(self, x: torch.Tensor) -> Routed:
@@ -85,7 +95,7 @@ class Router(nn.Module):
 
             def run_model(k: int, idx: np.ndarray) -> np.ndarray:
                 sub = x.index_select(0, torch.from_numpy(idx).to(x.device))
-                return self.models[k](sub).float().cpu().numpy()
+                return self._forward(self.models[k], sub).float().cpu().numpy()
 
             d = decide(self.policy, len(x), run_model, scores.cpu().numpy())
         dev = x.device
@@ -188,6 +198,16 @@ def _router(policy: Policy, students: list[Student], teacher: nn.Module | None, 
     router.selector_module = selector  # evaluation reads the selector's scores whatever the policy
     router.precision = prec
     return router
+
+
+def rebatched(router: Router, pow2_batches: bool) -> Router:
+    """A Router over the same modules, policy and precision, with pow2_batches as given."""
+    new = Router(router.policy, list(router.models), router.selector, router.num_students, router.num_classes,
+                 pow2_batches)
+    new.precision = router.precision
+    if hasattr(router, "selector_module"):
+        new.selector_module = router.selector_module
+    return new
 
 
 def routed_by(run: RunModels, policy: Policy) -> RunModels:

@@ -21,13 +21,14 @@ from inference.cli import export_main
 from inference.cli import main as inference_main
 from inference.router import load_router
 from moskd.data import load_data
+from moskd.policy import entry_routes, knob_grid
 from moskd.views import normalize
 from tests.test_selector import trained_run  # noqa: F401  (session fixture: a tiny trained run)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = Path(__file__).resolve().parent.parent
 TRAINING = ("selector", "students", "teacher", "timm", "torchvision")
-CORE_ALLOWED = {"moskd", "moskd.policy", "moskd.ort"}  # the numpy-only routing policy and the onnxruntime session; no training code
+CORE_ALLOWED = {"moskd", "moskd.policy", "moskd.batch_shapes", "moskd.ort"}  # the numpy-only routing policy, power-of-two batches and the onnxruntime session; no training code
 
 
 @pytest.fixture(scope="session")
@@ -148,3 +149,53 @@ def test_bad_bundle_and_bad_export_are_one_line(bundles, trained_run, tmp_path, 
     assert code == 2 and "--force" in err and (broken / "manifest.json").is_file()  # nothing lost
     code, _, err = cli(export_main, ["--run-dir", str(tmp_path / "no-run"), "--out", str(tmp_path / "b")])
     assert code == 2 and "no such run directory" in err and "--run-dir" in err and not (tmp_path / "b").exists()
+
+
+def _binary(n: int) -> list[int]:
+    """n's binary decomposition, largest part first (written out here, not taken from the code under test)."""
+    return [1 << b for b in range(n.bit_length() - 1, -1, -1) if n >> b & 1]
+
+
+def test_pow2_batches_bundle_runs_power_of_two_chunks_in_the_whole_sub_batch_regime(bundles, tmp_path,
+                                                                                   monkeypatch):
+    """inference --bundle's setting: each ONNX program gets its sub-batch in power-of-two chunks, the
+    answers equal the one-batch bundle's, and the batch regime (small_batch: the batch-1 choice for at
+    most `up_to` images) is chosen on the whole sub-batch, so a 37-image sub-batch's chunk of 1 still
+    runs the large-batch program."""
+    import shutil
+
+    import inference.runtimes
+
+    path = tmp_path / "bundle"
+    shutil.copytree(bundles["onnx"][0], path)
+    images = load_data("digits").splits["test"].images.numpy()
+    manifest = json.loads((path / "manifest.json").read_text())
+    entry = manifest["policy"]["entry"]  # a knob that splits the images between the students
+    scores = load_bundle(path).run(images).scores
+    costs = np.asarray(entry["costs"])
+    entry["knob"] = min(knob_grid(scores, costs, entry["tie_margin"]),
+                        key=lambda k: abs(entry_routes(scores, entry["tie_margin"], k, costs).mean() - 0.5))
+    for e in manifest["models"]:  # a second regime per student; the fake below opens it with onnxruntime too
+        e["small_batch"] = {"runtime": "openvino", "precision": "fp32", "up_to": 4}
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    calls: list[tuple[str, str, int]] = []  # (file, runtime asked for, batch size)
+    open_program = inference.runtimes.open_program
+
+    def logged(file, runtime="onnxruntime", precision="fp32", threads=None):
+        program = open_program(file, "onnxruntime", precision, threads)
+        return lambda x: calls.append((Path(file).stem, runtime, len(x))) or program(x)
+
+    monkeypatch.setattr(inference.runtimes, "open_program", logged)
+    whole = load_bundle(path).run(images)
+    whole_calls = list(calls)
+    calls.clear()
+    chunked = load_bundle(path, pow2_batches=True).run(images)
+    assert chunked.routes.tolist() == whole.routes.tolist()
+    assert np.abs(chunked.logits - whole.logits).max() <= 1e-5 and np.abs(chunked.scores - whole.scores).max() <= 1e-5
+    for name in ["selector", *manifest["students"]]:
+        one = [(rt, n) for f, rt, n in whole_calls if f == name]
+        assert len(one) == 1, (name, whole_calls)  # one batch per program without pow2_batches
+        runtime, n = one[0]
+        assert [(rt, m) for f, rt, m in calls if f == name] == [(runtime, m) for m in _binary(n)], name
+    student_sizes = [n for f, _, n in whole_calls if f != "selector"]
+    assert any(n > 4 and n & (n - 1) for n in student_sizes)  # some sub-batch really was split, above up_to

@@ -95,3 +95,35 @@ def test_inputs_are_listed_lazily_in_sorted_order(tmp_path):
     (tmp_path / "nothing").mkdir()
     assert "no image files found" in list(iter_inputs([str(tmp_path / "nothing")]))[0][1]
     assert inference.files.nth_input([str(src)], 44) == src / "2" / "044.png"
+
+
+@pytest.mark.parametrize("fast", ["fold+cl", "eager"])
+def test_inference_runs_every_model_in_power_of_two_batches_with_the_same_rows(trained_run, tmp_path,  # noqa: F811
+                                                                                 cli, monkeypatch, fast):
+    """A stream of routed sub-batches of every size would grow memory with the number of files
+    (benchmarks/bench_predictor_rss.py): `inference` feeds each model power-of-two chunks only, and
+    its rows equal those of one batch per model."""
+    src = folder(tmp_path, 40)  # 40 files, one of them bad: a chunk of 15 good images
+    sizes: list[int] = []
+    load_predictor = inference.predict.load_predictor
+
+    def hooked(*args, **kwargs):
+        predictor = load_predictor(*args, **kwargs)
+        for m in [predictor.router.selector, *predictor.router.models]:
+            m.register_forward_hook(lambda mod, inp, out: sizes.append(len(inp[0])))
+        return predictor
+
+    monkeypatch.setattr(inference.predict, "load_predictor", hooked)
+    out = tmp_path / "rows.jsonl"
+    code, _, err = cli(inference_main, ["--run-dir", str(trained_run), str(src), "--device", "cpu", "--batch-size",
+                                        "16", "--output", str(out), "--quiet", "--fast", fast])
+    assert code == 2 and "1 of 40 input(s) could not be predicted" in err
+    assert sizes and all(n & (n - 1) == 0 for n in sizes), sorted(set(sizes))
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    whole = load_predictor(str(trained_run), None, "cpu", fast)  # pow2_batches off: one batch per model
+    assert not whole.router.pow2_batches
+    files = [p for p, _ in iter_inputs([str(src)])]
+    want = inference.predict.predict_files(whole, files, 16, "auto", "cpu")
+    assert [(r["path"], r["class_index"], r["student"]) for r in rows] == \
+        [(r["path"], r["class_index"], r["student"]) for r in want]
+    assert [r["probability"] for r in rows] == pytest.approx([r["probability"] for r in want], abs=1e-6)

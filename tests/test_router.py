@@ -309,3 +309,53 @@ def test_loaded_router_refuses_a_policy_for_other_students(split_run):
     pol = Policy("single", ["one", "zero", "teacher"], m, {"rule": "fixed", "model": 0})
     with pytest.raises(MoskdError, match="refit"):
         load_router(split_run.path, device="cpu", policy=pol)
+
+
+# ---------------------------------------------------------------- power-of-two batches (streamed prediction)
+
+
+def _is_power_of_two(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
+
+
+def _binary(n: int) -> list[int]:
+    """n's binary decomposition, largest part first (written out here, not taken from the code under test)."""
+    return [1 << b for b in range(n.bit_length() - 1, -1, -1) if n >> b & 1]
+
+
+@pytest.mark.parametrize("n", [1, 7, 37, 45])
+def test_pow2_batches_feed_each_model_its_binary_decomposition_and_change_no_answer(parts, n):
+    models, selector, _, _, _ = parts
+    x = torch.randn(n, 1, 8, 8, generator=torch.Generator().manual_seed(n))
+    entry = {"rule": "selector", "students": [0, 1], "knob": 0.1, "tie_margin": 0.02, "costs": [0.5, 1.0], "macs": 3.0}
+    pol = Policy("hybrid", NAMES, MACS, entry, [Step(0, 2, "max_softmax", 0.6), Step(1, 2, "max_softmax", 0.6)])
+    whole, whole_sizes = run_logged(Router(pol, models, selector, 2), x)
+    chunked_router = Router(pol, models, selector, 2, pow2_batches=True)
+    sel_log = CallLog(selector)
+    try:
+        chunked, sizes = run_logged(chunked_router, x)
+    finally:
+        sel_log.close()
+    assert sel_log.sizes == _binary(n)  # 37 -> 32, 4, 1
+    for k, (got, one_batch) in enumerate(zip(sizes, whole_sizes)):
+        assert got == _binary(sum(one_batch)), (k, got, one_batch)  # the same images, in power-of-two chunks
+    assert n == 1 or any(len(got) > 1 for got in sizes)  # some sub-batch really was split
+    assert chunked.routes.tolist() == whole.routes.tolist() and chunked.models.tolist() == whole.models.tolist()
+    assert chunked.macs.tolist() == whole.macs.tolist()
+    torch.testing.assert_close(chunked.logits, whole.logits, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(chunked.scores, whole.scores, rtol=1e-6, atol=1e-6)
+
+
+def test_power_of_two_slices_cover_the_batch_in_order():
+    from moskd.batch_shapes import in_power_of_two_batches, power_of_two_slices
+
+    for n in range(0, 300):
+        slices = power_of_two_slices(n)
+        lengths = [s.stop - s.start for s in slices]
+        assert sum(lengths) == n and all(_is_power_of_two(m) for m in lengths)
+        assert len(set(lengths)) == len(lengths) == bin(n).count("1")
+        assert [i for s in slices for i in range(s.start, s.stop)] == list(range(n))
+    x = np.arange(37 * 2).reshape(37, 2)
+    seen = []
+    got = in_power_of_two_batches(lambda a: seen.append(len(a)) or a * 10)(x)
+    assert seen == [32, 4, 1] and np.array_equal(got, x * 10)
