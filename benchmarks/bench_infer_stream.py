@@ -83,6 +83,7 @@ def main(argv=None) -> None:
     p.add_argument("--folder-of", nargs="+", required=True, metavar="N=FOLDER")
     p.add_argument("--old-code", type=Path, default=None)
     p.add_argument("--tmp", type=Path, default=Path("/tmp/bench-infer-stream"))
+    p.add_argument("--no-kill", action="store_true", help="skip the kill + --resume part")
     a = p.parse_args(argv)
     a.run, a.tmp = str(Path(a.run).resolve()), a.tmp.resolve()  # the children run in the measured checkout
     a.old_code = a.old_code.resolve() if a.old_code else None
@@ -93,8 +94,9 @@ def main(argv=None) -> None:
             mib, inner, sec, rows = peak_rss(code, a.run, folder, a.tmp / f"{n}.csv")
             print(f"{label}: {n} files: peak RSS {mib:.0f} MiB ({inner:.0f} MiB before the interpreter's exit), "
                   f"{sec:.1f} s, {rows} rows written", flush=True)
-    n, folder = folders[-1]
-    kill_and_resume(a.run, folder, n, a.tmp / "killed.csv")
+    if not a.no_kill:
+        n, folder = folders[-1]
+        kill_and_resume(a.run, folder, n, a.tmp / "killed.csv")
     print(f"(resource: {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024:.0f} MiB max over children)")
 
 
