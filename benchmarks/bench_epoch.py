@@ -28,9 +28,9 @@ from moskd.run import RunDir  # noqa: E402  (torch-free)
 JOBS = [
     ("digits teacher (ResNet50, 4 epochs)", "teacher.cli",
      ["--dataset", "digits", "--epochs", "4", "--seed", "0"]),
-    ("fashion-mnist GoogLeNet, no teacher (6,000 images, 3 epochs)", "students.cli",
-     ["--dataset", "fashion-mnist", "--model", "2", "--no-teacher", "--train-limit", "6000", "--epochs", "3",
-      "--seed", "0"]),
+    ("fashion-mnist GoogLeNet, imagenet stem, no teacher (at most 6,000 images per split, 3 epochs)", "students.cli",
+     ["--dataset", "fashion-mnist", "--model", "2", "--stem", "imagenet", "--no-teacher", "--limit", "6000",
+      "--epochs", "3", "--seed", "0"]),
 ]
 # where each job's metrics.jsonl is: the run layout's own names (moskd.run.RunDir), the same in both codes
 STAGE = {"teacher.cli": lambda run: run.teacher,
