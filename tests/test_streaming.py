@@ -93,6 +93,17 @@ def test_crop_views_at_64_px_and_above_come_with_their_records(tmp_path):
     assert x_eval.shape[1:] == (3, 64, 64)
 
 
+def two_processes(script: str, folder: Path, tmp_path: Path, port: int) -> dict:
+    """`script FOLDER OUT.json` under a 2-process gloo torchrun; what rank 0 wrote."""
+    (tmp_path / "script.py").write_text(script)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port),
+           str(tmp_path / "script.py"), str(folder), str(tmp_path / "out.json")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads((tmp_path / "out.json").read_text())
+
+
 SHARDS = """
 import json, sys, torch, torch.distributed as dist
 from moskd.data import load_data
@@ -116,13 +127,7 @@ dist.destroy_process_group()
 
 def test_two_process_gloo_shards_of_a_streamed_folder_are_disjoint_and_cover_it(tmp_path):
     folder = make_folder(tmp_path / "f", per_class=9)
-    (tmp_path / "shards.py").write_text(SHARDS)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533",
-           str(tmp_path / "shards.py"), str(folder), str(tmp_path / "out.json")]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    out = json.loads((tmp_path / "out.json").read_text())
+    out = two_processes(SHARDS, folder, tmp_path, port=29533)
     test = out["test"]
     a, b = test["shards"]
     assert not set(a) & set(b) and sorted(a + b) == list(range(test["n"]))  # eval: disjoint, unpadded
@@ -157,13 +162,7 @@ def test_under_two_processes_each_ranks_skipped_files_count_once_in_the_union(tm
     for c in ("a", "b", "c"):
         for i in range(2):
             (folder / c / f"empty{i}.png").write_bytes(b"")
-    (tmp_path / "skips.py").write_text(SKIPS)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29534",
-           str(tmp_path / "skips.py"), str(folder), str(tmp_path / "out.json")]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    out = json.loads((tmp_path / "out.json").read_text())
+    out = two_processes(SKIPS, folder, tmp_path, port=29534)
     empty_in_train = {p for p in out["train"] if "empty" in p}
     assert len(empty_in_train) >= 2
     r0, r1 = out["ranks"]
