@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from moskd.atomic import write_bytes
+
 
 def _pool_out(size: int, k: int, s: int, pb: int, pe: int, d: int) -> int:
     """PyTorch's ceil-mode output length: the last window must start inside the input or its left pad."""
@@ -67,5 +69,5 @@ def fix_file(path: str | Path) -> int:
     model = onnx.load(str(path))
     fixed = explicit_overhanging_pools(model)
     if fixed:
-        onnx.save(model, str(path))
+        write_bytes(path, model.SerializeToString())
     return fixed
