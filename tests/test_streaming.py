@@ -121,6 +121,7 @@ for split, train in (("train", True), ("test", False)):
     out[split] = {"n": n, "shards": got}
 if rank == 0:
     json.dump(out, open(sys.argv[2], "w"))
+dist.barrier()  # both ranks done before either tears gloo down (a rank left alone aborts)
 dist.destroy_process_group()
 """
 
@@ -152,6 +153,7 @@ got = [None] * dist.get_world_size()
 dist.all_gather_object(got, {"mine": mine, "union": every})
 if dist.get_rank() == 0:
     json.dump({"ranks": got, "train": sorted(p.decode() for p in d.splits["train"].paths)}, open(sys.argv[2], "w"))
+dist.barrier()  # both ranks done before either tears gloo down (a rank left alone aborts)
 dist.destroy_process_group()
 """
 
