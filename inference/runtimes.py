@@ -17,6 +17,7 @@ This module imports only numpy and the standard library; each runtime is importe
 """
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -130,8 +131,6 @@ class OpenVinoProgram:
 
     def __init__(self, path: Path, precision: str, threads: int | None):
         global _CORE
-        import os
-
         import openvino as ov
 
         _CORE = _CORE or ov.Core()

@@ -360,11 +360,8 @@ def test_openvino_cuts_a_large_batch_across_its_streams_and_answers_as_one_batch
     x = torch.randn(37, 1, 8, 8)  # >= SPLIT_MIN and odd: parts of 19 and 18
     calls = []
     for req in program.parts:  # record what each stream is given
-        start = req.start_async
-        req_calls = calls
-
-        def spy(inputs, *rest, _start=start, _calls=req_calls):
-            _calls.append(len(inputs[0]))
+        def spy(inputs, *rest, _start=req.start_async):
+            calls.append(len(inputs[0]))
             return _start(inputs, *rest)
 
         req.start_async = spy
