@@ -2,17 +2,19 @@
 the ratio to onnxruntime fp32, per model and for the routed system.
 
     python benchmarks/bench_runtime.py BUNDLE [--threads 2] [--rounds 5] [--min-s 0.2] [--batches 1 64]
-                                       [--run-dir RUN --out DIR]
+                                       [--gather 8] [--run-dir RUN --out DIR]
 
 Columns: ORT fp32, ORT int8, OV fp32, OV bf16, OV int8 (OV: OpenVINO), then the bundle as chosen at
 export (its manifest). All programs of all columns and batch sizes are timed in the same rounds, in a
 fresh shuffled order each round (medians). A cell is "—" where this host cannot run it (the reason is
 printed below the table): no int8 file kept for the model, no OpenVINO, no native bf16, a graph
 OpenVINO refuses. A routed row runs the whole bundle in that column's runtime/precision (a model with
-no int8 file runs its fp32 file there). Inputs: with --run-dir, the run's test images (cycled to the
-batch size), since a routed system's deferrals depend on them; else random images (every image then
-defers, so the routed row runs every model). With --run-dir and --out it also writes the deployment
-report (inference/deploy_report.py) of the bundle as chosen into DIR.
+no int8 file runs its fp32 file there), over 512 test images batch by batch (inference/routed_timing.py:
+one batch's deferrals say little), in ms per batch; "routed xG" runs the same batches G at a time, as
+`moskd serve --gather G` does under a backlog (every model call still at most one batch). Inputs: with
+--run-dir, the run's test images, since a routed system's deferrals depend on them; else random images
+(every image then defers, so the routed row runs every model). With --run-dir and --out it also writes
+the deployment report (inference/deploy_report.py) of the bundle as chosen into DIR.
 """
 from __future__ import annotations
 
@@ -28,8 +30,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from inference.bundle import Bundle, entry_files, load_bundle  # noqa: E402
+from inference.config import SERVING_GATHER  # noqa: E402
 from inference.int8_report import programs  # noqa: E402
 from inference.quantize_tools import side_by_side  # noqa: E402
+from inference.routed_timing import gathered, one_at_a_time, routed_sample  # noqa: E402
 from inference.runtimes import RuntimeUnavailable, native_bf16, open_program, openvino_missing  # noqa: E402
 
 COLUMNS = ("onnxruntime/fp32", "onnxruntime/int8", "openvino/fp32", "openvino/bf16", "openvino/int8")
@@ -69,14 +73,14 @@ def open_all(bundle: Bundle, threads: int) -> tuple[dict, dict]:
     return progs, why
 
 
-def routed_systems(root: str, threads: int, why: dict) -> dict:
-    out = {"chosen": load_bundle(root, threads)}
+def routed_systems(root: str, threads: int, why: dict, max_call: int | None = None) -> dict:
+    out = {"chosen": load_bundle(root, threads, max_call=max_call)}
     for col in COLUMNS:
         if col.startswith("openvino") and openvino_missing() or (col.endswith("bf16") and not native_bf16()):
             continue
         if any(c == col and "openvino cannot" in w for (_, c), w in why.items()):
             continue  # a model OpenVINO refuses: the forced bundle would fall back, not measure the column
-        out[col] = load_bundle(root, threads, force=col)
+        out[col] = load_bundle(root, threads, force=col, max_call=max_call)
     return out
 
 
@@ -103,6 +107,8 @@ def print_table(secs: dict, calls: dict, batches) -> dict:
     for name in dict.fromkeys(n for n, _, _ in calls):
         for bs in batches:
             base = secs.get((name, "onnxruntime/fp32", bs))
+            if base is None and secs.get((name, "chosen", bs)) is None:
+                continue  # a row timed at other batches only (the gathered one)
             cells = []
             for col in [*COLUMNS, "chosen"]:
                 s = secs.get((name, col, bs))
@@ -113,18 +119,21 @@ def print_table(secs: dict, calls: dict, batches) -> dict:
     return table
 
 
-def paired_ratios(rounds: dict, batches) -> dict:
+def paired_ratios(rounds: dict, batches, gather_row: str) -> dict:
     """ORT fp32 over "as chosen", round by round (both ran in every round): the spread says whether a
-    ratio stands above the machine's noise."""
+    ratio stands above the machine's noise. For the gathered row, also against ORT fp32 routed one
+    batch at a time (how the bundle served before --gather)."""
     out, lines = {}, []
-    for name in dict.fromkeys(n for n, _, _ in rounds):
+    pairs = [(name, name, name) for name in dict.fromkeys(n for n, _, _ in rounds)]
+    pairs.append((f"{gather_row} vs routed", "routed", gather_row))
+    for label, base_row, row in pairs:
         for bs in batches:
-            base, got = rounds.get((name, "onnxruntime/fp32", bs)), rounds.get((name, "chosen", bs))
+            base, got = rounds.get((base_row, "onnxruntime/fp32", bs)), rounds.get((row, "chosen", bs))
             if not base or not got:
                 continue
             r = sorted(b / c for b, c in zip(base, got))
-            out.setdefault(name, {})[str(bs)] = r
-            lines.append(f"as chosen vs ORT fp32, {name} at batch {bs}, paired per round: median "
+            out.setdefault(label, {})[str(bs)] = r
+            lines.append(f"as chosen vs ORT fp32, {label} at batch {bs}, paired per round: median "
                          f"{statistics.median(r):.2f}x, min {r[0]:.2f}x, max {r[-1]:.2f}x ({len(r)} rounds)")
     return {"ratios": out, "lines": lines}
 
@@ -137,6 +146,8 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--min-s", type=float, default=0.2)
     p.add_argument("--batches", type=int, nargs="+", default=[1, 64])
+    p.add_argument("--gather", type=int, default=SERVING_GATHER,
+                   help="batches per window in the gathered routed row (moskd serve --gather; default %(default)s)")
     p.add_argument("--run-dir", default=None, help="the run the bundle came from: its test images are the inputs "
                    "(else random images, which a routed system defers), and with --out the deployment report")
     p.add_argument("--out", default=None)
@@ -146,15 +157,22 @@ def main(argv=None):
     systems = routed_systems(a.bundle, a.threads, why)
     images = input_images(a.run_dir, bundle)
     chosen = programs(systems["chosen"])
-    calls = {}
+    gather_row = f"routed x{a.gather}"
+    calls, batches_per_call = {}, {}
     for bs in a.batches:
         u8 = np.ascontiguousarray(np.resize(images, (bs, *images.shape[1:])))
         x = np.ascontiguousarray(bundle.normalize(u8))
         for (name, col), prog in [*progs.items(), *(((n, "chosen"), p) for n, p in chosen.items())]:
             calls[(name, col, bs)] = (lambda prog=prog, x=x: prog(x))
+        sample = routed_sample(images, bs)
         for col, b in systems.items():
-            calls[("routed", col, bs)] = (lambda b=b, u8=u8: b.run(u8))
+            calls[("routed", col, bs)], batches_per_call[("routed", col, bs)] = one_at_a_time(b, sample, bs)
+        if bs >= 16 and a.gather > 1:  # below that, a server's batches are too small to gather anything
+            for col, b in routed_systems(a.bundle, a.threads, why, max_call=bs).items():
+                key = (gather_row, col, bs)
+                calls[key], batches_per_call[key] = gathered(b, sample, bs, a.gather)
     rounds = side_by_side(calls, rounds=a.rounds, min_s=a.min_s, per_round=True)
+    rounds = {k: [t / batches_per_call.get(k, 1) for t in v] for k, v in rounds.items()}  # seconds per batch
     secs = {k: statistics.median(v) for k, v in rounds.items()}
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), platform.processor())
@@ -174,13 +192,14 @@ def main(argv=None):
             print(f"OV int8 on one stream (the whole batch on {a.threads} threads), {name} at batch {bs}: "
                   f"{1000 * s:.2f} ms ({base / s:.2f}x ORT fp32; the OV int8 column: "
                   f"{base / secs[(name, 'openvino/int8', bs)]:.2f}x)")
-    paired = paired_ratios(rounds, a.batches)
+    paired = paired_ratios(rounds, a.batches, gather_row)
     for line in paired["lines"]:
         print(line)
     if a.out:
         Path(a.out).mkdir(parents=True, exist_ok=True)
         (Path(a.out) / "bench_runtime.json").write_text(json.dumps(
-            {"cpu": cpu, "threads": a.threads, "rounds": a.rounds, "ms_per_batch": table, "chosen": choice,
+            {"cpu": cpu, "threads": a.threads, "rounds": a.rounds, "gather": a.gather, "ms_per_batch": table,
+             "chosen": choice,
              "as_chosen_vs_ort_fp32_per_round": paired["ratios"],
              "unavailable": {f"{n} {c}": w for (n, c), w in why.items()}}, indent=1))
         if a.run_dir:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from moskd.batch_shapes import in_power_of_two_batches
+from moskd.batch_shapes import in_calls
 from moskd.policy import Policy, PolicyError, decide
 
 MANIFEST = "manifest.json"
@@ -84,15 +84,16 @@ class Bundle:
     """A loaded bundle: preprocessing card, class names, one program per model, the routing policy."""
 
     def __init__(self, root: str | Path, threads: int | None = None, force: str | None = None,
-                 pow2_batches: bool = False):
+                 pow2_batches: bool = False, max_call: int | None = None):
         """force: "RUNTIME/PRECISION" runs every ONNX model so (e.g. "onnxruntime/fp32", the baseline
         the deployment report compares with) instead of the manifest's choice; a model with no file in
         that precision (int8 not kept) runs its fp32 file in that runtime. pow2_batches: each program
         runs its batch in power-of-two chunks (moskd.batch_shapes); the batch regime (small_batch) is
-        still chosen on the whole sub-batch."""
+        still chosen on the whole sub-batch. max_call: no program runs more than this many images at
+        once (a server gathering deferred images over several batches: moskd serve --gather)."""
         self.root = Path(root)
         self.force = force
-        self.pow2_batches = pow2_batches
+        self.pow2_batches, self.max_call = pow2_batches, max_call
         self.fallbacks: list[tuple[str, str]] = []  # (model, why) run under onnxruntime instead of openvino
         path = self.root / MANIFEST
         if not path.is_file():
@@ -132,8 +133,9 @@ class Bundle:
         path = self.root / entry["file"]
         if not path.is_file():
             raise BundleError(f"{path} not found; the bundle is incomplete, export it again")
-        try:
-            return self._onnx(entry, threads) if path.suffix == ".onnx" else self._chunked(_TorchProgram(path))
+        try:  # calls of at most max_call images, each in the batch regime its own size picks
+            program = self._onnx(entry, threads) if path.suffix == ".onnx" else self._chunked(_TorchProgram(path))
+            return in_calls(program, most=self.max_call)
         except BundleError:
             raise
         except ImportError as e:
@@ -179,7 +181,7 @@ class Bundle:
 
     def _chunked(self, program):
         """One program as this bundle runs it: whole batches, or power-of-two chunks (pow2_batches)."""
-        return in_power_of_two_batches(program) if self.pow2_batches else program
+        return in_calls(program, pow2=self.pow2_batches)
 
     def normalize(self, x: np.ndarray) -> np.ndarray:
         """(N, C, H, W) uint8 -> float32, as moskd.data.normalize does it."""
@@ -206,5 +208,5 @@ class Bundle:
 
 
 def load_bundle(root: str | Path, threads: int | None = None, force: str | None = None,
-                pow2_batches: bool = False) -> Bundle:
-    return Bundle(root, threads, force, pow2_batches)
+                pow2_batches: bool = False, max_call: int | None = None) -> Bundle:
+    return Bundle(root, threads, force, pow2_batches, max_call)

@@ -58,6 +58,10 @@ class ReportConfig(PolicyConfig):
     refit: bool = field(False, "fit the routing policy again (RUN/policy.json) instead of reporting the one the run has")
 
 
+SERVING_BATCH = 32  # `moskd serve --max-batch`'s default: the batch regime `moskd export` chooses runtimes for
+SERVING_GATHER = 8  # `moskd serve --gather`'s default: batches of a backlog run as one window
+
+
 @dataclass
 class ServeConfig:
     """`moskd serve`: an HTTP prediction server for a bundle or a run."""
@@ -65,7 +69,10 @@ class ServeConfig:
     run_dir: Optional[str] = field(None, "run directory (loads checkpoints and training code)", metavar="RUN")
     host: str = field("127.0.0.1", "address to listen on")
     port: int = field(8000, "TCP port (0: any free one, printed)", range="[0,65535]")
-    max_batch: int = field(32, "most images in one routed batch (1 = no batching)", range=">=1")
+    max_batch: int = field(SERVING_BATCH, "most images in one routed batch (1 = no batching)", range=">=1")
+    gather: int = field(SERVING_GATHER, "under a backlog, run up to this many batches of --max-batch images as one window: "
+                           "the images the policy defers from all of them reach each later model together, in "
+                           "calls of at most --max-batch (1 = one batch at a time)", range=">=1")
     max_bytes: int = field(10_000_000, "largest accepted request body", range=">=1")
     invert: str = field("auto", "auto: digits models invert light-background images", choices=["auto", "yes", "no"])
     threads: Optional[int] = field(None, "torch/onnxruntime threads (default: theirs; with --backend ray: 1 per "

@@ -6,7 +6,10 @@ inference/int8_report.py, whose replay and paired comparison it reuses.
 Per model and for the routed system: test accuracy of both with a paired-bootstrap 95% CI of
 chosen - fp32 (the selector's row: the routed accuracy with that selector and fp32 students); bytes of
 the chosen files; p50 latency of single calls at batch 1; images/s at the serving batch and at 64;
-the ratio to ORT fp32; and GMAC/s against this CPU's peak for the precision that ran.
+the ratio to ORT fp32; and GMAC/s against this CPU's peak for the precision that ran. The routed
+system is timed over many test batches (inference/routed_timing.py), one batch at a time and gathered
+`gather` batches at a time as `moskd serve --gather` runs a backlog; the gathered row's ratio is given
+against ORT fp32 gathered alike and against ORT fp32 one batch at a time.
 
 The peak: a 1024x1024 fp32 matmul (torch), the fastest of PEAK_TRIALS short trials (the one least
 disturbed by other work on a shared CPU), on `threads` threads and on one (times `threads`); the larger
@@ -25,7 +28,9 @@ import numpy as np
 from inference.bundle import load_bundle
 from inference.int8_report import compare, entries, programs, replay, routed_with
 from inference.quantize_tools import run_splits, side_by_side
-from inference.runtimes import BASELINE, SERVING_BATCH, cpu_flags, native_bf16
+from inference.config import SERVING_BATCH, SERVING_GATHER
+from inference.routed_timing import cycling, gathered, one_at_a_time, routed_sample
+from inference.runtimes import BASELINE, cpu_flags, native_bf16
 from moskd.atomic import write_json, write_text
 
 REPORT_JSON, REPORT_MD = "deploy_report.json", "deploy_report.md"
@@ -84,26 +89,36 @@ def p50_ms(calls: dict, rounds: int, per_round: int = P50_CALLS) -> dict:
     return {k: float(np.median(v)) for k, v in times.items()}
 
 
-def _timings(chosen, base, sample: np.ndarray, rounds: int, min_s: float, batches) -> tuple[dict, dict]:
-    """(p50 ms at batch 1, {batch: images/s}) per (name, "chosen"|"ort_fp32"), routed systems included."""
-    def calls_at(bs):
+def _timings(chosen, base, sample: np.ndarray, rounds: int, min_s: float, batches, gather: int,
+             capped) -> tuple[dict, dict]:
+    """(p50 ms at batch 1, {batch: images/s}) per (name, "chosen"|"ort_fp32"), routed systems included
+    ("routed": one batch at a time, "routed gathered": `gather` batches a window; capped(tag, bs): that
+    system's bundle with calls of at most bs images)."""
+    systems = (("chosen", chosen), ("ort_fp32", base))
+
+    def model_calls(bs):
         u8 = np.ascontiguousarray(np.resize(sample, (bs, *sample.shape[1:])))
         x = np.ascontiguousarray(base.normalize(u8))
-        out = {}
-        for tag, b in (("chosen", chosen), ("ort_fp32", base)):
-            out.update({(n, tag): (lambda p=p: p(x)) for n, p in programs(b).items()})
-            out[("routed", tag)] = (lambda b=b: b.run(u8))
-        return out
-    p50 = p50_ms(calls_at(1), rounds)
+        return {(n, tag): (lambda p=p: p(x)) for tag, b in systems for n, p in programs(b).items()}
+
+    single = routed_sample(sample, 1)
+    p50 = p50_ms({**model_calls(1), **{("routed", tag): cycling(b, single) for tag, b in systems}}, rounds)
     ips = {}
     for bs in batches:
-        for k, s in side_by_side(calls_at(bs), rounds=rounds, min_s=min_s).items():
-            ips.setdefault(k, {})[bs] = bs / s
+        calls, per_call = model_calls(bs), {}
+        u8 = routed_sample(sample, bs)
+        for tag, b in systems:
+            calls[("routed", tag)], per_call[("routed", tag)] = one_at_a_time(b, u8, bs)
+            if bs >= 16 and gather > 1:
+                key = ("routed gathered", tag)
+                calls[key], per_call[key] = gathered(capped(tag, bs), u8, bs, gather)
+        for k, s in side_by_side(calls, rounds=rounds, min_s=min_s).items():
+            ips.setdefault(k, {})[bs] = bs * per_call.get(k, 1) / s
     return p50, ips
 
 
 def build(run_dir, bundle_dir, *, rounds: int = 5, min_s: float = 0.2, threads: int = 2, run=None,
-          batches=(SERVING_BATCH, 64)) -> dict:
+          batches=(SERVING_BATCH, 64), gather: int = SERVING_GATHER) -> dict:
     from inference.router import load_router
 
     chosen, base = load_bundle(bundle_dir, threads), load_bundle(bundle_dir, threads, force=BASELINE)
@@ -111,7 +126,9 @@ def build(run_dir, bundle_dir, *, rounds: int = 5, min_s: float = 0.2, threads: 
     x, y = splits["test"]
     c, f = replay(chosen, x), replay(base, x)
     peak = peak_gmacs(threads)
-    p50, ips = _timings(chosen, base, x, rounds, min_s, batches)
+    capped = lambda tag, bs: load_bundle(bundle_dir, threads, force=None if tag == "chosen" else BASELINE,  # noqa: E731
+                                         max_call=bs)
+    p50, ips = _timings(chosen, base, x, rounds, min_s, batches, gather, capped)
     ents = entries(chosen.manifest)
     rep = {"bundle": str(bundle_dir), "run_dir": str(Path(run_dir).resolve()), "dataset": chosen.manifest["dataset"],
            "threads": threads, "rounds": rounds, "batches": list(batches), "test_images": int(len(y)),
@@ -134,6 +151,12 @@ def build(run_dir, bundle_dir, *, rounds: int = 5, min_s: float = 0.2, threads: 
     rep["routed"] = _row("routed", acc, "as chosen", "as chosen", sum(r["bytes"] for r in rows),
                          sum(r["bytes_fp32"] for r in rows), float(c["macs"].mean()), p50, ips, peak, batches, None)
     rep["routed"]["macs_per_image_ort_fp32"] = float(f["macs"].mean())
+    rep["routed"]["gathered"] = {"gather": gather, "batch": {
+        str(bs): {"images_per_s": ips[("routed gathered", "chosen")][bs],
+                  "images_per_s_ort_fp32": ips[("routed gathered", "ort_fp32")][bs],
+                  "ratio_to_ort_fp32": ips[("routed gathered", "chosen")][bs] / ips[("routed gathered", "ort_fp32")][bs],
+                  "ratio_to_ort_fp32_one_at_a_time": ips[("routed gathered", "chosen")][bs] / ips[("routed", "ort_fp32")][bs]}
+        for bs in batches if ("routed gathered", "chosen") in ips and bs in ips[("routed gathered", "chosen")]}}
     return rep
 
 
@@ -175,11 +198,23 @@ def render(r: dict) -> str:
                      f"{100 * t['int8_minus_fp32']:+.2f} [{100 * t['ci95'][0]:+.2f}, {100 * t['ci95'][1]:+.2f}] | "
                      f"{m['bytes']:,} ({m['bytes'] / m['bytes_fp32']:.2f}x) | {m['p50_ms_b1']:.3f} "
                      f"({m['p50_ms_b1_ort_fp32']:.3f}) | " + " | ".join(cells) + " |")
+    g = r["routed"].get("gathered") or {"batch": {}}
+    if g["batch"]:
+        cells = [f"routed, {g['gather']} batches gathered", f"as chosen (`moskd serve --gather {g['gather']}`)",
+                 "", "", "", ""]
+        for b in big:
+            v = g["batch"].get(b)
+            cells += ["—", ""] if v is None else [f"{v['images_per_s']:.0f} ({v['ratio_to_ort_fp32']:.2f}x; "
+                                                 f"{v['ratio_to_ort_fp32_one_at_a_time']:.2f}x one at a time)", ""]
+        lines.append("| " + " | ".join(cells) + " |")
     rt = r["routed"]["test"]
     lines += ["", f"Routed system: labels agree with ORT fp32 on {100 * rt['label_agreement']:.2f}% of test images, "
               f"routes on {100 * rt['route_agreement']:.2f}%; MACs/image {r['routed']['macs_per_image'] / 1e6:.2f}M "
               f"(ORT fp32 bundle {r['routed']['macs_per_image_ort_fp32'] / 1e6:.2f}M). Routed GMAC/s share of peak is "
-              "left out: its models run in different precisions."]
+              "left out: its models run in different precisions. Routed rows: over "
+              f"{r['test_images']} test images' first whole batches (up to 512 images), one batch at a time; the "
+              "gathered row runs the same batches a window at a time, every model call at most one batch, its ratio "
+              "to ORT fp32 gathered alike and, after the semicolon, to ORT fp32 one batch at a time."]
     return "\n".join(lines) + "\n"
 
 

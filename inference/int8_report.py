@@ -28,6 +28,7 @@ import numpy as np
 from inference.bundle import load_bundle
 from inference.curves import paired_bootstrap
 from inference.quantize_tools import run_splits, side_by_side
+from inference.routed_timing import one_at_a_time, routed_sample
 from moskd.atomic import write_json, write_npz, write_text
 from moskd.errors import MoskdError
 from moskd.policy import TEACHER, decide
@@ -153,17 +154,20 @@ def _accuracies(report: dict, fb, ib, splits: dict, res: dict) -> None:
 
 
 def _latencies(report: dict, fb, ib, test_u8: np.ndarray, batches: list[int], rounds: int, min_s: float) -> None:
-    """Every program of both bundles and both routed systems, side by side in the same rounds."""
+    """Every program of both bundles and both routed systems, side by side in the same rounds (a routed
+    system over many test batches, one at a time: inference/routed_timing.py)."""
     rb = report["routed"]
-    calls = {}
+    calls, batches_per_call = {}, {}
     for bs in batches:
         u8 = np.ascontiguousarray(np.resize(test_u8, (bs, *test_u8.shape[1:])))
         x = np.ascontiguousarray(fb.normalize(u8))
+        sample = routed_sample(test_u8, bs)
         for tag, b in (("fp32", fb), ("int8", ib)):
             for name, prog in programs(b).items():
                 calls[(name, tag, bs)] = (lambda prog=prog, x=x: prog(x))
-            calls[("routed", tag, bs)] = (lambda b=b, u8=u8: b.run(u8))
+            calls[("routed", tag, bs)], batches_per_call[("routed", tag, bs)] = one_at_a_time(b, sample, bs)
     for (name, tag, bs), s in side_by_side(calls, rounds=rounds, min_s=min_s).items():
+        s /= batches_per_call.get((name, tag, bs), 1)  # seconds per batch
         r = rb if name == "routed" else report["models"][name]
         lat = r.setdefault("latency", {})
         lat.setdefault(f"b{bs}", {})[f"{tag}_ms_per_image"] = 1000 * s / bs

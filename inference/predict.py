@@ -43,9 +43,11 @@ class RunPredictor:
     """A run's router (checkpoints, training code) behind the deployment bundle's interface
     (inference.bundle.Bundle): uint8 batch in, answers, routes, scores and MACs out. Every --fast
     path runs the same routing policy (RUN/policy.json): only the models are swapped for their fast
-    versions. pow2_batches: each model runs its sub-batch in power-of-two chunks (Router)."""
+    versions. pow2_batches: each model runs its sub-batch in power-of-two chunks; max_call: in calls of
+    at most that many images (Router)."""
 
-    def __init__(self, run, device="cpu", fast: str = "eager", pow2_batches: bool = False):
+    def __init__(self, run, device="cpu", fast: str = "eager", pow2_batches: bool = False,
+                 max_call: int | None = None):
 
         self.run_models, self.device = run, torch.device(device)
         self.fast = FastPath.parse(fast)
@@ -70,8 +72,9 @@ class RunPredictor:
             fast = lambda m: fast_model(m, example, self.fast) if m is not None else None  # noqa: E731
             used = self.policy.used()
             router = Router(self.policy, [fast(m) if k in used else None for k, m in enumerate(router.models)],
-                            fast(router.selector), router.num_students, router.num_classes, pow2_batches)
-        self.router = router if router.pow2_batches == pow2_batches else rebatched(router, pow2_batches)
+                            fast(router.selector), router.num_students, router.num_classes, pow2_batches, max_call)
+        same = (router.pow2_batches, router.max_call) == (pow2_batches, max_call)
+        self.router = router if same else rebatched(router, pow2_batches, max_call)
         self._info = {"format": "run", "dataset": run.card["dataset"], "classes": list(self.class_names),
                       "input_size": list(size), "models": models, "policy": self.policy.to_dict(),
                       "routing": self.policy.describe(), "fast": str(self.fast)}
@@ -87,24 +90,25 @@ class RunPredictor:
         return self._info
 
 
-def open_bundle(path: str, threads: int | None = None, pow2_batches: bool = False):
+def open_bundle(path: str, threads: int | None = None, pow2_batches: bool = False, max_call: int | None = None):
     """inference.bundle.load_bundle with its errors as one MoskdError line."""
 
     try:
-        return load_bundle(path, threads, pow2_batches=pow2_batches)
+        return load_bundle(path, threads, pow2_batches=pow2_batches, max_call=max_call)
     except BundleError as e:
         raise MoskdError(str(e)) from None
 
 
 def load_predictor(run_dir: str | None = None, bundle: str | None = None, device="cpu", fast: str = "fold+cl",
-                   pow2_batches: bool = False):
+                   pow2_batches: bool = False, max_call: int | None = None):
     """The bundle's runtime (no training code) or the run's router, behind one interface.
     pow2_batches: every model runs in power-of-two chunks (moskd.batch_shapes), so a long stream of
-    routed batches of every size keeps memory flat; off, each sub-batch runs as one batch."""
+    routed batches of every size keeps memory flat; off, each sub-batch runs as one batch. max_call:
+    no model runs more than this many images at once."""
     if bundle is not None:
-        return open_bundle(bundle, pow2_batches=pow2_batches)
+        return open_bundle(bundle, pow2_batches=pow2_batches, max_call=max_call)
 
-    return RunPredictor(load_router(run_dir, device), device, fast, pow2_batches)
+    return RunPredictor(load_router(run_dir, device), device, fast, pow2_batches, max_call)
 
 
 def predict_files(run, files: list[Path], batch_size: int, invert: str, device, on_fail=None) -> list[dict]:

@@ -24,7 +24,7 @@ from torch import nn
 from moskd.errors import MoskdError
 from moskd.models import adapt_input, build_model_from_checkpoint
 from moskd.atomic import read_json
-from moskd.batch_shapes import power_of_two_slices
+from moskd.batch_shapes import call_slices
 from moskd.policy import TEACHER, Policy, PolicyError, decide, router_policy
 from moskd.precision import Precision, choose_precision
 from moskd.profile import count_macs
@@ -48,10 +48,12 @@ def answer_logits(probs: np.ndarray) -> np.ndarray:
 class Router(nn.Module):
     """models: one module per policy.models entry (None for a model the policy never reaches).
     pow2_batches: every model, the selector included, runs each of its batches in power-of-two chunks
-    (moskd.batch_shapes), so it sees at most log2(batch) + 1 shapes however the images route."""
+    (moskd.batch_shapes), so it sees at most log2(batch) + 1 shapes however the images route. max_call:
+    no model runs more than this many images at once (a server gathering deferrals: moskd serve --gather)."""
 
     def __init__(self, policy: Policy, models: Sequence[nn.Module | None], selector: nn.Module | None,
-                 num_students: int | None = None, num_classes: int | None = None, pow2_batches: bool = False):
+                 num_students: int | None = None, num_classes: int | None = None, pow2_batches: bool = False,
+                 max_call: int | None = None):
         super().__init__()
         if len(models) != len(policy.models):
             raise ValueError(f"the policy runs {len(policy.models)} models, {len(models)} given")
@@ -68,12 +70,12 @@ class Router(nn.Module):
         self.names = self.route_names[:self.num_students]  # the students, in route order
         self.num_classes = num_classes  # the width of an empty batch's answer (None: ask a model)
         self.precision: Precision | None = None  # set by load_router: layout and autocast of every forward
-        self.pow2_batches = pow2_batches
+        self.pow2_batches, self.max_call = pow2_batches, max_call
 
     def _forward(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        if not self.pow2_batches or len(x) == 0:
+        if not self.pow2_batches and (self.max_call is None or len(x) <= self.max_call) or len(x) == 0:
             return model(x)
-        return torch.cat([model(x[s]) for s in power_of_two_slices(len(x))])
+        return torch.cat([model(x[s]) for s in call_slices(len(x), self.pow2_batches, self.max_call)])
 
     def scores(self, x: torch.Tensor) -> torch.Tensor:
         if self.selector is None:
@@ -200,10 +202,10 @@ def _router(policy: Policy, students: list[Student], teacher: nn.Module | None, 
     return router
 
 
-def rebatched(router: Router, pow2_batches: bool) -> Router:
-    """A Router over the same modules, policy and precision, with pow2_batches as given."""
+def rebatched(router: Router, pow2_batches: bool, max_call: int | None = None) -> Router:
+    """A Router over the same modules, policy and precision, with pow2_batches and max_call as given."""
     new = Router(router.policy, list(router.models), router.selector, router.num_students, router.num_classes,
-                 pow2_batches)
+                 pow2_batches, max_call)
     new.precision = router.precision
     if hasattr(router, "selector_module"):
         new.selector_module = router.selector_module

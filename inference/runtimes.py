@@ -30,7 +30,6 @@ RUNTIMES = (ORT, OV)
 PRECISIONS = ("fp32", "bf16", "int8")
 BASELINE = f"{ORT}/fp32"  # what every candidate is measured against; always measured, always allowed
 FLAG_RUNTIME = {"auto": None, "ort": ORT, "openvino": OV}  # --runtime's values -> the runtime they keep
-SERVING_BATCH = 32  # `moskd serve --max-batch`'s default: the batch regime the server runs
 SMALL_BATCH = 4  # a sub-batch of at most this many images runs the batch-1 choice (when it differs)
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 OV_MISSING = "openvino is not installed ({}); pip install -e '.[openvino]'"

@@ -1,7 +1,7 @@
 """`moskd serve`: an HTTP prediction server (FastAPI behind uvicorn) for a bundle or a run.
 
     moskd serve --bundle DIR | --run-dir RUN [--host 127.0.0.1] [--port 8000]
-                [--max-batch 32] [--max-bytes 10000000] [--threads N]
+                [--max-batch 32] [--gather 8] [--max-bytes 10000000] [--threads N]
                 [--backend local|ray] [--replicas N]
 
     POST /predict   one image as the raw body (Content-Type image/* or application/octet-stream),
@@ -18,6 +18,13 @@ batch takes every queued image (up to --max-batch) the moment the model is free,
 batch (selector once, each student once on its share). Bodies are decoded and preprocessed in
 worker threads, and the batch runs in its own thread, so the event loop keeps accepting requests
 while a batch runs. --max-batch 1 turns batching off.
+
+Under a backlog, the next batch takes up to --gather x --max-batch queued images: every model still
+runs calls of at most --max-batch images, but the few images the policy defers from each of those
+batches reach the next model together, in one call, instead of as sub-batches of 1-4 images whose
+fixed cost per call (milliseconds in OpenVINO or onnxruntime) is what limits a routed system's
+throughput (docs/BENCHMARKS.md, "Gathering deferred images"). Without a backlog nothing changes: a
+request that finds the model idle still runs at once. --gather 1 runs one batch at a time.
 
 --backend ray (pip install -e '.[ray]'; a bundle only) serves the same HTTP API through Ray Serve
 on a local Ray instance: one deployment per model of the bundle, batched with @serve.batch, and
@@ -73,8 +80,9 @@ class Batcher:
     Started lazily on the first image in the running event loop (so it works under uvicorn and
     under an ASGI test transport alike)."""
 
-    def __init__(self, predict, max_batch: int, stats: Stats):
-        self.predict, self.max_batch, self.stats = predict, max(1, max_batch), stats
+    def __init__(self, predict, max_batch: int, stats: Stats, gather: int = 1):
+        self.predict, self.stats = predict, stats
+        self.max_take = max(1, max_batch) * max(1, gather)  # predict runs no model on more than max_batch at once
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="moskd-infer")  # one batch at a time
         self._loop = self._queue = self._task = None
 
@@ -93,9 +101,9 @@ class Batcher:
         return await asyncio.gather(*futures)
 
     def _take(self, first) -> list:
-        """The first item and whatever else is queued right now, up to max_batch: never waits."""
+        """The first item and whatever else is queued right now, up to max_batch x gather: never waits."""
         items = [first]
-        while len(items) < self.max_batch and not self._queue.empty():
+        while len(items) < self.max_take and not self._queue.empty():
             items.append(self._queue.get_nowait())
         return items
 
@@ -120,19 +128,20 @@ class Batcher:
 
 
 def create_app(predictor, max_batch: int = 32, max_bytes: int = 10_000_000, invert: str = "auto",
-               drain_bytes: int = DRAIN_BYTES, serving: dict | None = None):
+               drain_bytes: int = DRAIN_BYTES, serving: dict | None = None, gather: int = 1):
     """The FastAPI app for a predictor (inference.bundle.Bundle or inference.predict.RunPredictor, or
-    anything with their run/info/card/class_names/route_names). `serving`: more settings for /info."""
+    anything with their run/info/card/class_names/route_names). `serving`: more settings for /info.
+    gather > 1: a predictor whose models run calls of at most max_batch images (max_call)."""
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse
 
     stats = Stats()
-    batcher = Batcher(predictor.run, max_batch, stats)
+    batcher = Batcher(predictor.run, max_batch, stats, gather)
     decoder = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="moskd-decode")
     app = FastAPI(title="moskd", description="routed multi-student inference")
     app.state.batcher, app.state.stats = batcher, stats
     card, classes, route_names = predictor.card, predictor.class_names, predictor.route_names
-    settings = {"max_batch": max_batch, "max_bytes": max_bytes, "invert": invert, **(serving or {})}
+    settings = {"max_batch": max_batch, "gather": gather, "max_bytes": max_bytes, "invert": invert, **(serving or {})}
 
     def problem(status: int, message: str, close: bool = False) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status, headers={"connection": "close"} if close else None)
@@ -198,11 +207,12 @@ def serve_local(a) -> int:
             pass
     from inference.predict import load_predictor, open_bundle
 
+    most = a.max_batch if a.gather > 1 else None  # a gathered window runs every model in calls of max_batch
     if a.bundle is not None:  # the bundle's runtime: no checkpoints, no training models
-        predictor = open_bundle(a.bundle, a.threads)
+        predictor = open_bundle(a.bundle, a.threads, max_call=most)
     else:
-        predictor = load_predictor(a.run_dir, None, "cpu")
-    app = create_app(predictor, a.max_batch, a.max_bytes, a.invert, serving={"backend": "local"})
+        predictor = load_predictor(a.run_dir, None, "cpu", max_call=most)
+    app = create_app(predictor, a.max_batch, a.max_bytes, a.invert, serving={"backend": "local"}, gather=a.gather)
     print(f"{PROG}: {a.bundle or a.run_dir} on http://{a.host}:{port} (POST /predict, GET /health, GET /info)",
           flush=True)
     uvicorn.run(app, host=a.host, port=port, log_level="warning")

@@ -9,8 +9,9 @@ Needs the ray extra: pip install -e '.[ray]'. Deployments, each with --replicas 
                   normalised sub-batches it is sent, batched across callers with @serve.batch
                   (no waiting: whatever has queued while the last batch ran, up to --max-batch images)
     ingress       inference.serve.create_app (the single-process server's app: same routes, answers,
-                  errors and batching) over a Bundle whose model programs are swapped for calls to
-                  the model deployments, so the routing is the bundle's own code, run unchanged
+                  errors, batching and --gather) over a Bundle whose model programs are swapped for
+                  calls to the model deployments (at most --max-batch images each), so the routing
+                  is the bundle's own code, run unchanged
 
 Every replica asks for a fraction of a CPU (the CPUs Ray sees, shared out over all replicas), so
 the whole application fits on 2 cores. GET /health counts what the ingress replica that answers
@@ -27,6 +28,7 @@ import numpy as np
 from ray import serve
 
 from inference.bundle import load_bundle
+from moskd.batch_shapes import in_calls
 from inference.serve import PROG, check_port, create_app
 from moskd.errors import MoskdError
 
@@ -101,18 +103,18 @@ class RemoteModel:
 @serve.ingress()
 class Ingress:
     def __init__(self, bundle_dir: str, slots: list[str], handles: list, threads: int | None, max_batch: int,
-                 max_bytes: int, invert: str, serving: dict):
+                 max_bytes: int, invert: str, serving: dict, gather: int = 1):
         bundle = load_bundle(bundle_dir, threads)
         for slot, handle in zip(slots, handles):
-            set_model(bundle, slot, RemoteModel(handle))
-        self._asgi = create_app(bundle, max_batch, max_bytes, invert, serving=serving)
+            set_model(bundle, slot, in_calls(RemoteModel(handle), most=max_batch))
+        self._asgi = create_app(bundle, max_batch, max_bytes, invert, serving=serving, gather=gather)
 
     def __serve_build_asgi_app__(self):
         return self._asgi
 
 
 def build_app(bundle_dir: str, replicas: int = 1, max_batch: int = 32, max_bytes: int = 10_000_000,
-              invert: str = "auto", threads: int | None = 1, cpus: float | None = None):
+              invert: str = "auto", threads: int | None = 1, cpus: float | None = None, gather: int = 1):
     """The bound Ray Serve application for a bundle. cpus: CPUs Ray has to share out (default: all
     it sees); each replica gets an equal fraction of them."""
     import ray
@@ -128,7 +130,7 @@ def build_app(bundle_dir: str, replicas: int = 1, max_batch: int = 32, max_bytes
     serving = {"backend": "ray", "replicas": replicas, "cpus_per_replica": per_replica,
                "deployments": ["ingress", *(slot_label(bundle, s) for s in slots)]}
     ingress = serve.deployment(Ingress, name="ingress", max_ongoing_requests=max(64, 4 * max_batch), **options)
-    return ingress.bind(str(bundle_dir), slots, models, threads, max_batch, max_bytes, invert, serving)
+    return ingress.bind(str(bundle_dir), slots, models, threads, max_batch, max_bytes, invert, serving, gather)
 
 
 def start(bundle_dir: str, host: str, port: int, **kwargs):
@@ -161,7 +163,7 @@ def serve_main(a) -> int:
     signal.signal(signal.SIGTERM, _interrupt)  # after ray.init, which sets its own: a terminated server shuts Ray down
     try:
         start(a.bundle, a.host, port, replicas=a.replicas, max_batch=a.max_batch, max_bytes=a.max_bytes,
-              invert=a.invert, threads=a.threads or 1)
+              invert=a.invert, threads=a.threads or 1, gather=a.gather)
         print(f"{PROG}: {a.bundle} on http://{a.host}:{port} through Ray Serve, {a.replicas} replica(s) per "
               f"deployment (POST /predict, GET /health, GET /info)", flush=True)
         while True:

@@ -10,6 +10,11 @@ model in eval mode answers each image from that image alone, so chunking changes
 backend may still pick another kernel for another batch size, which moves the last bits of a logit
 (as the sub-batch size already does).
 
+Calls of at most N images (`most`): a batching server that gathers the images a policy defers over
+several batches (moskd serve --gather) hands each model every deferred image of the window at once,
+in calls no larger than the serving batch, so no model runs a batch bigger than the one it was chosen
+for.
+
 Standard library and numpy only: the deployment bundle (inference/bundle.py) imports it.
 """
 from __future__ import annotations
@@ -29,12 +34,29 @@ def power_of_two_slices(n: int) -> list[slice]:
     return out
 
 
-def in_power_of_two_batches(run: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
-    """`run` (a batch in, one output row per image out) applied chunk by chunk, outputs in input order."""
+def call_slices(n: int, pow2: bool = False, most: int | None = None) -> list[slice]:
+    """Consecutive slices covering range(n): chunks of at most `most` images (None: one chunk), each
+    cut into its power-of-two parts when pow2."""
+    step = n if most is None else max(1, int(most))
+    out = []
+    for start in range(0, n, step or 1):
+        size = min(step, n - start)
+        parts = power_of_two_slices(size) if pow2 else [slice(0, size)]
+        out += [slice(start + s.start, start + s.stop) for s in parts]
+    return out
+
+
+def in_calls(run: Callable[[np.ndarray], np.ndarray], pow2: bool = False,
+             most: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
+    """`run` (a batch in, one output row per image out) applied call by call (call_slices), outputs in
+    input order; `run` itself when every batch runs whole."""
+    if not pow2 and most is None:
+        return run
 
     def chunked(x: np.ndarray) -> np.ndarray:
         if len(x) == 0:
             return run(x)
-        return np.concatenate([run(x[s]) for s in power_of_two_slices(len(x))])
+        return np.concatenate([run(x[s]) for s in call_slices(len(x), pow2, most)])
 
     return chunked
+

@@ -347,7 +347,7 @@ def test_pow2_batches_feed_each_model_its_binary_decomposition_and_change_no_ans
 
 
 def test_power_of_two_slices_cover_the_batch_in_order():
-    from moskd.batch_shapes import in_power_of_two_batches, power_of_two_slices
+    from moskd.batch_shapes import in_calls, power_of_two_slices
 
     for n in range(0, 300):
         slices = power_of_two_slices(n)
@@ -357,5 +357,41 @@ def test_power_of_two_slices_cover_the_batch_in_order():
         assert [i for s in slices for i in range(s.start, s.stop)] == list(range(n))
     x = np.arange(37 * 2).reshape(37, 2)
     seen = []
-    got = in_power_of_two_batches(lambda a: seen.append(len(a)) or a * 10)(x)
+    got = in_calls(lambda a: seen.append(len(a)) or a * 10, pow2=True)(x)
     assert seen == [32, 4, 1] and np.array_equal(got, x * 10)
+
+
+@pytest.mark.parametrize("pow2", [False, True])
+def test_max_call_caps_every_call_and_changes_no_answer(parts, pow2):
+    # a gathered window (moskd serve --gather): 45 images, no model call over 16 of them
+    models, selector, _, _, _ = parts
+    x = torch.randn(45, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+    entry = {"rule": "selector", "students": [0, 1], "knob": 0.1, "tie_margin": 0.02, "costs": [0.5, 1.0], "macs": 3.0}
+    pol = Policy("hybrid", NAMES, MACS, entry, [Step(0, 2, "max_softmax", 0.6), Step(1, 2, "max_softmax", 0.6)])
+    whole, whole_sizes = run_logged(Router(pol, models, selector, 2), x)
+    sel_log = CallLog(selector)
+    try:
+        capped, sizes = run_logged(Router(pol, models, selector, 2, pow2_batches=pow2, max_call=16), x)
+    finally:
+        sel_log.close()
+    assert sel_log.sizes == ([16, 16, 8, 4, 1] if pow2 else [16, 16, 13])
+    for got, one_batch in zip(sizes, whole_sizes):
+        assert max(got, default=0) <= 16 and sum(got) == sum(one_batch)
+    assert any(sum(s) > 16 for s in whole_sizes)  # some model really had more than one call's worth
+    assert capped.routes.tolist() == whole.routes.tolist() and capped.macs.tolist() == whole.macs.tolist()
+    torch.testing.assert_close(capped.logits, whole.logits, rtol=1e-6, atol=1e-6)
+
+
+def test_call_slices_cap_then_split():
+    from moskd.batch_shapes import call_slices
+
+    for n in range(0, 80):
+        for most in (None, 1, 5, 16):
+            for pow2 in (False, True):
+                slices = call_slices(n, pow2, most)
+                lengths = [s.stop - s.start for s in slices]
+                assert [i for s in slices for i in range(s.start, s.stop)] == list(range(n))
+                assert all(m <= (most or n) for m in lengths)
+                assert not pow2 or all(_is_power_of_two(m) for m in lengths)
+                if not pow2:
+                    assert len(slices) == (0 if n == 0 else -(-n // (most or n)))

@@ -20,7 +20,8 @@ from moskd import atomic as swap
 from inference.bundle import load_bundle
 from inference.export import export_run
 from inference.cli import export_main
-from inference.runtimes import BASELINE, SERVING_BATCH, candidates, choose
+from inference.config import SERVING_BATCH
+from inference.runtimes import BASELINE, candidates, choose
 from moskd.data import load_data
 from tests.test_selector import trained_run  # noqa: F401  (session fixture: a tiny trained run)
 
@@ -281,9 +282,16 @@ def test_deployment_report_compares_the_choice_with_ort_fp32(tuned, trained_run,
     from inference.deploy_report import REPORT_JSON, deployment_report
 
     out, m = tuned
-    md = deployment_report(trained_run, out, out=tmp_path, rounds=1, min_s=0.002, threads=1, batches=(8,))
+    md = deployment_report(trained_run, out, out=tmp_path, rounds=1, min_s=0.002, threads=1, batches=(8, 16),
+                           gather=2)
     r = json.loads((tmp_path / REPORT_JSON).read_text())
     assert set(r["models"]) == {e.get("name", "selector") for e in _entries(m)} and "| routed |" in md
+    g = r["routed"]["gathered"]  # gathering only at a serving batch (16 and up), against both ORT fp32 rows
+    assert g["gather"] == 2 and list(g["batch"]) == ["16"] and "| routed, 2 batches gathered |" in md
+    v = g["batch"]["16"]
+    assert v["ratio_to_ort_fp32"] == pytest.approx(v["images_per_s"] / v["images_per_s_ort_fp32"])
+    assert v["ratio_to_ort_fp32_one_at_a_time"] == pytest.approx(
+        v["images_per_s"] / r["routed"]["batch"]["16"]["images_per_s_ort_fp32"])
     for name, row in [*r["models"].items(), ("routed", r["routed"])]:
         b = row["batch"]["8"]
         assert b["ratio_to_ort_fp32"] == pytest.approx(b["images_per_s"] / b["images_per_s_ort_fp32"])
@@ -298,10 +306,12 @@ def test_bench_runtime_prints_every_column_side_by_side(tuned, capsys):
     from benchmarks.bench_runtime import COLUMNS, main
 
     out, m = tuned
-    main([str(out), "--threads", "1", "--rounds", "1", "--min-s", "0.002", "--batches", "1", "4"])
+    main([str(out), "--threads", "1", "--rounds", "1", "--min-s", "0.002", "--batches", "1", "16", "--gather", "2"])
     text = capsys.readouterr().out
     rows = [ln for ln in text.splitlines() if ln.startswith("| ") and "| batch |" not in ln]
-    assert len(rows) == 2 * (len(_entries(m)) + 1)  # every model and the routed system, at both batches
+    # every model and the routed system at both batches, and the routed system gathered at 16
+    assert len(rows) == 2 * (len(_entries(m)) + 1) + 1 and rows[-1].startswith("| routed x2 | 16 |")
+    assert "as chosen vs ORT fp32, routed x2 vs routed at batch 16, paired per round" in text
     assert all(ln.count("|") == len(COLUMNS) + 4 and "—" not in ln.split("|")[-2] for ln in rows)
     assert "(1.00x)" in rows[0]
 
@@ -369,3 +379,29 @@ def test_openvino_cuts_a_large_batch_across_its_streams_and_answers_as_one_batch
     assert sorted(calls) == [18, 19]
     np.testing.assert_allclose(got, model(x).detach().numpy(), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(program(x[:3].numpy()), got[:3], rtol=1e-5, atol=1e-6)  # small: the latency path
+
+
+def test_routed_timing_runs_whole_test_batches_alone_or_a_window_at_a_time():
+    from inference.routed_timing import ROUTED_IMAGES, gathered, one_at_a_time, routed_sample
+
+    class Spy:
+        def __init__(self, max_call=None):
+            self.max_call, self.sizes = max_call, []
+
+        def run(self, x):
+            self.sizes.append(len(x))
+
+    images = np.arange(700 * 4, dtype=np.uint8).reshape(700, 1, 2, 2)
+    sample = routed_sample(images, 64)
+    assert len(sample) == ROUTED_IMAGES == 512 and np.array_equal(sample, images[:512])  # the first whole batches
+    assert len(routed_sample(images[:100], 64)) == 64 and len(routed_sample(images, 1)) == 64
+    alone, spy = Spy(), None
+    call, per_call = one_at_a_time(alone, sample, 64)
+    call()
+    assert alone.sizes == [64] * 8 and per_call == 8
+    spy = Spy(max_call=64)
+    call, per_call = gathered(spy, sample, 64, 4)
+    call()
+    assert spy.sizes == [256, 256] and per_call == 8
+    with pytest.raises(ValueError, match="capped at 64"):
+        gathered(Spy(), sample, 64, 4)

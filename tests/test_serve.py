@@ -174,6 +174,39 @@ def test_max_batch_caps_the_next_batch(bundle, images):
     assert app.state.stats.batch_sizes == [1, 2, 2, 1]
 
 
+def test_a_backlog_runs_as_one_gathered_window_in_calls_of_max_batch(bundles, images, monkeypatch):  # noqa: F811
+    # --gather 2 --max-batch 2: five images queued behind a running one are taken as a window of four,
+    # then one; the bundle (max_call 2) still runs no model on more than two images at once
+    import inference.bundle as bundle_module
+
+    calls, real = [], bundle_module.in_calls
+    spy = lambda run: (lambda x: calls.append(len(x)) or run(x))  # noqa: E731
+    monkeypatch.setattr(bundle_module, "in_calls", lambda run, pow2=False, most=None:
+                        real(spy(run) if most else run, pow2, most))
+    capped = load_bundle(bundles["torch"][0], max_call=2)
+    gated = Gated(capped)
+    app = create_app(gated, max_batch=2, gather=2)
+
+    async def go():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+            post = lambda a: c.post("/predict", content=png(a), headers={"content-type": "image/png"})  # noqa: E731
+            first = asyncio.ensure_future(post(images[0]))
+            assert await asyncio.to_thread(gated.started.wait, 60)
+            rest = [asyncio.ensure_future(post(a)) for a in images[1:6]]
+            while app.state.batcher._queue.qsize() < 5:
+                await asyncio.sleep(0.005)
+            gated.gate.set()
+            return await asyncio.gather(first, *rest)
+
+    replies = asyncio.run(go())
+    assert [r.status_code for r in replies] == [200] * 6
+    assert app.state.stats.batch_sizes == [1, 4, 1]
+    assert calls and max(calls) == 2  # the window of four reached a model as calls of two
+    want = load_bundle(bundles["torch"][0]).run(images[:6, None]).logits.argmax(1).tolist()
+    assert [r.json()["predictions"][0]["class_index"] for r in replies] == want
+    assert asyncio.run(_health(app))["batches"] == 3
+
+
 def test_without_batching_each_image_is_its_own_batch(bundle, images):
     app = create_app(bundle, max_batch=1)
     assert [r.status_code for r in concurrent_posts(app, images[:3])] == [200] * 3
@@ -255,10 +288,24 @@ def test_serve_cli_errors_are_one_line(bundles, tmp_path, cli):  # noqa: F811
     (["--replicas", "2"], "--replicas needs --backend ray"),
     (["--backend", "rayy"], "did you mean ray?"),
     (["--max-wait-ms", "5"], "unrecognized arguments: --max-wait-ms"),
+    (["--gather", "0"], "--gather 0: must be >= 1"),
 ])
 def test_backend_flags_are_checked_in_one_line(bundles, flags, words, cli):  # noqa: F811
     code, _, err = cli(serve_main, ["--bundle", str(bundles["torch"][0]), "--port", "0", *flags])
     assert code == 2 and words in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("gather, most", [(3, 4), (1, None)])
+def test_serve_gathers_a_window_of_batches_in_calls_of_max_batch(bundles, cli, monkeypatch, gather, most):  # noqa: F811
+    import uvicorn
+
+    apps = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: apps.append(app))
+    code, _, err = cli(serve_main, ["--bundle", str(bundles["onnx"][0]), "--port", "0", "--max-batch", "4",
+                                    "--gather", str(gather)])
+    assert code == 0, err
+    batcher = apps[0].state.batcher
+    assert batcher.max_take == 4 * gather and batcher.predict.__self__.max_call == most
 
 
 def test_ray_backend_needs_a_bundle_and_the_ray_extra(bundles, tmp_path, cli, monkeypatch):  # noqa: F811
