@@ -17,7 +17,7 @@ import torch
 
 from inference import runtimes, tune
 from moskd import atomic as swap
-from inference.bundle import load_bundle
+from inference.bundle import entry_files, load_bundle
 from inference.export import export_run
 from inference.cli import export_main
 from inference.config import SERVING_BATCH
@@ -405,3 +405,19 @@ def test_routed_timing_runs_whole_test_batches_alone_or_a_window_at_a_time():
     assert spy.sizes == [256, 256] and per_call == 8
     with pytest.raises(ValueError, match="capped at 64"):
         gathered(Spy(), sample, 64, 4)
+
+
+def test_bench_ov_static_times_and_scores_both_compilations_of_each_int8_model(tuned, trained_run, tmp_path, capsys):  # noqa: F811
+    from benchmarks.bench_ov_static import main
+
+    out, m = tuned
+    with_int8 = [e["name"] for e in m["models"] if "int8" in entry_files(e)]
+    assert with_int8, "int8_bound=100 keeps an int8 file for every model"
+    main([str(out), "--run-dir", str(trained_run), "--batch", "8", "--threads", "2", "--rounds", "1",
+          "--images", "64", "--out", str(tmp_path / "t.txt")])
+    rows = [ln.split("|")[1:-1] for ln in capsys.readouterr().out.splitlines() if ln.startswith("| ") and "model" not in ln]
+    assert [r[0].strip() for r in rows] == with_int8
+    for r in rows:
+        accs = [float(c) for c in r[4:7]]
+        assert all(0 <= v <= 100 for v in accs) and float(r[1]) > 0 and float(r[2]) > 0
+    assert (tmp_path / "t.txt").read_text().count("\n| ") == len(with_int8) + 1
