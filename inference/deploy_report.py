@@ -157,6 +157,15 @@ def build(run_dir, bundle_dir, *, rounds: int = 5, min_s: float = 0.2, threads: 
                   "ratio_to_ort_fp32": ips[("routed gathered", "chosen")][bs] / ips[("routed gathered", "ort_fp32")][bs],
                   "ratio_to_ort_fp32_one_at_a_time": ips[("routed gathered", "chosen")][bs] / ips[("routed", "ort_fp32")][bs]}
         for bs in batches if ("routed gathered", "chosen") in ips and bs in ips[("routed gathered", "chosen")]}}
+    if rep["routed"]["gathered"]["batch"]:  # the answers a gathered window gives, against the routed run above
+        big = max(int(b) for b in rep["routed"]["gathered"]["batch"])
+        g, w = capped("chosen", big), gather * big
+        parts = [g.run(x[i:i + w]) for i in range(0, len(x), w)]
+        labels = np.concatenate([o.logits for o in parts]).argmax(1)
+        rep["routed"]["gathered"]["test"] = {
+            "batch": big, "accuracy": float((labels == y).mean()),
+            "label_agreement": float((labels == c["routed"].argmax(1)).mean()),
+            "route_agreement": float((np.concatenate([o.routes for o in parts]) == c["route"]).mean())}
     return rep
 
 
@@ -208,6 +217,11 @@ def render(r: dict) -> str:
                                                  f"{v['ratio_to_ort_fp32_one_at_a_time']:.2f}x one at a time)", ""]
         lines.append("| " + " | ".join(cells) + " |")
     rt = r["routed"]["test"]
+    if g.get("test"):
+        gt = g["test"]
+        lines += ["", f"Gathered windows ({g['gather']} x {gt['batch']} images, calls of at most {gt['batch']}) on every "
+                  f"test image: accuracy {100 * gt['accuracy']:.2f}%, labels equal to the routed row's on "
+                  f"{100 * gt['label_agreement']:.2f}% of images, routes on {100 * gt['route_agreement']:.2f}%."]
     lines += ["", f"Routed system: labels agree with ORT fp32 on {100 * rt['label_agreement']:.2f}% of test images, "
               f"routes on {100 * rt['route_agreement']:.2f}%; MACs/image {r['routed']['macs_per_image'] / 1e6:.2f}M "
               f"(ORT fp32 bundle {r['routed']['macs_per_image_ort_fp32'] / 1e6:.2f}M). Routed GMAC/s share of peak is "

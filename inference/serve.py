@@ -75,7 +75,8 @@ class Stats:
 class Batcher:
     """Batches images from concurrent requests without waiting for any: the first image to find
     the model idle runs at once; those that arrive while a batch runs are taken together, up to
-    max_batch, as soon as it ends.
+    max_batch x gather (one routed window; the predictor caps each model call at max_batch), as soon
+    as it ends.
 
     Started lazily on the first image in the running event loop (so it works under uvicorn and
     under an ASGI test transport alike)."""

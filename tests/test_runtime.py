@@ -292,6 +292,9 @@ def test_deployment_report_compares_the_choice_with_ort_fp32(tuned, trained_run,
     assert v["ratio_to_ort_fp32"] == pytest.approx(v["images_per_s"] / v["images_per_s_ort_fp32"])
     assert v["ratio_to_ort_fp32_one_at_a_time"] == pytest.approx(
         v["images_per_s"] / r["routed"]["batch"]["16"]["images_per_s_ort_fp32"])
+    gt = g["test"]  # the gathered windows' answers: the routed system's, whatever the window
+    assert gt["batch"] == 16 and gt["label_agreement"] > 0.95 and gt["route_agreement"] > 0.95
+    assert gt["accuracy"] == pytest.approx(r["routed"]["test"]["int8"], abs=0.05)
     for name, row in [*r["models"].items(), ("routed", r["routed"])]:
         b = row["batch"]["8"]
         assert b["ratio_to_ort_fp32"] == pytest.approx(b["images_per_s"] / b["images_per_s_ort_fp32"])
