@@ -424,3 +424,19 @@ def test_bench_ov_static_times_and_scores_both_compilations_of_each_int8_model(t
         accs = [float(c) for c in r[4:7]]
         assert all(0 <= v <= 100 for v in accs) and float(r[1]) > 0 and float(r[2]) > 0
     assert (tmp_path / "t.txt").read_text().count("\n| ") == len(with_int8) + 1
+
+
+def test_routed_deferrals_counts_the_images_each_model_runs_per_batch(tuned, trained_run, capsys):  # noqa: F811
+    from benchmarks.routed_deferrals import main, per_batch
+
+    out, _ = tuned
+    main([str(out), "--run-dir", str(trained_run), "--batch", "16"])
+    rows = [ln.split("|")[1:-1] for ln in capsys.readouterr().out.splitlines() if ln.startswith("| ") and "model" not in ln]
+    b = load_bundle(out)
+    assert [r[0].strip() for r in rows] == b.route_names
+    first = [int(r[1]) for r in rows]
+    assert sum(first) >= 16 and all(0 <= v <= 16 for v in first)  # every image runs at least one model
+    x = np.random.default_rng(0).integers(0, 256, (40, *b.manifest["input_size"]), dtype=np.uint8)
+    counts = per_batch(b, x, 16)
+    assert counts.shape == (2, len(b.route_names))  # whole batches only
+    assert counts[0].tolist() == [int(((b.run(x[:16]).models >> k) & 1).sum()) for k in range(len(b.route_names))]

@@ -125,24 +125,29 @@ class Gated:
         return self.bundle.run(x)
 
 
-def test_an_idle_model_runs_at_once_and_what_queues_meanwhile_is_the_next_batch(bundle, images):
-    # no timing: the first image runs alone the moment it arrives (the model was idle); three sent
-    # while that batch holds the model queue up and run together as the next batch
-    gated = Gated(bundle)
-    app = create_app(gated, max_batch=8)
-
+def one_then_a_backlog(app, gated, images) -> list:
+    """The first image runs alone and holds the model at the gate; the rest queue behind it (all of
+    them decoded and queued) before the gate opens. The replies, in the order sent."""
     async def go():
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
             post = lambda a: c.post("/predict", content=png(a), headers={"content-type": "image/png"})  # noqa: E731
             first = asyncio.ensure_future(post(images[0]))
             assert await asyncio.to_thread(gated.started.wait, 60)
-            rest = [asyncio.ensure_future(post(a)) for a in images[1:4]]
-            while app.state.batcher._queue.qsize() < 3:  # decoded off the loop, then queued
+            rest = [asyncio.ensure_future(post(a)) for a in images[1:]]
+            while app.state.batcher._queue.qsize() < len(rest):
                 await asyncio.sleep(0.005)
             gated.gate.set()
             return await asyncio.gather(first, *rest)
 
-    replies = asyncio.run(go())
+    return asyncio.run(go())
+
+
+def test_an_idle_model_runs_at_once_and_what_queues_meanwhile_is_the_next_batch(bundle, images):
+    # no timing: the first image runs alone the moment it arrives (the model was idle); three sent
+    # while that batch holds the model queue up and run together as the next batch
+    gated = Gated(bundle)
+    app = create_app(gated, max_batch=8)
+    replies = one_then_a_backlog(app, gated, images[:4])
     assert [r.status_code for r in replies] == [200] * 4
     assert app.state.stats.batch_sizes == [1, 3]
     want = bundle.run(images[:4, None]).logits.argmax(1).tolist()
@@ -159,18 +164,7 @@ def test_max_batch_caps_the_next_batch(bundle, images):
     gated = Gated(bundle)
     app = create_app(gated, max_batch=2)
 
-    async def go():
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
-            post = lambda a: c.post("/predict", content=png(a), headers={"content-type": "image/png"})  # noqa: E731
-            first = asyncio.ensure_future(post(images[0]))
-            assert await asyncio.to_thread(gated.started.wait, 60)
-            rest = [asyncio.ensure_future(post(a)) for a in images[1:6]]
-            while app.state.batcher._queue.qsize() < 5:
-                await asyncio.sleep(0.005)
-            gated.gate.set()
-            return await asyncio.gather(first, *rest)
-
-    assert [r.status_code for r in asyncio.run(go())] == [200] * 6
+    assert [r.status_code for r in one_then_a_backlog(app, gated, images[:6])] == [200] * 6
     assert app.state.stats.batch_sizes == [1, 2, 2, 1]
 
 
@@ -186,19 +180,7 @@ def test_a_backlog_runs_as_one_gathered_window_in_calls_of_max_batch(bundles, im
     capped = load_bundle(bundles["torch"][0], max_call=2)
     gated = Gated(capped)
     app = create_app(gated, max_batch=2, gather=2)
-
-    async def go():
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
-            post = lambda a: c.post("/predict", content=png(a), headers={"content-type": "image/png"})  # noqa: E731
-            first = asyncio.ensure_future(post(images[0]))
-            assert await asyncio.to_thread(gated.started.wait, 60)
-            rest = [asyncio.ensure_future(post(a)) for a in images[1:6]]
-            while app.state.batcher._queue.qsize() < 5:
-                await asyncio.sleep(0.005)
-            gated.gate.set()
-            return await asyncio.gather(first, *rest)
-
-    replies = asyncio.run(go())
+    replies = one_then_a_backlog(app, gated, images[:6])
     assert [r.status_code for r in replies] == [200] * 6
     assert app.state.stats.batch_sizes == [1, 4, 1]
     assert calls and max(calls) == 2  # the window of four reached a model as calls of two
