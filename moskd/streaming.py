@@ -11,6 +11,8 @@ mid-epoch and resumed from its last epoch is bit-exact.
 
 A file that cannot be decoded (unreadable, 0 bytes, truncated, not an image, over MAX_PIXELS) is
 left out of its batch, named in one warning line the first time it is met, and counted (skipped).
+Under torchrun a training batch whose every file is unreadable is replaced by the rank's last batch:
+DDP reduces gradients at every step, so a rank that skipped one would leave the others waiting.
 """
 from __future__ import annotations
 
@@ -157,9 +159,15 @@ class StreamLoader:
             records = params if crops else None
         elif shifts:
             params = sample_views(len(self.targets), self.aug, g)  # one draw per image per epoch
+        last = None  # under DDP every rank takes as many steps as the others (see the module's doc)
         for x, i, views, bad in self._batches(idx, records):
             self._warn(bad)
             if not len(i):
+                if self.train and self.world > 1:
+                    if last is None:
+                        raise MoskdError(f"rank {self.rank}: every file of its first training batch of epoch "
+                                         f"{self.epoch + 1} is unreadable (named above); remove or replace them")
+                    yield last
                 continue
             x = x.to(self.device, non_blocking=True)
             if shifts:
@@ -169,7 +177,8 @@ class StreamLoader:
                 extra.append(self.views[1][i, pick[i]].to(self.device, torch.float32))
             elif self.train and crops:
                 extra.append(views.to(self.device))
-            yield (normalize(x, self.mean, self.std), self.targets[i].to(self.device), *extra)
+            last = (normalize(x, self.mean, self.std), self.targets[i].to(self.device), *extra)
+            yield last
 
     def _warn(self, bad) -> None:
         for i, why in bad:

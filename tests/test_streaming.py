@@ -15,6 +15,7 @@ from PIL import Image
 import moskd.streaming
 from moskd.checkpoint import load_checkpoint
 from moskd.data import choose_backend, load_data
+from moskd.errors import MoskdError
 from moskd.loader import make_loader
 from moskd.views import crop_view, eval_view, view_generator
 from teacher.cli import main as teacher_main
@@ -260,3 +261,28 @@ def test_a_folder_in_memory_is_decoded_once_per_run(tmp_path, monkeypatch):
     with pytest.raises(AssertionError, match="decoded again"):
         load_data(f"folder:{folder}", image_size=16, max_ram=1.0, decoded_dir=tmp_path / "run/data")
     monkeypatch.setattr(moskd.data, "decode_folder", decode)
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_a_training_batch_of_unreadable_files_under_ddp_repeats_the_last_one(tmp_path, world):
+    # under DDP every rank must take as many steps as the others: a batch whose every file is bad is
+    # the rank's previous batch again (one process alone just skips it)
+    folder = make_folder(tmp_path / "f", per_class=8)
+    d = load_data(f"folder:{folder}", image_size=16, max_ram=0, select_fraction=0.2, test_fraction=0.2)
+    ld = make_loader(d, "train", 2, train=True, seed=5, rank=world - 1, world=world)
+    idx = ld._indices(torch.Generator().manual_seed(ld.seed * 100_003 + ld.epoch))
+    clean = [[t.clone() for t in b] for b in ld]
+    for j in idx[2:4].tolist():  # the rank's second batch
+        Path(d.splits["train"].paths[j].decode()).write_bytes(b"")
+    got = [[t.clone() for t in b] for b in ld]
+    assert len(clean) == len(ld)
+    if world == 1:
+        assert len(got) == len(clean) - 1 and all(torch.equal(a[0], b[0]) for a, b in zip(got[1:], clean[2:]))
+    else:
+        assert len(got) == len(clean)
+        assert all(torch.equal(a, b) for a, b in zip(got[1], clean[0]))  # the first batch again
+        assert all(torch.equal(a[0], b[0]) for a, b in zip(got[2:], clean[2:]))
+        for j in idx[0:2].tolist():  # now the first batch too: no batch to repeat, one line instead of a hang
+            Path(d.splits["train"].paths[j].decode()).write_bytes(b"")
+        with pytest.raises(MoskdError, match="rank 1: every file of its first training batch"):
+            list(ld)
