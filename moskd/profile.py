@@ -14,15 +14,21 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 
+def _outside_torch(model: nn.Module) -> list[tuple[int, int]]:
+    """(parameters, bytes) of the submodules whose weights live outside torch: an imported ONNX teacher
+    (moskd.teacher_input.OnnxTeacher.graph_weights) holds none in its state dict."""
+    return [m.graph_weights() for m in model.modules() if hasattr(m, "graph_weights")]
+
+
 def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+    return sum(p.numel() for p in model.parameters()) + sum(n for n, _ in _outside_torch(model))
 
 
 def weights_bytes(model: nn.Module) -> int:
-    """Size of torch.save(model.state_dict()): the model's weights file."""
+    """Size of torch.save(model.state_dict()): the model's weights file (plus any ONNX graph's file)."""
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)
-    return buf.getbuffer().nbytes
+    return buf.getbuffer().nbytes + sum(b for _, b in _outside_torch(model))
 
 
 def count_macs(model: nn.Module, input_size: list[int] | tuple[int, ...]) -> int:

@@ -17,6 +17,8 @@ wrapper at all: a teacher this run trained sees exactly what it saw before (bit-
 """
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 
 import torch
@@ -145,6 +147,14 @@ class OnnxTeacher(nn.Module):
         feed = {sess.get_inputs()[0].name: x.detach().float().cpu().contiguous().numpy()}
         out = torch.from_numpy(sess.run(None, feed)[0])
         return out.to(device=x.device, dtype=x.dtype)
+
+    def graph_weights(self) -> tuple[int, int]:
+        """(parameters, bytes) for moskd.profile: the graph's initializer elements, and the file's size
+        (the file holds the weights; its state dict is empty)."""
+        import onnx
+
+        graph = onnx.load(self.path).graph
+        return sum(math.prod(t.dims) for t in graph.initializer), Path(self.path).stat().st_size
 
     def __getstate__(self):
         return {**self.__dict__, "_session": None}

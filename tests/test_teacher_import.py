@@ -251,3 +251,19 @@ def test_the_check_computes_ece_as_the_report_does():
     rng = np.random.default_rng(0)
     logits, labels = rng.normal(size=(300, 10)) * 3, rng.integers(0, 10, 300)
     assert ece(logits, labels) == pytest.approx(report_ece(logits, labels), abs=1e-12)
+
+
+def test_an_onnx_teacher_counts_its_graphs_weights(trained, tmp_path):
+    # its state dict is empty: the compression table would read 0 parameters and 0 bytes
+    import onnx
+
+    from moskd.profile import count_params, model_cost, weights_bytes
+    from moskd.teacher_input import ClassOrder, OnnxTeacher
+
+    file = save_as("onnx", trained[2], tmp_path)
+    want = sum(int(np.prod(t.dims)) for t in onnx.load(str(file)).graph.initializer)
+    teacher = ClassOrder(OnnxTeacher(file, 10), list(range(10)))
+    assert want > 0 and count_params(teacher) == want
+    assert file.stat().st_size < weights_bytes(teacher) < file.stat().st_size + 2048  # the file, plus the wrapper's index
+    cost = model_cost(teacher, [1, 8, 8])
+    assert cost["params"] == want and cost["bytes"] == weights_bytes(teacher)
