@@ -63,14 +63,23 @@ def _torch_graph(module: nn.Module, example: torch.Tensor):
 
 def _join(first, second, prefix: str):
     """`first`'s output into `second`'s input, as one model (opset and IR version of `first`)."""
-    from onnx import compose, version_converter
+    from onnx import compose, helper, version_converter
 
     opset = next(o.version for o in first.opset_import if o.domain in ("", "ai.onnx"))
     if next((o.version for o in second.opset_import if o.domain in ("", "ai.onnx")), opset) != opset:
         second = version_converter.convert_version(second, opset)
     second = compose.add_prefix(second, prefix)
     first.ir_version = second.ir_version = max(first.ir_version, second.ir_version)
-    return compose.merge_models(first, second, io_map=[(first.graph.output[0].name, second.graph.input[0].name)])
+    joined = compose.merge_models(first, second, io_map=[(first.graph.output[0].name, second.graph.input[0].name)])
+    # merge_models lists each part's opsets: one entry per domain ("ai.onnx" is ""), or onnxruntime's
+    # quantizer refuses the file ("Failed to find proper ai.onnx domain") and the teacher stays fp32
+    versions: dict[str, int] = {}
+    for o in joined.opset_import:
+        domain = "" if o.domain == "ai.onnx" else o.domain
+        versions[domain] = max(versions.get(domain, 0), o.version)
+    del joined.opset_import[:]
+    joined.opset_import.extend(helper.make_opsetid(d, v) for d, v in versions.items())
+    return joined
 
 
 def export_onnx_teacher(model: nn.Module, example: torch.Tensor, path: Path) -> None:

@@ -226,6 +226,16 @@ def test_an_onnx_teacher_exports_as_one_program_with_its_conversion(trained, tmp
     bare = trained[2].eval()
     with torch.inference_mode():  # and it is the teacher's answer: the torch model on the converted input, reordered
         assert torch.allclose(want, bare(model.convert(x))[:, order], atol=1e-4)
+    import onnx
+
+    from inference.quantize import quantize_file
+
+    joined = onnx.load(str(tmp_path / "bundle_teacher.onnx"))
+    assert [o.domain for o in joined.opset_import].count("") == 1  # one entry per domain: the quantizer needs it
+    q = quantize_file(tmp_path / "bundle_teacher.onnx", tmp_path / "bundle_teacher.int8.onnx", x.numpy())
+    sess = ort_session(q)
+    got8 = torch.from_numpy(sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0])
+    assert got8.shape == want.shape and (got8.argmax(1) == want.argmax(1)).float().mean() >= 0.6
 
 
 def test_torchvision_weights_fit_a_seed_architecture_by_default(tmp_path):
