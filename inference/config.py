@@ -72,7 +72,7 @@ class ServeConfig:
     max_batch: int = field(SERVING_BATCH, "most images in one routed batch (1 = no batching)", range=">=1")
     gather: int = field(SERVING_GATHER, "under a backlog, run up to this many batches of --max-batch images as one window: "
                            "the images the policy defers from all of them reach each later model together, in "
-                           "calls of at most --max-batch (1 = one batch at a time)", range=">=1")
+                           "calls of at most --max-batch (1, or --max-batch 1: one batch at a time)", range=">=1")
     max_bytes: int = field(10_000_000, "largest accepted request body", range=">=1")
     invert: str = field("auto", "auto: digits models invert light-background images", choices=["auto", "yes", "no"])
     threads: Optional[int] = field(None, "torch/onnxruntime threads (default: theirs; with --backend ray: 1 per "

@@ -24,7 +24,8 @@ runs calls of at most --max-batch images, but the few images the policy defers f
 batches reach the next model together, in one call, instead of as sub-batches of 1-4 images whose
 fixed cost per call (milliseconds in OpenVINO or onnxruntime) is what limits a routed system's
 throughput (docs/BENCHMARKS.md, "Gathering deferred images"). Without a backlog nothing changes: a
-request that finds the model idle still runs at once. --gather 1 runs one batch at a time.
+request that finds the model idle still runs at once. --gather 1 runs one batch at a time, as does
+--max-batch 1.
 
 --backend ray (pip install -e '.[ray]'; a bundle only) serves the same HTTP API through Ray Serve
 on a local Ray instance: one deployment per model of the bundle, batched with @serve.batch, and
@@ -194,6 +195,12 @@ def check_port(host: str, port: int) -> int:
         raise MoskdError(f"cannot listen on {host}:{port} ({e.strerror or e}); pass another --port or --host") from None
 
 
+def window_batches(a) -> int:
+    """Batches a backlog window takes: --gather, except with --max-batch 1 (no batching: each call is one
+    image, so a window would only make the first image wait)."""
+    return a.gather if a.max_batch > 1 else 1
+
+
 def serve_local(a) -> int:
     """The local server once `moskd serve` has parsed its flags (inference.cli.serve_main; a: ServeConfig)."""
     import uvicorn
@@ -208,12 +215,13 @@ def serve_local(a) -> int:
             pass
     from inference.predict import load_predictor, open_bundle
 
-    most = a.max_batch if a.gather > 1 else None  # a gathered window runs every model in calls of max_batch
+    gather = window_batches(a)
+    most = a.max_batch if gather > 1 else None  # a gathered window runs every model in calls of max_batch
     if a.bundle is not None:  # the bundle's runtime: no checkpoints, no training models
         predictor = open_bundle(a.bundle, a.threads, max_call=most)
     else:
         predictor = load_predictor(a.run_dir, None, "cpu", max_call=most)
-    app = create_app(predictor, a.max_batch, a.max_bytes, a.invert, serving={"backend": "local"}, gather=a.gather)
+    app = create_app(predictor, a.max_batch, a.max_bytes, a.invert, serving={"backend": "local"}, gather=gather)
     print(f"{PROG}: {a.bundle or a.run_dir} on http://{a.host}:{port} (POST /predict, GET /health, GET /info)",
           flush=True)
     uvicorn.run(app, host=a.host, port=port, log_level="warning")

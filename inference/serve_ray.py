@@ -29,7 +29,7 @@ from ray import serve
 
 from inference.bundle import load_bundle
 from moskd.batch_shapes import in_calls
-from inference.serve import PROG, check_port, create_app
+from inference.serve import PROG, check_port, create_app, window_batches
 from moskd.errors import MoskdError
 
 APP_NAME = "moskd"
@@ -163,7 +163,7 @@ def serve_main(a) -> int:
     signal.signal(signal.SIGTERM, _interrupt)  # after ray.init, which sets its own: a terminated server shuts Ray down
     try:
         start(a.bundle, a.host, port, replicas=a.replicas, max_batch=a.max_batch, max_bytes=a.max_bytes,
-              invert=a.invert, threads=a.threads or 1, gather=a.gather)
+              invert=a.invert, threads=a.threads or 1, gather=window_batches(a))
         print(f"{PROG}: {a.bundle} on http://{a.host}:{port} through Ray Serve, {a.replicas} replica(s) per "
               f"deployment (POST /predict, GET /health, GET /info)", flush=True)
         while True:

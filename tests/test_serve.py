@@ -277,17 +277,18 @@ def test_backend_flags_are_checked_in_one_line(bundles, flags, words, cli):  # n
     assert code == 2 and words in err and len(err.strip().splitlines()) == 1, err
 
 
-@pytest.mark.parametrize("gather, most", [(3, 4), (1, None)])
-def test_serve_gathers_a_window_of_batches_in_calls_of_max_batch(bundles, cli, monkeypatch, gather, most):  # noqa: F811
+@pytest.mark.parametrize("max_batch, gather, take, most", [(4, 3, 12, 4), (4, 1, 4, None), (1, 8, 1, None)])
+def test_serve_gathers_a_window_of_batches_in_calls_of_max_batch(bundles, cli, monkeypatch,  # noqa: F811
+                                                                 max_batch, gather, take, most):
     import uvicorn
 
     apps = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: apps.append(app))
-    code, _, err = cli(serve_main, ["--bundle", str(bundles["onnx"][0]), "--port", "0", "--max-batch", "4",
+    code, _, err = cli(serve_main, ["--bundle", str(bundles["onnx"][0]), "--port", "0", "--max-batch", str(max_batch),
                                     "--gather", str(gather)])
     assert code == 0, err
-    batcher = apps[0].state.batcher
-    assert batcher.max_take == 4 * gather and batcher.predict.__self__.max_call == most
+    batcher = apps[0].state.batcher  # --max-batch 1 is no batching: no window either
+    assert batcher.max_take == take and batcher.predict.__self__.max_call == most
 
 
 def test_ray_backend_needs_a_bundle_and_the_ray_extra(bundles, tmp_path, cli, monkeypatch):  # noqa: F811
