@@ -2,7 +2,7 @@
 the ratio to onnxruntime fp32, per model and for the routed system.
 
     python benchmarks/bench_runtime.py BUNDLE [--threads 2] [--rounds 5] [--min-s 0.2] [--batches 1 64]
-                                       [--gather 8] [--run-dir RUN --out DIR]
+                                       [--gather 16 ...] [--run-dir RUN --out DIR]
 
 Columns: ORT fp32, ORT int8, OV fp32, OV bf16, OV int8 (OV: OpenVINO), then the bundle as chosen at
 export (its manifest). All programs of all columns and batch sizes are timed in the same rounds, in a
@@ -119,13 +119,13 @@ def print_table(secs: dict, calls: dict, batches) -> dict:
     return table
 
 
-def paired_ratios(rounds: dict, batches, gather_row: str) -> dict:
+def paired_ratios(rounds: dict, batches, gather_rows: list[str]) -> dict:
     """ORT fp32 over "as chosen", round by round (both ran in every round): the spread says whether a
     ratio stands above the machine's noise. For the gathered row, also against ORT fp32 routed one
     batch at a time (how the bundle served before --gather)."""
     out, lines = {}, []
     pairs = [(name, name, name) for name in dict.fromkeys(n for n, _, _ in rounds)]
-    pairs.append((f"{gather_row} vs routed", "routed", gather_row))
+    pairs += [(f"{row} vs routed", "routed", row) for row in gather_rows]
     for label, base_row, row in pairs:
         for bs in batches:
             base, got = rounds.get((base_row, "onnxruntime/fp32", bs)), rounds.get((row, "chosen", bs))
@@ -146,8 +146,9 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--min-s", type=float, default=0.2)
     p.add_argument("--batches", type=int, nargs="+", default=[1, 64])
-    p.add_argument("--gather", type=int, default=SERVING_GATHER,
-                   help="batches per window in the gathered routed row (moskd serve --gather; default %(default)s)")
+    p.add_argument("--gather", type=int, nargs="+", default=[SERVING_GATHER],
+                   help="batches per window of a gathered routed row, one row each, timed side by side "
+                        "(moskd serve --gather; default %(default)s)")
     p.add_argument("--run-dir", default=None, help="the run the bundle came from: its test images are the inputs "
                    "(else random images, which a routed system defers), and with --out the deployment report")
     p.add_argument("--out", default=None)
@@ -157,20 +158,20 @@ def main(argv=None):
     systems = routed_systems(a.bundle, a.threads, why)
     images = input_images(a.run_dir, bundle)
     chosen = programs(systems["chosen"])
-    gather_row = f"routed x{a.gather}"
+    gather_rows = {g: f"routed x{g}" for g in a.gather if g > 1}
     calls, batches_per_call = {}, {}
     for bs in a.batches:
         u8 = np.ascontiguousarray(np.resize(images, (bs, *images.shape[1:])))
         x = np.ascontiguousarray(bundle.normalize(u8))
         for (name, col), prog in [*progs.items(), *(((n, "chosen"), p) for n, p in chosen.items())]:
             calls[(name, col, bs)] = (lambda prog=prog, x=x: prog(x))
-        sample = routed_sample(images, bs)
+        sample = routed_sample(images, bs, at_least=bs * max(gather_rows, default=1))
         for col, b in systems.items():
             calls[("routed", col, bs)], batches_per_call[("routed", col, bs)] = one_at_a_time(b, sample, bs)
-        if bs >= 16 and a.gather > 1:  # below that, a server's batches are too small to gather anything
+        if bs >= 16 and gather_rows:  # below that, a server's batches are too small to gather anything
             for col, b in routed_systems(a.bundle, a.threads, why, max_call=bs).items():
-                key = (gather_row, col, bs)
-                calls[key], batches_per_call[key] = gathered(b, sample, bs, a.gather)
+                for g, row in gather_rows.items():
+                    calls[(row, col, bs)], batches_per_call[(row, col, bs)] = gathered(b, sample, bs, g)
     rounds = side_by_side(calls, rounds=a.rounds, min_s=a.min_s, per_round=True)
     rounds = {k: [t / batches_per_call.get(k, 1) for t in v] for k, v in rounds.items()}  # seconds per batch
     secs = {k: statistics.median(v) for k, v in rounds.items()}
@@ -192,7 +193,7 @@ def main(argv=None):
             print(f"OV int8 on one stream (the whole batch on {a.threads} threads), {name} at batch {bs}: "
                   f"{1000 * s:.2f} ms ({base / s:.2f}x ORT fp32; the OV int8 column: "
                   f"{base / secs[(name, 'openvino/int8', bs)]:.2f}x)")
-    paired = paired_ratios(rounds, a.batches, gather_row)
+    paired = paired_ratios(rounds, a.batches, list(gather_rows.values()))
     for line in paired["lines"]:
         print(line)
     if a.out:

@@ -106,7 +106,7 @@ def _timings(chosen, base, sample: np.ndarray, rounds: int, min_s: float, batche
     ips = {}
     for bs in batches:
         calls, per_call = model_calls(bs), {}
-        u8 = routed_sample(sample, bs)
+        u8 = routed_sample(sample, bs, at_least=bs * gather)
         for tag, b in systems:
             calls[("routed", tag)], per_call[("routed", tag)] = one_at_a_time(b, u8, bs)
             if bs >= 16 and gather > 1:

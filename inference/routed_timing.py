@@ -4,8 +4,9 @@ benchmarks/bench_runtime.py share these calls.
 
 A routed batch's cost depends on how many of its images the policy defers, so one batch says little:
 the first 64 Fashion-MNIST test images defer 3 images to DenseNet121 and 1 to the teacher, against
-1.3 and 0.4 on average. A call here runs ROUTED_IMAGES test images (or all, if fewer) batch by batch,
-and the time per batch is the call's over the number of batches.
+1.3 and 0.4 on average. A call here runs ROUTED_IMAGES test images (more if a gathered window needs
+them; repeated if the test set has fewer) batch by batch, and the time per batch is the call's over
+the number of batches.
 
 Two ways to serve those batches:
   one_at_a_time  each batch routed alone (moskd serve without a backlog, or --gather 1): a deferred
@@ -24,9 +25,12 @@ ROUTED_IMAGES = 512  # test images per timed call at a serving batch: 8 batches 
 SMALL_CALL_IMAGES = 64  # at batches under 16, images per call (batch 1: 64 single-image calls)
 
 
-def routed_sample(images: np.ndarray, bs: int) -> np.ndarray:
-    """Whole batches of the run's test images (repeated if there are fewer than one batch)."""
-    n = max(bs, (min(len(images), ROUTED_IMAGES if bs >= 16 else SMALL_CALL_IMAGES) // bs) * bs)
+def routed_sample(images: np.ndarray, bs: int, at_least: int = 0) -> np.ndarray:
+    """The run's first test images, whole batches of them: ROUTED_IMAGES at a serving batch (or
+    `at_least`, a gathered window's images, if more), SMALL_CALL_IMAGES below it; a test set with
+    fewer images is repeated, so the share of deferred images stays the test set's."""
+    want = max(ROUTED_IMAGES, at_least) if bs >= 16 else SMALL_CALL_IMAGES
+    n = max(1, want // bs) * bs
     return np.ascontiguousarray(np.resize(images, (n, *images.shape[1:])))
 
 

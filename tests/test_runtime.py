@@ -397,7 +397,9 @@ def test_routed_timing_runs_whole_test_batches_alone_or_a_window_at_a_time():
     images = np.arange(700 * 4, dtype=np.uint8).reshape(700, 1, 2, 2)
     sample = routed_sample(images, 64)
     assert len(sample) == ROUTED_IMAGES == 512 and np.array_equal(sample, images[:512])  # the first whole batches
-    assert len(routed_sample(images[:100], 64)) == 64 and len(routed_sample(images, 1)) == 64
+    assert len(routed_sample(images, 1)) == 64 and len(routed_sample(images, 64, at_least=1024)) == 1024
+    few = routed_sample(images[:100], 64)  # fewer test images than wanted: repeated, in order
+    assert len(few) == 512 and np.array_equal(few[100:200], images[:100])
     alone, spy = Spy(), None
     call, per_call = one_at_a_time(alone, sample, 64)
     call()
