@@ -59,7 +59,7 @@ class ReportConfig(PolicyConfig):
 
 
 SERVING_BATCH = 32  # `moskd serve --max-batch`'s default: the batch regime `moskd export` chooses runtimes for
-SERVING_GATHER = 8  # `moskd serve --gather`'s default: batches of a backlog run as one window
+SERVING_GATHER = 16  # `moskd serve --gather`'s default: a backlog's window, 512 images at --max-batch 32
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """`moskd serve`: an HTTP prediction server (FastAPI behind uvicorn) for a bundle or a run.
 
     moskd serve --bundle DIR | --run-dir RUN [--host 127.0.0.1] [--port 8000]
-                [--max-batch 32] [--gather 8] [--max-bytes 10000000] [--threads N]
+                [--max-batch 32] [--gather 16] [--max-bytes 10000000] [--threads N]
                 [--backend local|ray] [--replicas N]
 
     POST /predict   one image as the raw body (Content-Type image/* or application/octet-stream),
