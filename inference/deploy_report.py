@@ -225,8 +225,8 @@ def render(r: dict) -> str:
     lines += ["", f"Routed system: labels agree with ORT fp32 on {100 * rt['label_agreement']:.2f}% of test images, "
               f"routes on {100 * rt['route_agreement']:.2f}%; MACs/image {r['routed']['macs_per_image'] / 1e6:.2f}M "
               f"(ORT fp32 bundle {r['routed']['macs_per_image_ort_fp32'] / 1e6:.2f}M). Routed GMAC/s share of peak is "
-              "left out: its models run in different precisions. Routed rows: over "
-              f"{r['test_images']} test images' first whole batches (up to 512 images), one batch at a time; the "
+              "left out: its models run in different precisions. Routed rows: over the test set's first 512 images "
+              "(a whole gathered window if larger; a smaller test set repeated), one batch at a time; the "
               "gathered row runs the same batches a window at a time, every model call at most one batch, its ratio "
               "to ORT fp32 gathered alike and, after the semicolon, to ORT fp32 one batch at a time."]
     return "\n".join(lines) + "\n"
