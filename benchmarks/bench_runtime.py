@@ -9,8 +9,8 @@ export (its manifest). All programs of all columns and batch sizes are timed in 
 fresh shuffled order each round (medians). A cell is "—" where this host cannot run it (the reason is
 printed below the table): no int8 file kept for the model, no OpenVINO, no native bf16, a graph
 OpenVINO refuses. A routed row runs the whole bundle in that column's runtime/precision (a model with
-no int8 file runs its fp32 file there), over 512 test images batch by batch (inference/routed_timing.py:
-one batch's deferrals say little), in ms per batch; "routed xG" runs the same batches G at a time, as
+no int8 file runs its fp32 file there), over the test set's first 512 images (a whole window if
+larger) batch by batch (inference/routed_timing.py: one batch's deferrals say little), in ms per batch; "routed xG" runs the same batches G at a time, as
 `moskd serve --gather G` does under a backlog (every model call still at most one batch). Inputs: with
 --run-dir, the run's test images, since a routed system's deferrals depend on them; else random images
 (every image then defers, so the routed row runs every model). With --run-dir and --out it also writes

@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 
 from inference.bundle import load_bundle
+from inference.config import SERVING_BATCH, SERVING_GATHER
 from inference.int8_report import compare, entries, programs, replay, routed_with
 from inference.quantize_tools import run_splits, side_by_side
-from inference.config import SERVING_BATCH, SERVING_GATHER
 from inference.routed_timing import cycling, gathered, one_at_a_time, routed_sample
 from inference.runtimes import BASELINE, cpu_flags, native_bf16
 from moskd.atomic import write_json, write_text
@@ -151,12 +151,11 @@ def build(run_dir, bundle_dir, *, rounds: int = 5, min_s: float = 0.2, threads: 
     rep["routed"] = _row("routed", acc, "as chosen", "as chosen", sum(r["bytes"] for r in rows),
                          sum(r["bytes_fp32"] for r in rows), float(c["macs"].mean()), p50, ips, peak, batches, None)
     rep["routed"]["macs_per_image_ort_fp32"] = float(f["macs"].mean())
+    got, alike = ips.get(("routed gathered", "chosen"), {}), ips.get(("routed gathered", "ort_fp32"), {})
     rep["routed"]["gathered"] = {"gather": gather, "batch": {
-        str(bs): {"images_per_s": ips[("routed gathered", "chosen")][bs],
-                  "images_per_s_ort_fp32": ips[("routed gathered", "ort_fp32")][bs],
-                  "ratio_to_ort_fp32": ips[("routed gathered", "chosen")][bs] / ips[("routed gathered", "ort_fp32")][bs],
-                  "ratio_to_ort_fp32_one_at_a_time": ips[("routed gathered", "chosen")][bs] / ips[("routed", "ort_fp32")][bs]}
-        for bs in batches if ("routed gathered", "chosen") in ips and bs in ips[("routed gathered", "chosen")]}}
+        str(bs): {"images_per_s": got[bs], "images_per_s_ort_fp32": alike[bs], "ratio_to_ort_fp32": got[bs] / alike[bs],
+                  "ratio_to_ort_fp32_one_at_a_time": got[bs] / ips[("routed", "ort_fp32")][bs]}
+        for bs in batches if bs in got}}
     if rep["routed"]["gathered"]["batch"]:  # the answers a gathered window gives, against the routed run above
         big = max(int(b) for b in rep["routed"]["gathered"]["batch"])
         g, w = capped("chosen", big), gather * big

@@ -73,9 +73,10 @@ class Router(nn.Module):
         self.pow2_batches, self.max_call = pow2_batches, max_call
 
     def _forward(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        if not self.pow2_batches and (self.max_call is None or len(x) <= self.max_call) or len(x) == 0:
+        slices = call_slices(len(x), self.pow2_batches, self.max_call)
+        if len(slices) <= 1:  # the whole batch (or an empty one) in one call
             return model(x)
-        return torch.cat([model(x[s]) for s in call_slices(len(x), self.pow2_batches, self.max_call)])
+        return torch.cat([model(x[s]) for s in slices])
 
     def scores(self, x: torch.Tensor) -> torch.Tensor:
         if self.selector is None:

@@ -28,8 +28,8 @@ import numpy as np
 from ray import serve
 
 from inference.bundle import load_bundle
-from moskd.batch_shapes import in_calls
 from inference.serve import PROG, check_port, create_app, window_batches
+from moskd.batch_shapes import in_calls
 from moskd.errors import MoskdError
 
 APP_NAME = "moskd"

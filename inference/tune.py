@@ -8,7 +8,7 @@ At export, after the fp32 ONNX files are written and checked:
    NAME.int8.onnx beside the fp32 file. A model with none keeps its fp32 file only, and says why.
 2. Every available (runtime, precision) of the model (inference.runtimes.candidates) is opened, run on
    `select` (accuracy points lost against onnxruntime fp32) and timed side by side, interleaved in
-   the same rounds, at batch 1 and at the serving batch (runtimes.`moskd serve
+   the same rounds, at batch 1 and at the serving batch (inference.config.SERVING_BATCH, `moskd serve
    --max-batch`'s default), SPEED_THREADS threads.
 3. runtimes.choose picks per batch regime: the fastest within the bound and faster than onnxruntime
    fp32, else onnxruntime fp32. The manifest entry's "runtime"/"precision"/"file" are the serving
@@ -31,10 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
+from inference.config import SERVING_BATCH
 from inference.policy_fit import refit_thresholds
 from inference.quantize import DEFAULT_BOUND, quantize_model, select_data
 from inference.quantize_tools import SPEED_THREADS, side_by_side
-from inference.config import SERVING_BATCH
 from inference.runtimes import (BASELINE, SMALL_BATCH, RuntimeUnavailable, candidates, choose,
                                 cpu_flags, key, native_bf16, open_program)
 

@@ -37,9 +37,9 @@ def power_of_two_slices(n: int) -> list[slice]:
 def call_slices(n: int, pow2: bool = False, most: int | None = None) -> list[slice]:
     """Consecutive slices covering range(n): chunks of at most `most` images (None: one chunk), each
     cut into its power-of-two parts when pow2."""
-    step = n if most is None else max(1, int(most))
+    step = max(1, n if most is None else int(most))
     out = []
-    for start in range(0, n, step or 1):
+    for start in range(0, n, step):
         size = min(step, n - start)
         parts = power_of_two_slices(size) if pow2 else [slice(0, size)]
         out += [slice(start + s.start, start + s.stop) for s in parts]
@@ -59,4 +59,3 @@ def in_calls(run: Callable[[np.ndarray], np.ndarray], pow2: bool = False,
         return np.concatenate([run(x[s]) for s in call_slices(len(x), pow2, most)])
 
     return chunked
-

@@ -18,7 +18,6 @@ wrapper at all: a teacher this run trained sees exactly what it saw before (bit-
 from __future__ import annotations
 
 import math
-
 from pathlib import Path
 
 import torch
